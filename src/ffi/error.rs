@@ -1,0 +1,200 @@
+//! Errors at the C boundary: the thread-local last-error message, the panic boundary, and the
+//! pointer helpers that keep `unsafe` in one place.
+
+use std::cell::RefCell;
+use std::ffi::{CStr, CString};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use super::status::tq_status;
+
+/// A failed call: its status and a message naming the argument and the reason.
+#[derive(Debug, Clone)]
+pub struct Error {
+    pub status: tq_status,
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(status: tq_status, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(tq_status::TQ_STATUS_INVALID_ARGUMENT, message)
+    }
+    pub fn null(arg: &str) -> Self {
+        Self::new(tq_status::TQ_STATUS_NULL_POINTER, format!("{arg} is NULL"))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+pub fn set_last_error(message: &str) {
+    let c = CString::new(message.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|slot| *slot.borrow_mut() = c);
+}
+
+/// Pointer to this thread's last error message (valid until this thread's next failing call).
+pub fn last_error_ptr() -> *const libc::c_char {
+    LAST_ERROR.with(|slot| slot.borrow().as_ptr())
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+/// Run `body` under the panic boundary: errors and panics become a status plus the last-error message.
+pub fn boundary(body: impl FnOnce() -> Result<()>) -> tq_status {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => tq_status::TQ_STATUS_OK,
+        Ok(Err(e)) => {
+            set_last_error(&e.message);
+            e.status
+        }
+        Err(payload) => {
+            set_last_error(&format!("internal error (panic): {}", panic_message(payload.as_ref())));
+            tq_status::TQ_STATUS_INTERNAL_ERROR
+        }
+    }
+}
+
+/// Like `boundary` for infallible entry points that return a value: a panic yields `fallback`.
+pub fn boundary_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(v) => v,
+        Err(payload) => {
+            set_last_error(&format!("internal error (panic): {}", panic_message(payload.as_ref())));
+            fallback
+        }
+    }
+}
+
+/// Borrow `*ptr`, or fail naming `arg`.
+///
+/// # Safety
+/// `ptr` is NULL or points to a live `T`.
+pub unsafe fn borrow<'a, T>(ptr: *const T, arg: &str) -> Result<&'a T> {
+    unsafe { ptr.as_ref() }.ok_or_else(|| Error::null(arg))
+}
+
+/// Mutably borrow `*ptr`, or fail naming `arg`.
+///
+/// # Safety
+/// `ptr` is NULL or points to a live `T` not aliased for the call's duration.
+pub unsafe fn borrow_mut<'a, T>(ptr: *mut T, arg: &str) -> Result<&'a mut T> {
+    unsafe { ptr.as_mut() }.ok_or_else(|| Error::null(arg))
+}
+
+fn check_array<T>(ptr: *const T, len: usize, arg: &str) -> Result<()> {
+    if ptr.is_null() {
+        return Err(Error::null(arg));
+    }
+    if !(ptr as usize).is_multiple_of(std::mem::align_of::<T>()) {
+        return Err(Error::invalid(format!(
+            "{arg} is not aligned to {} bytes",
+            std::mem::align_of::<T>()
+        )));
+    }
+    if len.checked_mul(std::mem::size_of::<T>()).is_none_or(|b| b > isize::MAX as usize) {
+        return Err(Error::invalid(format!("{arg}: length {len} is too large")));
+    }
+    Ok(())
+}
+
+/// A caller's array of `len` elements; NULL is accepted only when `len` is 0.
+///
+/// # Safety
+/// Unless NULL, `ptr` points to `len` initialised elements valid for the call's duration.
+pub unsafe fn slice<'a, T>(ptr: *const T, len: usize, arg: &str) -> Result<&'a [T]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    check_array(ptr, len, arg)?;
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// A caller's writable array of `len` elements; NULL is accepted only when `len` is 0.
+///
+/// # Safety
+/// Unless NULL, `ptr` points to `len` writable elements, not aliased for the call's duration.
+pub unsafe fn slice_mut<'a, T>(ptr: *mut T, len: usize, arg: &str) -> Result<&'a mut [T]> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    check_array(ptr, len, arg)?;
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+}
+
+/// Store `value` through an output pointer.
+///
+/// # Safety
+/// `ptr` is NULL or valid for writing a `T`.
+pub unsafe fn write_out<T>(ptr: *mut T, value: T, arg: &str) -> Result<()> {
+    if ptr.is_null() {
+        return Err(Error::null(arg));
+    }
+    unsafe { ptr.write(value) };
+    Ok(())
+}
+
+/// `a · b`, failing with a message naming `what` on overflow.
+pub fn checked_len(a: usize, b: usize, what: &str) -> Result<usize> {
+    a.checked_mul(b).ok_or_else(|| Error::invalid(format!("{what}: size overflows")))
+}
+
+/// Reject NaN and ±inf, naming the vector and element of the first offender.
+pub fn check_finite(values: &[f32], dim: usize, arg: &str) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::new(
+            tq_status::TQ_STATUS_NON_FINITE,
+            format!("{arg}[vector {}, element {}] is {} (input must be finite)", i / dim, i % dim, values[i]),
+        )),
+    }
+}
+
+/// A static C string for a status.
+pub fn status_cstr(status: u32) -> &'static CStr {
+    tq_status::from_u32(status).map_or(c"unknown tq_status value", |s| s.name())
+}
+
+/// Check that a params struct from C has the expected `struct_size` (read first, before the rest of
+/// the struct) and ABI version; then copy it.
+///
+/// # Safety
+/// `ptr` is NULL or points to at least `size_of::<usize>()` readable bytes, and to a whole `T` when
+/// that first field equals `size_of::<T>()`.
+pub unsafe fn read_params<T: Copy>(ptr: *const T, arg: &str, abi_version_of: impl Fn(&T) -> u32) -> Result<T> {
+    if ptr.is_null() {
+        return Err(Error::null(arg));
+    }
+    let declared = unsafe { (ptr as *const usize).read_unaligned() };
+    let expected = std::mem::size_of::<T>();
+    if declared != expected {
+        return Err(Error::new(
+            tq_status::TQ_STATUS_ABI_MISMATCH,
+            format!(
+                "{arg}->struct_size is {declared}, this library expects {expected}: \
+                 initialise the struct with its tq_*_default_params() function and rebuild against this header"
+            ),
+        ));
+    }
+    let params = unsafe { ptr.read_unaligned() };
+    let abi = abi_version_of(&params);
+    if abi != super::TQ_ABI_VERSION {
+        return Err(Error::new(
+            tq_status::TQ_STATUS_ABI_MISMATCH,
+            format!("{arg}->abi_version is {abi}, this library implements {}", super::TQ_ABI_VERSION),
+        ));
+    }
+    Ok(params)
+}

@@ -1,0 +1,8 @@
+//! libturboquant: TurboQuant (arXiv 2504.19874) compression of LLM KV caches, with attention computed
+//! over the compressed cache, behind a C ABI (`include/turboquant.h`).
+//!
+//! Layers (dependencies point downward): `ffi` (the only `extern "C"` code) → `math` (pure numerics).
+
+pub mod ffi;
+pub mod parallel;
+pub mod math;

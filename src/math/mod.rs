@@ -1,0 +1,9 @@
+//! Pure numerics of TurboQuant: codebooks, rotations, packing, scales and the vector quantizers.
+//! No I/O, no threads, no FFI; everything above builds on these.
+
+pub mod codebook;
+pub mod packing;
+pub mod quantizer;
+pub mod rng;
+pub mod rotation;
+pub mod scale;

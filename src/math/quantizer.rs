@@ -1,0 +1,362 @@
+//! TurboQuant vector quantizers (arXiv 2504.19874, §3): MSE (Algorithm 1) and PROD (Algorithm 2).
+//!
+//! MSE: y = Π·x/‖x‖, each coordinate of y → the index of its Lloyd–Max cell (`codebook`), indices
+//! bit-packed (`packing`), scale ‖x‖ stored as bf16 (`scale`). Dequantize: x̂ = scale · Πᵀ·c[idx].
+//!
+//! PROD (unbiased inner products): the MSE quantizer at b−1 bits, then the residual r = x − x̂_mse is
+//! sketched by QJL: z = sign(S·r) with S a seeded d×d i.i.d. N(0,1) matrix, plus γ = ‖r‖. The
+//! estimator ⟨y, x̂⟩ = ⟨y, x̂_mse⟩ + γ·√(π/2)/d·⟨S·y, z⟩ is unbiased. At b = 1 there is no MSE stage
+//! (x̂_mse = 0, r = x).
+//!
+//! Stored form of one vector: `code_bytes` bytes (MSE codes, then for PROD the d sign bits with
+//! 1 = non-negative) and `scale_count` bf16 scales (MSE: ‖x‖; PROD: ‖x‖, γ).
+
+use std::sync::Arc;
+
+use super::codebook::{self, Codebook};
+use super::packing::{pack, packed_len, unpack};
+use super::rng::{self, Stream};
+use super::rotation::{Rotation, RotationKind};
+use super::scale;
+
+/// Which estimator the quantizer targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuantizerKind {
+    Mse,
+    Prod,
+}
+
+/// Everything that defines a quantizer (and so its stored bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QuantizerConfig {
+    pub dim: usize,
+    pub bits: u32,
+    pub rotation: RotationKind,
+    pub kind: QuantizerKind,
+    pub seed: u64,
+}
+
+/// Per-thread working memory for one vector.
+#[derive(Clone, Debug)]
+pub struct Scratch {
+    rotated: Vec<f32>,
+    work: Vec<f32>,
+    codes: Vec<u8>,
+}
+
+impl Scratch {
+    pub fn new(dim: usize) -> Self {
+        Self { rotated: vec![0.0; dim], work: vec![0.0; dim], codes: vec![0; dim] }
+    }
+}
+
+/// The MSE quantizer: rotation + Lloyd–Max codebook. Also the building block of the KV codec.
+#[derive(Clone, Debug)]
+pub struct MseQuantizer {
+    bits: u32,
+    rotation: Rotation,
+    codebook: Arc<Codebook>,
+}
+
+impl MseQuantizer {
+    pub fn new(dim: usize, bits: u32, rotation: RotationKind, seed: u64, index: u64) -> Result<Self, String> {
+        let codebook = codebook::codebook(dim, bits).map_err(|e| e.to_string())?;
+        let rotation = Rotation::new(rotation, dim, seed, index)?;
+        Ok(Self { bits, rotation, codebook })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.rotation.dim()
+    }
+
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+
+    pub fn rotation(&self) -> &Rotation {
+        &self.rotation
+    }
+
+    pub fn codebook(&self) -> &Codebook {
+        &self.codebook
+    }
+
+    /// Bytes of packed codes per vector.
+    pub fn code_bytes(&self) -> usize {
+        packed_len(self.dim(), self.bits)
+    }
+
+    /// Quantize one vector: packed codes into `codes_out`, returns the bf16 scale bits.
+    pub fn encode(&self, x: &[f32], codes_out: &mut [u8], scratch: &mut Scratch) -> u16 {
+        let norm = scale::norm_f64(x);
+        if norm == 0.0 {
+            codes_out.iter_mut().for_each(|b| *b = 0);
+            return scale::encode(0.0);
+        }
+        let inv = 1.0 / norm;
+        for (u, &v) in scratch.work.iter_mut().zip(x) {
+            *u = (v as f64 * inv) as f32;
+        }
+        self.rotation.rotate(&scratch.work, &mut scratch.rotated);
+        bucketize(&scratch.rotated, &self.codebook.boundaries_f32, &mut scratch.codes);
+        pack(&scratch.codes, self.bits, codes_out);
+        scale::encode(norm)
+    }
+
+    /// Centroid values (unit-norm scale) of packed codes, still in the rotated basis.
+    pub fn lookup(&self, codes: &[u8], out: &mut [f32], scratch_codes: &mut [u8]) {
+        unpack(codes, self.bits, scratch_codes);
+        let table = &self.codebook.centroids_f32;
+        for (o, &c) in out.iter_mut().zip(scratch_codes.iter()) {
+            *o = table[c as usize];
+        }
+    }
+
+    /// x̂ = scale · Πᵀ·c[idx].
+    pub fn decode(&self, codes: &[u8], scale_bits: u16, out: &mut [f32], scratch: &mut Scratch) {
+        self.lookup(codes, &mut scratch.rotated, &mut scratch.codes);
+        self.rotation.unrotate(&scratch.rotated, out);
+        let s = scale::decode(scale_bits);
+        out.iter_mut().for_each(|v| *v *= s);
+    }
+}
+
+/// code = number of boundaries strictly below y (so a value on a boundary takes the lower cell).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2+fma"))]
+pub fn bucketize(y: &[f32], boundaries: &[f32], codes: &mut [u8]) {
+    if boundaries.len() <= 15 {
+        codes.iter_mut().for_each(|c| *c = 0);
+        for &t in boundaries {
+            for (c, &v) in codes.iter_mut().zip(y) {
+                *c += (v > t) as u8;
+            }
+        }
+    } else {
+        for (c, &v) in codes.iter_mut().zip(y) {
+            *c = boundaries.partition_point(|&t| t < v) as u8;
+        }
+    }
+}
+
+/// The QJL stage of PROD: a seeded Gaussian projection and its sign sketch.
+#[derive(Clone, Debug)]
+struct Qjl {
+    dim: usize,
+    /// S row-major.
+    rows: Vec<f32>,
+    /// Sᵀ row-major (row j = column j of S).
+    columns: Vec<f32>,
+}
+
+impl Qjl {
+    fn new(dim: usize, seed: u64) -> Self {
+        let g = rng::gaussians(&mut rng::stream(seed, Stream::QjlProjection, 0), dim * dim);
+        let rows: Vec<f32> = g.iter().map(|&v| v as f32).collect();
+        let mut columns = vec![0.0f32; dim * dim];
+        for i in 0..dim {
+            for j in 0..dim {
+                columns[j * dim + i] = rows[i * dim + j];
+            }
+        }
+        Self { dim, rows, columns }
+    }
+
+    /// out = S·v.
+    fn project(&self, v: &[f32], out: &mut [f32]) {
+        matvec_columns(&self.columns, v, out);
+    }
+
+    /// out = Sᵀ·v.
+    fn project_transpose(&self, v: &[f32], out: &mut [f32]) {
+        matvec_columns(&self.rows, v, out);
+    }
+
+    /// √(π/2)/d, the estimator's constant.
+    fn gain(&self) -> f32 {
+        ((std::f64::consts::PI / 2.0).sqrt() / self.dim as f64) as f32
+    }
+}
+
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2+fma"))]
+fn matvec_columns(columns: &[f32], x: &[f32], out: &mut [f32]) {
+    let d = x.len();
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for (j, &xj) in x.iter().enumerate() {
+        for (o, &c) in out.iter_mut().zip(&columns[j * d..(j + 1) * d]) {
+            *o += c * xj;
+        }
+    }
+}
+
+/// A TurboQuant vector quantizer (MSE or PROD) for vectors of one dimension.
+#[derive(Clone, Debug)]
+pub struct Quantizer {
+    config: QuantizerConfig,
+    /// MSE stage: all bits for MSE, bits − 1 for PROD (absent for PROD at 1 bit).
+    mse: Option<MseQuantizer>,
+    qjl: Option<Qjl>,
+}
+
+impl Quantizer {
+    pub fn new(config: QuantizerConfig) -> Result<Self, String> {
+        let QuantizerConfig { dim, bits, rotation, kind, seed } = config;
+        if !(codebook::MIN_DIM..=codebook::MAX_DIM).contains(&dim) {
+            return Err(format!(
+                "dim {dim} is not supported: need {}..={}",
+                codebook::MIN_DIM,
+                codebook::MAX_DIM
+            ));
+        }
+        if !(codebook::MIN_BITS..=codebook::MAX_BITS).contains(&bits) {
+            return Err(format!(
+                "bits {bits} is not supported: need {}..={}",
+                codebook::MIN_BITS,
+                codebook::MAX_BITS
+            ));
+        }
+        if rotation == RotationKind::Hadamard && !dim.is_power_of_two() {
+            return Err(format!(
+                "dim {dim} is not supported by HADAMARD rotation: need a power of two; use DENSE"
+            ));
+        }
+        let (mse, qjl) = match kind {
+            QuantizerKind::Mse => (Some(MseQuantizer::new(dim, bits, rotation, seed, 0)?), None),
+            QuantizerKind::Prod => {
+                let mse = if bits > 1 { Some(MseQuantizer::new(dim, bits - 1, rotation, seed, 0)?) } else { None };
+                (mse, Some(Qjl::new(dim, seed)))
+            }
+        };
+        Ok(Self { config, mse, qjl })
+    }
+
+    pub fn config(&self) -> &QuantizerConfig {
+        &self.config
+    }
+
+    pub fn dim(&self) -> usize {
+        self.config.dim
+    }
+
+    /// Bytes of packed codes per vector (excluding scales).
+    pub fn code_bytes(&self) -> usize {
+        self.mse.as_ref().map_or(0, |m| m.code_bytes()) + self.qjl.as_ref().map_or(0, |q| packed_len(q.dim, 1))
+    }
+
+    /// bf16 scales per vector.
+    pub fn scale_count(&self) -> usize {
+        if self.qjl.is_some() { 2 } else { 1 }
+    }
+
+    /// Stored bytes per vector (codes + scales).
+    pub fn bytes_per_vector(&self) -> usize {
+        self.code_bytes() + 2 * self.scale_count()
+    }
+
+    /// The MSE stage's exact expected normalised MSE (Lloyd–Max value); 1 when there is no MSE stage.
+    pub fn mse_stage_nmse(&self) -> f64 {
+        self.mse.as_ref().map_or(1.0, |m| m.codebook().nmse)
+    }
+
+    pub fn mse_stage(&self) -> Option<&MseQuantizer> {
+        self.mse.as_ref()
+    }
+
+    pub fn scratch(&self) -> Scratch {
+        Scratch::new(self.dim())
+    }
+
+    /// Quantize one vector into `codes` (code_bytes) and `scales` (scale_count).
+    pub fn quantize_one(&self, x: &[f32], codes: &mut [u8], scales: &mut [u16], scratch: &mut Scratch) {
+        let d = self.dim();
+        let mse_bytes = self.mse.as_ref().map_or(0, |m| m.code_bytes());
+        let (mse_codes, sign_codes) = codes.split_at_mut(mse_bytes);
+        let mut residual_scratch = None;
+        if let Some(mse) = &self.mse {
+            scales[0] = mse.encode(x, mse_codes, scratch);
+            if self.qjl.is_some() {
+                let mut xhat = vec![0.0f32; d];
+                mse.decode(mse_codes, scales[0], &mut xhat, scratch);
+                residual_scratch = Some(xhat);
+            }
+        } else {
+            scales[0] = scale::encode(scale::norm_f64(x));
+        }
+        if let Some(qjl) = &self.qjl {
+            let residual: Vec<f32> = match residual_scratch {
+                Some(xhat) => x.iter().zip(&xhat).map(|(a, b)| a - b).collect(),
+                None => x.to_vec(),
+            };
+            scales[1] = scale::encode(scale::norm_f64(&residual));
+            qjl.project(&residual, &mut scratch.rotated);
+            for (c, &v) in scratch.codes.iter_mut().zip(&scratch.rotated) {
+                *c = (v >= 0.0) as u8;
+            }
+            pack(&scratch.codes, 1, sign_codes);
+        }
+    }
+
+    /// Reconstruct one vector.
+    pub fn dequantize_one(&self, codes: &[u8], scales: &[u16], out: &mut [f32], scratch: &mut Scratch) {
+        let mse_bytes = self.mse.as_ref().map_or(0, |m| m.code_bytes());
+        match &self.mse {
+            Some(mse) => mse.decode(&codes[..mse_bytes], scales[0], out, scratch),
+            None => out.iter_mut().for_each(|v| *v = 0.0),
+        }
+        if let Some(qjl) = &self.qjl {
+            let gamma = scale::decode(scales[1]);
+            unpack(&codes[mse_bytes..], 1, &mut scratch.codes);
+            for (w, &c) in scratch.work.iter_mut().zip(scratch.codes.iter()) {
+                *w = if c == 1 { 1.0 } else { -1.0 };
+            }
+            qjl.project_transpose(&scratch.work, &mut scratch.rotated);
+            let g = gamma * qjl.gain();
+            for (o, &v) in out.iter_mut().zip(&scratch.rotated) {
+                *o += g * v;
+            }
+        }
+    }
+
+    /// Prepare a query y for `inner_product`: (Π·y for the MSE stage, S·y for QJL).
+    pub fn prepare_query(&self, y: &[f32]) -> PreparedQuery {
+        let d = self.dim();
+        let rotated = self.mse.as_ref().map(|m| {
+            let mut r = vec![0.0; d];
+            m.rotation().rotate(y, &mut r);
+            r
+        });
+        let projected = self.qjl.as_ref().map(|q| {
+            let mut p = vec![0.0; d];
+            q.project(y, &mut p);
+            p
+        });
+        PreparedQuery { rotated, projected }
+    }
+
+    /// Estimate ⟨y, x̂⟩ for one stored vector (the unbiased estimator for PROD).
+    pub fn inner_product(&self, query: &PreparedQuery, codes: &[u8], scales: &[u16], scratch: &mut Scratch) -> f32 {
+        let mse_bytes = self.mse.as_ref().map_or(0, |m| m.code_bytes());
+        let mut total = 0.0f32;
+        if let (Some(mse), Some(rotated)) = (&self.mse, &query.rotated) {
+            mse.lookup(&codes[..mse_bytes], &mut scratch.work, &mut scratch.codes);
+            let dot: f32 = rotated.iter().zip(&scratch.work).map(|(a, b)| a * b).sum();
+            total += scale::decode(scales[0]) * dot;
+        }
+        if let (Some(qjl), Some(projected)) = (&self.qjl, &query.projected) {
+            unpack(&codes[mse_bytes..], 1, &mut scratch.codes);
+            let dot: f32 = projected
+                .iter()
+                .zip(scratch.codes.iter())
+                .map(|(&p, &c)| if c == 1 { p } else { -p })
+                .sum();
+            total += scale::decode(scales[1]) * qjl.gain() * dot;
+        }
+        total
+    }
+}
+
+/// A query transformed once for many inner products.
+#[derive(Clone, Debug)]
+pub struct PreparedQuery {
+    rotated: Option<Vec<f32>>,
+    projected: Option<Vec<f32>>,
+}
