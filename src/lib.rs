@@ -5,4 +5,5 @@
 
 pub mod ffi;
 pub mod parallel;
+/// cbindgen:ignore
 pub mod math;
