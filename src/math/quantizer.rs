@@ -149,8 +149,8 @@ struct Qjl {
 }
 
 impl Qjl {
-    fn new(dim: usize, seed: u64) -> Self {
-        let g = rng::gaussians(&mut rng::stream(seed, Stream::QjlProjection, 0), dim * dim);
+    fn new(dim: usize, seed: u64, index: u64) -> Self {
+        let g = rng::gaussians(&mut rng::stream(seed, Stream::QjlProjection, index), dim * dim);
         let rows: Vec<f32> = g.iter().map(|&v| v as f32).collect();
         let mut columns = vec![0.0f32; dim * dim];
         for i in 0..dim {
@@ -199,6 +199,12 @@ pub struct Quantizer {
 
 impl Quantizer {
     pub fn new(config: QuantizerConfig) -> Result<Self, String> {
+        Self::new_indexed(config, 0, 0)
+    }
+
+    /// A quantizer whose rotation is stream `rotation_index` and whose QJL projection is stream
+    /// `projection_index` of the seed (the KV codec gives every layer and K/V its own).
+    pub fn new_indexed(config: QuantizerConfig, rotation_index: u64, projection_index: u64) -> Result<Self, String> {
         let QuantizerConfig { dim, bits, rotation, kind, seed } = config;
         if !(codebook::MIN_DIM..=codebook::MAX_DIM).contains(&dim) {
             return Err(format!(
@@ -220,10 +226,14 @@ impl Quantizer {
             ));
         }
         let (mse, qjl) = match kind {
-            QuantizerKind::Mse => (Some(MseQuantizer::new(dim, bits, rotation, seed, 0)?), None),
+            QuantizerKind::Mse => (Some(MseQuantizer::new(dim, bits, rotation, seed, rotation_index)?), None),
             QuantizerKind::Prod => {
-                let mse = if bits > 1 { Some(MseQuantizer::new(dim, bits - 1, rotation, seed, 0)?) } else { None };
-                (mse, Some(Qjl::new(dim, seed)))
+                let mse = if bits > 1 {
+                    Some(MseQuantizer::new(dim, bits - 1, rotation, seed, rotation_index)?)
+                } else {
+                    None
+                };
+                (mse, Some(Qjl::new(dim, seed, projection_index)))
             }
         };
         Ok(Self { config, mse, qjl })
@@ -259,6 +269,32 @@ impl Quantizer {
 
     pub fn mse_stage(&self) -> Option<&MseQuantizer> {
         self.mse.as_ref()
+    }
+
+    /// Bytes of MSE-stage codes per vector (0 for PROD at 1 bit).
+    pub fn mse_code_bytes(&self) -> usize {
+        self.mse.as_ref().map_or(0, |m| m.code_bytes())
+    }
+
+    /// PROD: S·y into `out`; returns false (and leaves `out`) for MSE.
+    pub fn project_query(&self, y: &[f32], out: &mut [f32]) -> bool {
+        match &self.qjl {
+            Some(q) => {
+                q.project(y, out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PROD: the estimator's constant √(π/2)/d; 0 for MSE.
+    pub fn qjl_gain(&self) -> f32 {
+        self.qjl.as_ref().map_or(0.0, |q| q.gain())
+    }
+
+    /// PROD: the projection S, row-major; None for MSE.
+    pub fn qjl_projection(&self) -> Option<&[f32]> {
+        self.qjl.as_ref().map(|q| q.rows.as_slice())
     }
 
     pub fn scratch(&self) -> Scratch {
