@@ -3,6 +3,8 @@
 //!
 //! Layers (dependencies point downward): `ffi` (the only `extern "C"` code) → `math` (pure numerics).
 
+pub mod backend;
+pub mod codec;
 pub mod ffi;
 pub mod parallel;
 /// cbindgen:ignore
