@@ -139,6 +139,76 @@ typedef uint32_t tq_quantizer_kind;
 #endif // __cplusplus
 
 /**
+ * Backend a context runs on (values of the `backend` params field).
+ */
+enum tq_backend
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Host memory, Rust threads.
+   */
+  TQ_BACKEND_CPU = 0,
+  /**
+   * CUDA device memory, the caller's stream.
+   */
+  TQ_BACKEND_CUDA = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum tq_backend tq_backend;
+#else
+typedef uint32_t tq_backend;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Element type of q, k, v, out and masks (values of `dtype` fields and arguments).
+ */
+enum tq_dtype
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  TQ_DTYPE_F32 = 0,
+  TQ_DTYPE_F16 = 1,
+  TQ_DTYPE_BF16 = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum tq_dtype tq_dtype;
+#else
+typedef uint32_t tq_dtype;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * How keys are quantized (values of the `key_mode` params field).
+ */
+enum tq_key_mode
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Minimum-MSE quantizer (TurboQuant_mse) for keys, as for values. Default.
+   */
+  TQ_KEY_MODE_MSE = 0,
+  /**
+   * Unbiased inner-product quantizer (TurboQuant_prod): MSE at bits_k−1 plus a 1-bit QJL sketch.
+   */
+  TQ_KEY_MODE_PROD = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum tq_key_mode tq_key_mode;
+#else
+typedef uint32_t tq_key_mode;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A KV codec context. Opaque; create with tq_context_new(), free with tq_context_free().
  */
 typedef struct tq_context tq_context;
@@ -381,14 +451,14 @@ enum tq_status tq_context_state_load(struct tq_context *ctx, const uint8_t *buf,
  */
 enum tq_status tq_append_kv(struct tq_context *ctx,
                             uint32_t layer,
-                            uint8_t *k_store,
-                            uint8_t *v_store,
+                            void *k_store,
+                            void *v_store,
                             size_t n_cells,
                             const int64_t *slots,
                             size_t n_tokens,
-                            const uint8_t *k,
+                            const void *k,
                             const struct tq_strides *k_strides,
-                            const uint8_t *v,
+                            const void *v,
                             const struct tq_strides *v_strides,
                             void *stream);
 
@@ -402,14 +472,14 @@ enum tq_status tq_append_kv(struct tq_context *ctx,
  */
 enum tq_status tq_append_kv_part(struct tq_context *ctx,
                                  uint32_t layer,
-                                 uint8_t *k_store,
-                                 uint8_t *v_store,
+                                 void *k_store,
+                                 void *v_store,
                                  size_t n_cells,
                                  const int64_t *slots,
                                  size_t n_tokens,
-                                 const uint8_t *k,
+                                 const void *k,
                                  const struct tq_strides *k_strides,
-                                 const uint8_t *v,
+                                 const void *v,
                                  const struct tq_strides *v_strides,
                                  uint32_t ith,
                                  uint32_t nth);
@@ -429,17 +499,17 @@ enum tq_status tq_append_kv_part(struct tq_context *ctx,
  */
 enum tq_status tq_attend(const struct tq_context *ctx,
                          uint32_t layer,
-                         const uint8_t *q,
+                         const void *q,
                          size_t n_q,
                          const struct tq_strides *q_strides,
-                         const uint8_t *k_store,
-                         const uint8_t *v_store,
+                         const void *k_store,
+                         const void *v_store,
                          size_t n_cells,
-                         const uint8_t *mask,
+                         const void *mask,
                          uint32_t mask_dtype,
                          size_t mask_row_stride,
                          float scale,
-                         uint8_t *out,
+                         void *out,
                          const struct tq_strides *out_strides,
                          void *stream);
 
@@ -453,17 +523,17 @@ enum tq_status tq_attend(const struct tq_context *ctx,
  */
 enum tq_status tq_attend_part(const struct tq_context *ctx,
                               uint32_t layer,
-                              const uint8_t *q,
+                              const void *q,
                               size_t n_q,
                               const struct tq_strides *q_strides,
-                              const uint8_t *k_store,
-                              const uint8_t *v_store,
+                              const void *k_store,
+                              const void *v_store,
                               size_t n_cells,
-                              const uint8_t *mask,
+                              const void *mask,
                               uint32_t mask_dtype,
                               size_t mask_row_stride,
                               float scale,
-                              uint8_t *out,
+                              void *out,
                               const struct tq_strides *out_strides,
                               uint32_t ith,
                               uint32_t nth);

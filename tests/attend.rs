@@ -101,8 +101,8 @@ fn run_case(c: &Case, n_q: usize, seed: u64) -> (f64, f64) {
     let row_v = |i: usize| v[i * c.n_kv * d..].as_ptr() as *const u8;
     for (start, end) in [(0usize, 200usize), (200, n_cells)] {
         let st = unsafe {
-            tq_append_kv(ctx.0, layer, k_store.as_mut_ptr(), v_store.as_mut_ptr(), n_cells, slots[start..].as_ptr(), end - start,
-                row_k(start), std::ptr::null(), row_v(start), std::ptr::null(), std::ptr::null_mut())
+            tq_append_kv(ctx.0, layer, k_store.as_mut_ptr().cast(), v_store.as_mut_ptr().cast(), n_cells, slots[start..].as_ptr(), end - start,
+                row_k(start).cast(), std::ptr::null(), row_v(start).cast(), std::ptr::null(), std::ptr::null_mut())
         };
         assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
     }
@@ -127,8 +127,8 @@ fn run_case(c: &Case, n_q: usize, seed: u64) -> (f64, f64) {
     let scale = 1.0 / (d as f32).sqrt();
     let mut out = vec![0.0f32; n_q * n_heads * d];
     let st = unsafe {
-        tq_attend(ctx.0, layer, q.as_ptr() as *const u8, n_q, std::ptr::null(), k_store.as_ptr(), v_store.as_ptr(), n_cells,
-            mask.as_ptr() as *const u8, 0, n_cells, scale, out.as_mut_ptr() as *mut u8, std::ptr::null(), std::ptr::null_mut())
+        tq_attend(ctx.0, layer, q.as_ptr().cast(), n_q, std::ptr::null(), k_store.as_ptr().cast(), v_store.as_ptr().cast(), n_cells,
+            mask.as_ptr().cast(), 0, n_cells, scale, out.as_mut_ptr().cast(), std::ptr::null(), std::ptr::null_mut())
     };
     assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
 

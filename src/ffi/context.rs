@@ -1,5 +1,6 @@
 //! C API of the KV codec context and slot mode (engines that own their cache buffers).
 
+use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::error::{self, Error, Result, borrow, borrow_mut, slice, write_out};
@@ -376,8 +377,8 @@ fn check_finite_tensor(t: &HeadTensor, n: usize, heads: usize, d: usize, arg: &s
 
 struct AppendArgs {
     layer: usize,
-    k_store: *mut u8,
-    v_store: *mut u8,
+    k_store: *mut c_void,
+    v_store: *mut c_void,
     slots: Vec<usize>,
     k: HeadTensor,
     v: HeadTensor,
@@ -387,14 +388,14 @@ struct AppendArgs {
 unsafe fn check_append(
     c: &tq_context,
     layer: u32,
-    k_store: *mut u8,
-    v_store: *mut u8,
+    k_store: *mut c_void,
+    v_store: *mut c_void,
     n_cells: usize,
     slots: *const i64,
     n_tokens: usize,
-    k: *const u8,
+    k: *const c_void,
     k_strides: *const tq_strides,
-    v: *const u8,
+    v: *const c_void,
     v_strides: *const tq_strides,
 ) -> Result<AppendArgs> {
     let layer = check_layer(c, layer)?;
@@ -423,8 +424,8 @@ unsafe fn check_append(
         }
         cells.push(s as usize);
     }
-    let k = HeadTensor { ptr: k, strides: strides_or_packed(k_strides, cfg.n_kv_heads, cfg.head_dim, c.dtype, "k_strides")?, dtype: c.dtype };
-    let v = HeadTensor { ptr: v, strides: strides_or_packed(v_strides, cfg.n_kv_heads, cfg.head_dim, c.dtype, "v_strides")?, dtype: c.dtype };
+    let k = HeadTensor { ptr: k.cast(), strides: strides_or_packed(k_strides, cfg.n_kv_heads, cfg.head_dim, c.dtype, "k_strides")?, dtype: c.dtype };
+    let v = HeadTensor { ptr: v.cast(), strides: strides_or_packed(v_strides, cfg.n_kv_heads, cfg.head_dim, c.dtype, "v_strides")?, dtype: c.dtype };
     check_finite_tensor(&k, n_tokens, cfg.n_kv_heads, cfg.head_dim, "k")?;
     check_finite_tensor(&v, n_tokens, cfg.n_kv_heads, cfg.head_dim, "v")?;
     Ok(AppendArgs { layer, k_store, v_store, slots: cells, k, v })
@@ -447,8 +448,8 @@ fn append_range(c: &tq_context, a: &AppendArgs, means: Option<&Means>, range: st
     for i in range {
         let cell = a.slots[i];
         // SAFETY: the store holds n_cells rows, cell < n_cells, and slots are distinct.
-        let k_row = unsafe { std::slice::from_raw_parts_mut(a.k_store.add(cell * kr), kr) };
-        let v_row = unsafe { std::slice::from_raw_parts_mut(a.v_store.add(cell * vr), vr) };
+        let k_row = unsafe { std::slice::from_raw_parts_mut(a.k_store.cast::<u8>().add(cell * kr), kr) };
+        let v_row = unsafe { std::slice::from_raw_parts_mut(a.v_store.cast::<u8>().add(cell * vr), vr) };
         unsafe { encode::encode_token(&c.codec, a.layer, means, &a.k, &a.v, i, k_row, v_row, &mut scratch) };
     }
 }
@@ -470,16 +471,16 @@ unsafe impl Sync for AppendArgs {}
 pub unsafe extern "C" fn tq_append_kv(
     ctx: *mut tq_context,
     layer: u32,
-    k_store: *mut u8,
-    v_store: *mut u8,
+    k_store: *mut c_void,
+    v_store: *mut c_void,
     n_cells: usize,
     slots: *const i64,
     n_tokens: usize,
-    k: *const u8,
+    k: *const c_void,
     k_strides: *const tq_strides,
-    v: *const u8,
+    v: *const c_void,
     v_strides: *const tq_strides,
-    stream: *mut libc::c_void,
+    stream: *mut c_void,
 ) -> tq_status {
     let _ = stream;
     context_call(ctx, |c| {
@@ -518,14 +519,14 @@ fn part_range(n: usize, ith: u32, nth: u32) -> std::ops::Range<usize> {
 pub unsafe extern "C" fn tq_append_kv_part(
     ctx: *mut tq_context,
     layer: u32,
-    k_store: *mut u8,
-    v_store: *mut u8,
+    k_store: *mut c_void,
+    v_store: *mut c_void,
     n_cells: usize,
     slots: *const i64,
     n_tokens: usize,
-    k: *const u8,
+    k: *const c_void,
     k_strides: *const tq_strides,
-    v: *const u8,
+    v: *const c_void,
     v_strides: *const tq_strides,
     ith: u32,
     nth: u32,
@@ -546,17 +547,17 @@ pub unsafe extern "C" fn tq_append_kv_part(
 unsafe fn check_attend<'a>(
     c: &'a tq_context,
     layer: u32,
-    q: *const u8,
+    q: *const c_void,
     n_q: usize,
     q_strides: *const tq_strides,
-    k_store: *const u8,
-    v_store: *const u8,
+    k_store: *const c_void,
+    v_store: *const c_void,
     n_cells: usize,
-    mask: *const u8,
+    mask: *const c_void,
     mask_dtype: u32,
     mask_row_stride: usize,
     scale: f32,
-    out: *mut u8,
+    out: *mut c_void,
     out_strides: *const tq_strides,
 ) -> Result<AttendJob<'a>> {
     let layer = check_layer(c, layer)?;
@@ -585,9 +586,9 @@ unsafe fn check_attend<'a>(
                 "mask_row_stride is {mask_row_stride}: must be ≥ n_cells ({n_cells})"
             )));
         }
-        MaskSource::Tensor { ptr: mask, dtype, row_stride: mask_row_stride }
+        MaskSource::Tensor { ptr: mask.cast(), dtype, row_stride: mask_row_stride }
     };
-    let q = HeadTensor { ptr: q, strides: strides_or_packed(q_strides, cfg.n_heads, cfg.head_dim, c.dtype, "q_strides")?, dtype: c.dtype };
+    let q = HeadTensor { ptr: q.cast(), strides: strides_or_packed(q_strides, cfg.n_heads, cfg.head_dim, c.dtype, "q_strides")?, dtype: c.dtype };
     check_finite_tensor(&q, n_q, cfg.n_heads, cfg.head_dim, "q")?;
     let out_strides = strides_or_packed(out_strides, cfg.n_heads, cfg.head_dim, c.dtype, "out_strides")?;
     Ok(AttendJob {
@@ -595,13 +596,13 @@ unsafe fn check_attend<'a>(
         layer,
         q,
         n_q,
-        k_store,
-        v_store,
+        k_store: k_store.cast(),
+        v_store: v_store.cast(),
         n_cells,
         mask,
         full: None,
         scale,
-        out,
+        out: out.cast(),
         out_strides,
         out_dtype: c.dtype,
     })
@@ -622,19 +623,19 @@ unsafe fn check_attend<'a>(
 pub unsafe extern "C" fn tq_attend(
     ctx: *const tq_context,
     layer: u32,
-    q: *const u8,
+    q: *const c_void,
     n_q: usize,
     q_strides: *const tq_strides,
-    k_store: *const u8,
-    v_store: *const u8,
+    k_store: *const c_void,
+    v_store: *const c_void,
     n_cells: usize,
-    mask: *const u8,
+    mask: *const c_void,
     mask_dtype: u32,
     mask_row_stride: usize,
     scale: f32,
-    out: *mut u8,
+    out: *mut c_void,
     out_strides: *const tq_strides,
-    stream: *mut libc::c_void,
+    stream: *mut c_void,
 ) -> tq_status {
     let _ = stream;
     context_call(ctx, |c| {
@@ -666,17 +667,17 @@ pub(crate) fn run_attend(job: &AttendJob, threads: usize) {
 pub unsafe extern "C" fn tq_attend_part(
     ctx: *const tq_context,
     layer: u32,
-    q: *const u8,
+    q: *const c_void,
     n_q: usize,
     q_strides: *const tq_strides,
-    k_store: *const u8,
-    v_store: *const u8,
+    k_store: *const c_void,
+    v_store: *const c_void,
     n_cells: usize,
-    mask: *const u8,
+    mask: *const c_void,
     mask_dtype: u32,
     mask_row_stride: usize,
     scale: f32,
-    out: *mut u8,
+    out: *mut c_void,
     out_strides: *const tq_strides,
     ith: u32,
     nth: u32,
