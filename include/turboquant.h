@@ -12,6 +12,8 @@
 #define TQ_VERSION_MINOR 1
 #define TQ_VERSION_PATCH 0
 
+#define FORMAT_VERSION 1
+
 /**
  * Version of the params structs' layout; a params struct carrying another value is rejected.
  */
@@ -209,6 +211,11 @@ typedef uint32_t tq_key_mode;
 #endif // __cplusplus
 
 /**
+ * An owned KV cache. Opaque; create with tq_cache_new(), free with tq_cache_free().
+ */
+typedef struct tq_cache tq_cache;
+
+/**
  * A KV codec context. Opaque; create with tq_context_new(), free with tq_context_free().
  */
 typedef struct tq_context tq_context;
@@ -217,6 +224,58 @@ typedef struct tq_context tq_context;
  * A vector quantizer. Opaque; create with tq_quantizer_new(), free with tq_quantizer_free().
  */
 typedef struct tq_quantizer tq_quantizer;
+
+/**
+ * Parameters of tq_cache_new(). Obtain with tq_cache_default_params(), then change fields.
+ */
+typedef struct tq_cache_params {
+  /**
+   * sizeof(tq_cache_params); set by tq_cache_default_params().
+   */
+  size_t struct_size;
+  /**
+   * TQ_ABI_VERSION; set by tq_cache_default_params().
+   */
+  uint32_t abi_version;
+  /**
+   * Sequence ids 0..max_seqs. Default 1.
+   */
+  uint32_t max_seqs;
+  /**
+   * Most tokens per sequence (per layer). Default 4096.
+   */
+  uint32_t max_tokens;
+  /**
+   * The most recent tokens kept in full precision. Default 128.
+   */
+  uint32_t residual_window;
+  /**
+   * Tokens at positions < n_sink kept in full precision (attention sinks). Default 0.
+   */
+  uint32_t n_sink;
+} tq_cache_params;
+
+/**
+ * Memory held by a cache (tq_cache_memory_usage()).
+ */
+typedef struct tq_cache_memory {
+  /**
+   * Bytes of stored rows, full-precision values and positions.
+   */
+  size_t bytes_used;
+  /**
+   * Bytes an f16 K/V cache would hold for the same tokens.
+   */
+  size_t bytes_fp16;
+  /**
+   * Tokens held, summed over sequences and layers.
+   */
+  size_t n_tokens;
+  /**
+   * Of those, tokens stored compressed.
+   */
+  size_t n_compressed;
+} tq_cache_memory;
 
 /**
  * Parameters of tq_context_new(). Obtain with tq_context_default_params(), then change fields.
@@ -367,6 +426,163 @@ const char *tq_status_to_string(uint32_t status);
  * failing call on this thread; copy it to keep it. Thread-safe (the message is per thread).
  */
 const char *tq_last_error_message(void);
+
+/**
+ * Default cache parameters (see each field). Thread-safe.
+ */
+struct tq_cache_params tq_cache_default_params(void);
+
+/**
+ * sizeof(tq_cache_params) as this library was built.
+ */
+size_t tq_cache_params_size(void);
+
+/**
+ * Create an empty cache for `ctx` (CPU backend). The cache borrows `ctx`, which must outlive it.
+ * On success `*out` receives a handle the caller owns (free with tq_cache_free()). Thread-safe.
+ *
+ * # Safety
+ * `ctx` is NULL or live; `params` points to a tq_cache_params or is NULL; `out` is NULL or writable.
+ */
+enum tq_status tq_cache_new(const struct tq_context *ctx,
+                            const struct tq_cache_params *params,
+                            struct tq_cache **out);
+
+/**
+ * Free a cache. NULL is a no-op.
+ *
+ * # Safety
+ * `cache` is NULL or a live handle from tq_cache_new().
+ */
+void tq_cache_free(struct tq_cache *cache);
+
+/**
+ * Append `n` tokens to sequence `seq` of `layer`: `k` and `v` are packed
+ * [n][n_kv_heads][head_dim] of the context dtype, finite. Positions continue the sequence. Tokens
+ * older than the residual window (and not sinks) are compressed. Past max_tokens the call fails
+ * with TQ_STATUS_CAPACITY_EXCEEDED and the cache is unchanged. `stream` is ignored (CPU).
+ * Not thread-safe with other calls on the same cache.
+ *
+ * # Safety
+ * `k` and `v` hold n·n_kv_heads·head_dim elements.
+ */
+enum tq_status tq_cache_append(struct tq_cache *cache,
+                               uint32_t layer,
+                               uint32_t seq,
+                               size_t n,
+                               const void *k,
+                               const void *v,
+                               void *stream);
+
+/**
+ * Attention of the queries of the last `n_q` positions of `seq` (q: packed [n_q][n_heads][head_dim]
+ * of the context dtype; their K/V must already be appended) over the sequence's tokens in `layer`,
+ * causal: query i sees positions ≤ its own. Compressed and full-precision tokens share one softmax.
+ * Writes `out` ([n_q][n_heads][head_dim]). `stream` is ignored (CPU). Not thread-safe with
+ * mutations of the same cache.
+ *
+ * # Safety
+ * `q` holds n_q·n_heads·head_dim elements; `out` as many writable ones.
+ */
+enum tq_status tq_cache_attend(struct tq_cache *cache,
+                               uint32_t layer,
+                               uint32_t seq,
+                               const void *q,
+                               size_t n_q,
+                               float scale,
+                               void *out,
+                               void *stream);
+
+/**
+ * Remove positions [p0, p1) from sequence `seq` in every layer (seq < 0: every sequence; p0 < 0:
+ * from 0; p1 < 0: to the end). Later tokens keep their positions.
+ *
+ * # Safety
+ * `cache` is NULL or live.
+ */
+enum tq_status tq_cache_seq_rm(struct tq_cache *cache, int32_t seq, int64_t p0, int64_t p1);
+
+/**
+ * Make `dst`'s positions [p0, p1) a copy of `src`'s (same stored representation, so attention is
+ * bit-identical); p0 < 0: from 0, p1 < 0: to the end. Fails with TQ_STATUS_CAPACITY_EXCEEDED,
+ * changing nothing, if `dst` would exceed max_tokens.
+ *
+ * # Safety
+ * `cache` is NULL or live.
+ */
+enum tq_status tq_cache_seq_cp(struct tq_cache *cache,
+                               uint32_t src,
+                               uint32_t dst,
+                               int64_t p0,
+                               int64_t p1);
+
+/**
+ * Remove every sequence except `seq`.
+ *
+ * # Safety
+ * `cache` is NULL or live.
+ */
+enum tq_status tq_cache_seq_keep(struct tq_cache *cache, uint32_t seq);
+
+/**
+ * Remove every token of every sequence (centering means, once fixed, are kept).
+ *
+ * # Safety
+ * `cache` is NULL or live.
+ */
+enum tq_status tq_cache_clear(struct tq_cache *cache);
+
+/**
+ * Number of tokens sequence `seq` holds (in layer 0).
+ *
+ * # Safety
+ * `cache` is NULL or live; `out` is NULL or writable.
+ */
+enum tq_status tq_cache_seq_len(const struct tq_cache *cache, uint32_t seq, size_t *out);
+
+/**
+ * Memory held by the cache and what an f16 cache would hold for the same tokens.
+ *
+ * # Safety
+ * `cache` is NULL or live; `out` is NULL or writable.
+ */
+enum tq_status tq_cache_memory_usage(const struct tq_cache *cache, struct tq_cache_memory *out);
+
+/**
+ * Serialize the cache (versioned, parameter fingerprint, CRC-32). With `buf` NULL, only
+ * `*written` = the size needed. Otherwise `size` must be at least that; `*written` = bytes written.
+ *
+ * # Safety
+ * `buf` is NULL or holds `size` writable bytes; `written` is writable.
+ */
+enum tq_status tq_cache_save(const struct tq_cache *cache, void *buf, size_t size, size_t *written);
+
+/**
+ * Replace the cache's contents by a cache saved with tq_cache_save() (same context parameters and
+ * cache parameters). Truncated, corrupted or foreign data fails with TQ_STATUS_CORRUPT_DATA,
+ * mismatched parameters or format with TQ_STATUS_INCOMPATIBLE; on failure the cache is unchanged.
+ *
+ * # Safety
+ * `buf` holds `size` readable bytes.
+ */
+enum tq_status tq_cache_load(struct tq_cache *cache, const void *buf, size_t size);
+
+/**
+ * tq_cache_save() to a file (written to a temporary name in the same folder, then renamed, so a
+ * failure never leaves a partial file under `path`).
+ *
+ * # Safety
+ * `path` is NULL or a NUL-terminated string.
+ */
+enum tq_status tq_cache_save_file(const struct tq_cache *cache, const char *path);
+
+/**
+ * tq_cache_load() from a file.
+ *
+ * # Safety
+ * `path` is NULL or a NUL-terminated string.
+ */
+enum tq_status tq_cache_load_file(struct tq_cache *cache, const char *path);
 
 /**
  * Default parameters (see each field). Thread-safe.

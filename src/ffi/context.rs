@@ -594,6 +594,7 @@ unsafe fn check_attend<'a>(
     Ok(AttendJob {
         codec: &c.codec,
         layer,
+        means: c.codec.means(layer),
         q,
         n_q,
         k_store: k_store.cast(),

@@ -9,7 +9,7 @@
 
 use super::encode::HeadTensor;
 use super::simd::{axpy, dot, exp_neg, lookup, scale_in_place};
-use crate::codec::{Dtype, KvCodec, Strides};
+use crate::codec::{Dtype, KvCodec, Means, Strides};
 use crate::math::scale;
 
 /// Where the additive mask of (query t, cell j) comes from.
@@ -63,6 +63,8 @@ pub struct FullRows<'a> {
 pub struct AttendJob<'a> {
     pub codec: &'a KvCodec,
     pub layer: usize,
+    /// Centering means the rows were encoded with (None: no centering).
+    pub means: Option<&'a Means>,
     pub q: HeadTensor,
     pub n_q: usize,
     pub k_store: *const u8,
@@ -155,7 +157,7 @@ unsafe fn run_item(job: &AttendJob, t: usize, g: usize, s: &mut AttendScratch) {
     let (kl, vl) = (&codec.k_layout, &codec.v_layout);
     let d = codec.config.head_dim;
     let group = codec.group_size();
-    let means = codec.means(job.layer);
+    let means = job.means;
     let key_mse = lc.key.mse_stage();
     let prod = kl.qjl;
     let qjl_gain = lc.key.qjl_gain();
