@@ -45,20 +45,22 @@ pub fn scale_in_place(w: f32, y: &mut [f32]) {
 }
 
 /// e^x for x ≤ 0 (softmax after subtracting the running max); 0 below −87.3 and for −inf.
-/// 2^(x·log2 e) split into 2^n · 2^f, |f| ≤ 1/2, with a degree-7 Taylor polynomial of e^(f·ln 2)
-/// (truncation < 1e-8 relative): within a few f32 ulps of the exact value.
+/// x = n·ln 2 + r with n = round(x/ln 2) and r computed in two steps (ln 2 split into a short
+/// exactly-multiplied high part and a low part) so that |r| ≤ ln2/2 keeps full precision; e^r by a
+/// degree-7 Taylor polynomial (truncation < 1e-8 relative); 2^n by building the exponent bits.
 #[inline(always)]
 pub fn exp_neg(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4; // 0x3f318000: 9 significant bits, so n·LN2_HI is exact
+    const LN2_LO: f32 = -2.121_944_4e-4;
     if x < -87.3 {
         return 0.0;
     }
-    let t = x * std::f32::consts::LOG2_E;
-    let n = (t + 0.5).floor();
-    let f = (t - n) * std::f32::consts::LN_2;
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
-        + f * (1.0
-            + f * (0.5
-                + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0 + f * (1.0 / 5040.0)))))));
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
