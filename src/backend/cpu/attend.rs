@@ -8,7 +8,7 @@
 //! sinks) join the same softmax in the original basis.
 
 use super::encode::HeadTensor;
-use super::simd::{axpy, dot, exp_neg, lookup, scale_in_place};
+use super::simd::{axpy, dot, exp_neg, exp_shifted_sum, lookup, scale_in_place};
 use crate::codec::{Dtype, KvCodec, Means, Strides};
 use crate::math::scale;
 
@@ -231,11 +231,7 @@ unsafe fn run_item(job: &AttendJob, t: usize, g: usize, s: &mut AttendScratch) {
                 scale_in_place(corr, &mut s.acc[h * d..(h + 1) * d]);
                 s.m[h] = new_m;
             }
-            let mut sum = 0.0;
-            for v in sc.iter_mut() {
-                *v = exp_neg(*v - new_m);
-                sum += *v;
-            }
+            let sum = exp_shifted_sum(sc, new_m);
             s.l[h] += sum;
             s.l_compressed[h] += sum;
         }
