@@ -24,6 +24,7 @@ LLAMA_JOBS       ?= 2
 LLAMA_THREADS    ?= 2
 LLAMA_NICE       ?= nice
 CORPUS           ?=
+LLAMA_CHUNKS     ?= 32
 PYTHON3          ?= python3
 
 # progress lines
@@ -140,18 +141,19 @@ llama-example: llama-bin-cli $(LLAMA_MODEL)
 
 llama-quality: llama-bin-perplexity $(LLAMA_MODEL) $(LLAMA_VENV)/.stamp
 	@test -n "$(CORPUS)" || { echo "make llama-quality: pass CORPUS=<plain text file> (e.g. a public-domain novel)"; exit 2; }
-	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) CORPUS=$(CORPUS) THREADS=$(LLAMA_THREADS) \
-	    PYTHON=$(LLAMA_VENV)/bin/python bash tools/llama/quality.sh
+	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) CORPUS=$(CORPUS) THREADS=$(LLAMA_THREADS) CHUNKS=$(LLAMA_CHUNKS) \
+	    PYTHON=$(LLAMA_VENV)/bin/python WORK=$(LLAMA_W)/quality bash tools/llama/quality.sh
 
 llama-server-test: llama-bin-server $(LLAMA_MODEL)
 	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) THREADS=$(LLAMA_THREADS) $(PYTHON3) tools/llama/server_test.py
 
 llama-bench-decode: llama-bin-bench $(LLAMA_MODEL)
-	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) THREADS=$(LLAMA_THREADS) bash tools/llama/bench.sh
+	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) THREADS=$(LLAMA_THREADS) OUT=bench/llama/decode.md bash tools/llama/bench.sh
 
 # CI: a short perplexity run with 4 sequences in parallel streams; KL divergence of TurboQuant 4/4 vs f16
 test-llama: llama-bin-perplexity $(LLAMA_MODEL)
-	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) THREADS=$(LLAMA_THREADS) CORPUS=$(CORPUS) bash tools/llama/test_llama.sh
+	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) THREADS=$(LLAMA_THREADS) \
+	    CORPUS=$(or $(CORPUS),$(LLAMA_SRC)/docs/build.md) bash tools/llama/test_llama.sh
 
 llama-clean:
 	rm -rf $(LLAMA_BLD) $(LLAMA_SRC) $(LLAMA_W)/src.stamp
