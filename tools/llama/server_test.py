@@ -28,10 +28,12 @@ def free_port():
 def main():
     bin_dir, model = os.environ["LLAMA_BIN"], os.environ["MODEL"]
     threads = os.environ.get("THREADS", "2")
+    ctk, ctv = os.environ.get("CTK", "tq4"), os.environ.get("CTV", "tq4")
+    n_par = os.environ.get("NP", "2")
     port = free_port()
     log_path = os.path.join(os.path.dirname(bin_dir.rstrip("/")), "server-test.log")
     cmd = [os.path.join(bin_dir, "llama-server"), "-m", model, "--host", "127.0.0.1", "--port", str(port),
-           "-t", threads, "-c", "2048", "-np", "2", "-ctk", "tq4", "-ctv", "tq3", "--no-webui"]
+           "-t", threads, "-c", "2048", "-np", n_par, "-ctk", ctk, "-ctv", ctv, "--no-webui", "-lv", "4"]
     print("starting:", " ".join(cmd), flush=True)
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -64,14 +66,21 @@ def main():
         }
         req = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
-        t1 = time.time()
-        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as r:
-            resp = json.load(r)
-        answer = resp["choices"][0]["message"]["content"]
-        usage = resp.get("usage", {})
-        print(f"answer ({time.time() - t1:.1f} s, usage {usage}): {answer!r}", flush=True)
-        if "paris" not in answer.lower():
+        answers = []
+        # twice: the second request reuses the cached prompt prefix of its slot (llama's seq_rm of the
+        # rest), and must give the same greedy answer
+        for i in range(2):
+            t1 = time.time()
+            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as r:
+                resp = json.load(r)
+            answer = resp["choices"][0]["message"]["content"]
+            usage = resp.get("usage", {})
+            print(f"answer {i + 1} ({time.time() - t1:.1f} s, usage {usage}): {answer!r}", flush=True)
+            answers.append(answer)
+        if "paris" not in answers[0].lower():
             raise RuntimeError("the answer does not name Paris")
+        if answers[1] != answers[0]:
+            raise RuntimeError("the repeated request (cached prefix) gave another answer")
         ok = True
     except Exception as e:  # report, then stop the server below
         print(f"FAIL: {e}", flush=True)
