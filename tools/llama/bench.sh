@@ -5,20 +5,21 @@
 set -euo pipefail
 : "${LLAMA_BIN:?}" "${MODEL:?}"
 THREADS=${THREADS:-2}
-REPS=${REPS:-3}
+REPS=${REPS:-2}
 DEPTHS=${DEPTHS:-0,4096}
 OUT=${OUT:-}
 
 tmp=$(mktemp)
+echo "| KV cache (K / V) | test | tokens/s |" > "$tmp"
+echo "|---|---|---:|" >> "$tmp"
 for t in "f16 f16" "q4_0 q4_0" "tq4 tq4" "tq4 tq3"; do
   set -- $t
   echo "== -ctk $1 -ctv $2" >&2
   "$LLAMA_BIN/llama-bench" -m "$MODEL" -t "$THREADS" -fa 1 -p 0 -n 32 -d "$DEPTHS" -r "$REPS" \
-      -ctk "$1" -ctv "$2" -o md 2>/dev/null | tee -a "$tmp.raw" >&2
+      -ctk "$1" -ctv "$2" -o md 2>/dev/null | tee /dev/stderr | grep -E '^\| .*tg' \
+    | awk -F'|' -v kv="$1 / $2" '{ gsub(/^ +| +$/, "", $(NF-2)); gsub(/^ +| +$/, "", $(NF-1));
+                                    printf "| %s | %s | %s |\n", kv, $(NF-2), $(NF-1) }' >> "$tmp"
 done
-# one table: header once
-{ grep -m1 '^| model' "$tmp.raw"; grep -m1 '^| -' "$tmp.raw"; grep '^| ' "$tmp.raw" | grep -v '^| model' ; } \
-  | awk '!/^\| -/ || !seen++' > "$tmp"
 if [ -n "$OUT" ]; then
   {
     echo "# llama-bench: decode speed with a TurboQuant KV cache beside f16 and q4_0"
@@ -30,4 +31,4 @@ if [ -n "$OUT" ]; then
   } > "$OUT"
 fi
 cat "$tmp"
-rm -f "$tmp" "$tmp.raw"
+rm -f "$tmp"
