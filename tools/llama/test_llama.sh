@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # CI check of the llama.cpp integration: a short llama-perplexity run with 4 sequences in parallel streams
 # (-b 2048 -c 512), f16 base logits, then llama.cpp's q4_0 and TurboQuant K4/V4 against them.
-# Fails unless TurboQuant's mean KL divergence vs f16 is below KLD_BOUND (see bench/llama/quality.md:
-# 0.07 on the 32-chunk run; q4_0 is ~0.06 there) and its perplexity is finite.
+# Fails unless TurboQuant's mean KL divergence vs f16 is below KLD_BOUND = 0.12. Measured (bench/llama/quality.md
+# and this check): TurboQuant 4/4 0.076 on 32 chunks of Pride and Prejudice, 0.069 on these 8 chunks of
+# docs/build.md; q4_0 0.059 / 0.058. The bound leaves ~1.6x for machine and corpus noise and still fails for the
+# errors that matter: streams mixed up or rows misplaced (KLD >> 1), or a codec regression to the level of
+# 3-bit keys (0.26) or of q4_0 without rotation (0.165).
 # Environment: LLAMA_BIN, MODEL, CORPUS (make test-llama defaults it to the fetched tree's docs/build.md),
 # THREADS; optional CHUNKS (8), KLD_BOUND.
 set -euo pipefail
@@ -21,10 +24,10 @@ grep -E "Final estimate" "$W/f16.log"
 
 kld() { grep -E "Mean    KLD" "$1" | awk '{print $3}'; }
 for t in q4_0 tq4; do
-  "${PPL[@]}" -ctk $t -ctv $t --kl-divergence-base "$W/base.kld" --kl-divergence > "$W/$t.log" 2>&1 \
+  "${PPL[@]}" -ctk $t -ctv $t -lv 4 --kl-divergence-base "$W/base.kld" --kl-divergence > "$W/$t.log" 2>&1 \
       || { tail -20 "$W/$t.log"; exit 1; }
   grep -q "n_seq=4" "$W/$t.log" || { echo "test-llama: expected 4 parallel sequences"; exit 1; }
-  echo "$t: $(grep -E 'Mean PPL\(Q\)' "$W/$t.log" | tr -s ' ')  |  mean KLD $(kld "$W/$t.log")"
+  echo "$t: $(grep -E 'Mean PPL\(Q\) +:' "$W/$t.log" | tr -s ' ')  |  mean KLD $(kld "$W/$t.log")"
 done
 grep -q "TurboQuant K 4 bits, V 4 bits" "$W/tq4.log" || { echo "test-llama: no TurboQuant cache line in the log"; exit 1; }
 rm -f "$W/base.kld"
@@ -32,4 +35,4 @@ rm -f "$W/base.kld"
 k=$(kld "$W/tq4.log")
 awk -v k="$k" -v b="$KLD_BOUND" 'BEGIN { if (k == "" || k != k + 0 || k >= b) { exit 1 } }' \
   || { echo "test-llama: FAIL: TurboQuant 4/4 mean KLD $k is not below $KLD_BOUND"; exit 1; }
-echo "test-llama: PASS (TurboQuant 4/4 mean KLD $k < $KLD_BOUND)"
+echo "test-llama: PASS (TurboQuant 4/4 mean KLD $k < $KLD_BOUND; q4_0 $(kld "$W/q4_0.log") in the same run)"
