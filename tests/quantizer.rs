@@ -469,3 +469,95 @@ fn inner_product_agrees_with_the_reconstruction() {
         }
     }
 }
+
+/// The row-format contract of one MSE-encoded vector, written out from its definition (scalar, no
+/// library code except the rotation's parameters and the codebook's f32 boundaries): every ISA must
+/// produce exactly these bytes.
+fn contract_encode(q: &turboquant::math::quantizer::MseQuantizer, x: &[f32]) -> (Vec<u8>, u16) {
+    let d = x.len();
+    let mut acc = [0.0f64; 8];
+    for (i, &v) in x.iter().enumerate() {
+        acc[i % 8] += v as f64 * v as f64;
+    }
+    let norm = (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))).sqrt();
+    let bits = q.bits() as usize;
+    let mut packed = vec![0u8; (d * bits).div_ceil(8)];
+    let bf16_max = f32::from_bits(0x7f7f_0000);
+    let scale = half::bf16::from_f32((norm as f32).min(bf16_max)).to_bits();
+    if norm == 0.0 {
+        return (packed, scale);
+    }
+    let inv = 1.0 / norm;
+    let u: Vec<f32> = x.iter().map(|&v| (v as f64 * inv) as f32).collect();
+    let y: Vec<f32> = match q.rotation().kind() {
+        RotationKind::Hadamard => {
+            let (s1, s2) = q.rotation().hadamard_signs();
+            let mut v: Vec<f32> = u.iter().zip(s1).map(|(a, b)| a * b).collect();
+            let mut h = 1;
+            while h < d {
+                for start in (0..d).step_by(2 * h) {
+                    for i in start..start + h {
+                        let (a, b) = (v[i], v[i + h]);
+                        v[i] = a + b;
+                        v[i + h] = a - b;
+                    }
+                }
+                h *= 2;
+            }
+            v.iter().zip(s2).map(|(a, b)| a * b).collect()
+        }
+        RotationKind::Dense => {
+            let pi = q.rotation().matrix(); // row-major Π
+            (0..d)
+                .map(|i| {
+                    let mut s = 0.0f32;
+                    for j in 0..d {
+                        s += pi[i * d + j] * u[j];
+                    }
+                    s
+                })
+                .collect()
+        }
+    };
+    for (i, &v) in y.iter().enumerate() {
+        let code = q.codebook().boundaries_f32.iter().filter(|&&t| v > t).count();
+        for k in 0..bits {
+            let bit = i * bits + k;
+            packed[bit / 8] |= (((code >> k) & 1) as u8) << (bit % 8);
+        }
+    }
+    (packed, scale)
+}
+
+#[test]
+fn encoding_follows_the_row_format_contract() {
+    let isas: &[Isa] = if Isa::avx512_available() { &[Isa::Portable, Isa::Avx512] } else { &[Isa::Portable] };
+    for dim in [16usize, 64, 96, 128, 256] {
+        let n = 9;
+        let mut x = gaussians(500 + dim as u64, n * dim);
+        x[..dim].fill(0.0);
+        x[dim..2 * dim].iter_mut().for_each(|v| *v *= 1e30);
+        for rotation in [RotationKind::Hadamard, RotationKind::Dense] {
+            if rotation == RotationKind::Hadamard && !dim.is_power_of_two() {
+                continue;
+            }
+            for bits in [1u32, 2, 3, 4, 5, 8] {
+                for &isa in isas {
+                    let q = quantizer(dim, bits, rotation, QuantizerKind::Mse, 3).with_isa(isa);
+                    let mse = q.mse_stage().unwrap();
+                    let mut scratch = q.scratch();
+                    let mut codes = vec![0u8; mse.code_bytes()];
+                    for (i, xi) in x.chunks_exact(dim).enumerate() {
+                        let scale = mse.encode(xi, &mut codes, &mut scratch);
+                        let (want_codes, want_scale) = contract_encode(mse, xi);
+                        assert_eq!(
+                            (&codes, scale),
+                            (&want_codes, want_scale),
+                            "d={dim} {rotation:?} b={bits} {isa:?} vector {i}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -17,7 +17,7 @@ use super::codebook::{self, Codebook};
 use super::isa::Isa;
 use super::packing::{pack, packed_len, unpack};
 use super::rng::{self, Stream};
-use super::rotation::{Rotation, RotationKind};
+use super::rotation::{Rotation, RotationKind, axpy_product};
 use super::scale;
 #[cfg(target_arch = "x86_64")]
 use super::avx512::{self, supports as avx512_supports};
@@ -246,28 +246,17 @@ impl Qjl {
 
     /// out = S·v.
     fn project(&self, v: &[f32], out: &mut [f32]) {
-        matvec_columns(&self.columns, v, out);
+        axpy_product(&self.columns, v, out);
     }
 
     /// out = Sᵀ·v.
     fn project_transpose(&self, v: &[f32], out: &mut [f32]) {
-        matvec_columns(&self.rows, v, out);
+        axpy_product(&self.rows, v, out);
     }
 
     /// √(π/2)/d, the estimator's constant.
     fn gain(&self) -> f32 {
         ((std::f64::consts::PI / 2.0).sqrt() / self.dim as f64) as f32
-    }
-}
-
-#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2+fma"))]
-fn matvec_columns(columns: &[f32], x: &[f32], out: &mut [f32]) {
-    let d = x.len();
-    out.iter_mut().for_each(|o| *o = 0.0);
-    for (j, &xj) in x.iter().enumerate() {
-        for (o, &c) in out.iter_mut().zip(&columns[j * d..(j + 1) * d]) {
-            *o += c * xj;
-        }
     }
 }
 
