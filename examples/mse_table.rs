@@ -8,7 +8,7 @@
 //! - PROD: d·E[(⟨y,x⟩−⟨y,x̂⟩)²/(‖y‖²‖x‖²)] over N independent Gaussian pairs, beside
 //!   (π/2)·D_mse(b−1) (D_mse(0) = 1), and the mean of ⟨y,x̂⟩−⟨y,x⟩ (unbiased: 0 within its error).
 //!
-//! Usage: cargo run --release --example mse_table [-- --n 20000]
+//! Usage: cargo run --release --example mse_table [-- --n 50000]
 
 use std::f64::consts::PI;
 
@@ -113,7 +113,7 @@ fn main() {
         .iter()
         .position(|a| a == "--n")
         .and_then(|i| args.get(i + 1))
-        .map_or(20_000, |v| v.parse().expect("--n takes a count"));
+        .map_or(50_000, |v| v.parse().expect("--n takes a count"));
     let started = std::time::Instant::now();
     let dims = [64usize, 128, 256];
     let rotations = [RotationKind::Dense, RotationKind::Hadamard];
