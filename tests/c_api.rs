@@ -1,8 +1,9 @@
 //! The C API as C programs see it: every `tests/c/*.c` is compiled with
 //! `-std=c11 -Wall -Wextra -Werror -pedantic` against the committed `include/turboquant.h`, linked
 //! against the `libturboquant.so` built for this test run, and run. A program passes when it exits
-//! with status 0, writes nothing to stderr, and its last line of output starts with "ok"
-//! (`tests/c/check.h` prints it). New files in `tests/c/` are picked up automatically.
+//! with status 0, writes nothing to stderr, prints a summary line last (e.g. `tests/c/check.h`'s
+//! "ok: N checks passed") and no line starting with "FAIL". New files in `tests/c/` are picked up
+//! automatically.
 //!
 //! With `TQ_VALGRIND=1` every program also runs under
 //! `valgrind --error-exitcode=1 --leak-check=full` (valgrind must then be installed; definite and
@@ -110,13 +111,17 @@ fn execute(exe: &Path, valgrind: bool) -> Result<String, String> {
     } else {
         Command::new(exe)
     };
-    // The programs set their own thread counts; keep Rust panics (should one escape) readable.
-    cmd.env("RUST_BACKTRACE", "0");
+    // The rpath points at the library built for this run, but `cargo test` puts other directories
+    // (with possibly stale copies of the library) on the loader path, which a RUNPATH does not
+    // override: make this run's directory the only one.
+    let lib_dir = library_dir();
+    cmd.env("LD_LIBRARY_PATH", &lib_dir).env("DYLD_LIBRARY_PATH", &lib_dir).env("RUST_BACKTRACE", "0");
     let label = if valgrind { format!("{stem} under valgrind") } else { stem.clone() };
     let out = run(cmd, &label);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     let last = stdout.lines().last().unwrap_or("");
-    if !out.status.success() || !stderr.is_empty() || !last.starts_with("ok") {
+    let reported_failure = stdout.lines().any(|l| l.starts_with("FAIL"));
+    if !out.status.success() || !stderr.is_empty() || last.is_empty() || reported_failure {
         return Err(format!("{label}: exit {:?}\n--- stdout\n{stdout}--- stderr\n{stderr}", out.status.code()));
     }
     Ok(format!("{label}: {last}"))

@@ -2,8 +2,8 @@
  *
  * Convention: a test program calls CHECK / CHECK_STATUS / CHECK_FAILS as often as it likes and ends
  * with `return check_summary("name");`, which prints "ok: N checks passed (name)" and returns 0, or
- * prints the failures and returns 1. The harness requires exit status 0, that final line, and an
- * empty stderr. */
+ * prints the failures ("FAIL ...") and returns 1. The harness requires exit status 0, an empty
+ * stderr, a final summary line and no line starting with "FAIL". */
 #ifndef TQ_TEST_CHECK_H
 #define TQ_TEST_CHECK_H
 
