@@ -51,8 +51,7 @@ fn compiler(cpp: bool) -> cc::Tool {
 }
 
 fn run(mut cmd: Command, what: &str) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
-    out
+    cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"))
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -131,6 +131,8 @@ fn read_bytes(s: &[u8]) -> u64 {
 /// dependency chain of one vector — norm, square root, division, butterflies, search — overlaps the
 /// others'): packed codes into `packed` (G × ⌈d·B/8⌉ bytes), ‖x‖ as f64 into `norms` (a zero vector
 /// gets norm 0 and all-zero codes).
+// The loops index the G vectors' register arrays in lockstep; iterators would obscure that.
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn encode_n<const N: usize, const B: u32, const G: usize>(
     x: &[f32],
