@@ -2,9 +2,10 @@
 //! (MAJOR from Cargo.toml), so that programs linked against an installed copy record that name and
 //! keep working across upgrades that keep MAJOR. The rlib (Rust tests, Rust users) is not affected.
 //!
-//! A program linked against `target/<profile>/libturboquant.so` records the soname too, so the
-//! loader looks for `libturboquant.so.MAJOR` next to it: the script also places that name, as a
-//! symlink to `libturboquant.so`, in the profile directory (`make install` lays out the real files).
+//! A program linked against `target/<profile>/libturboquant.so` (or the copy in `deps/`, next to the
+//! test binaries) records the soname too, so the loader looks for `libturboquant.so.MAJOR` there:
+//! the script also places that name, as a symlink to `libturboquant.so`, in both directories
+//! (`make install` lays out the real files).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -22,10 +23,12 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     if let Some(profile_dir) = profile_dir_of(&out_dir) {
         link_soname(&profile_dir, &soname);
+        link_soname(&profile_dir.join("deps"), &soname);
     }
 }
 
-/// The directory cargo copies the cdylib into: OUT_DIR is `<profile dir>/build/<pkg>-<hash>/out`.
+/// The directory cargo copies the cdylib into (from `deps/`, where it is linked): OUT_DIR is
+/// `<profile dir>/build/<pkg>-<hash>/out`.
 fn profile_dir_of(out_dir: &Path) -> Option<PathBuf> {
     let build_dir = out_dir.parent()?.parent()?;
     if build_dir.file_name()? != "build" {

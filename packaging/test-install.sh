@@ -95,7 +95,7 @@ find_tool() {
 
 CMAKE=$(find_tool cmake cmake cmake) || { echo "test-install: cannot get cmake"; exit 1; }
 PKG_CONFIG=$(find_tool pkgconf pkgconf pkg-config pkgconf) || { echo "test-install: cannot get pkg-config"; exit 1; }
-echo "tools: $CMAKE ($("$CMAKE" --version | head -n 1)), $PKG_CONFIG $("$PKG_CONFIG" --version)"
+echo "tools: $CMAKE ($("$CMAKE" --version | head -n 1)), $PKG_CONFIG $("$PKG_CONFIG" --version 2>/dev/null)"
 
 # --- what to expect ----------------------------------------------------------------------------
 
@@ -103,6 +103,8 @@ echo "tools: $CMAKE ($("$CMAKE" --version | head -n 1)), $PKG_CONFIG $("$PKG_CON
 version=$(python3 -c 'import tomllib; print(tomllib.load(open("Cargo.toml", "rb"))["package"]["version"])')
 [[ $version =~ ^([0-9]+)\.([0-9]+)\.([0-9]+)$ ]] || { echo "test-install: cannot use Cargo.toml version '$version'"; exit 1; }
 major=${BASH_REMATCH[1]}
+minor=${BASH_REMATCH[2]}
+patch=${BASH_REMATCH[3]}
 soname=libturboquant.so.$major
 echo "Cargo.toml version $version, expected soname $soname"
 
@@ -179,8 +181,15 @@ check "the CMake-built program runs (error within bounds, header = tq_version())
 cat -- "$log"
 check "the CMake-built program needs $soname and loads it from the prefix" \
     needed_and_resolved "$cmake_build/turboquant-consumer" "$prefix/lib"
-check_fails "find_package refuses an incompatible version ($((major + 1)).0)" "compatible with requested version" \
-    cmake_consumer "$work/cmake-build-incompatible" "$prefix" "$((major + 1)).0"
+# turboquantConfigVersion.cmake: Cargo's semver rules (0.x: same minor), and explicit ranges.
+configure_only() { rm -rf -- "$work/cmake-version"; "$CMAKE" -S "$root/examples/cmake-consumer" -B "$work/cmake-version" -DCMAKE_PREFIX_PATH="$prefix" -DTURBOQUANT_VERSION="$1"; }
+if [[ $major -eq 0 ]]; then next_incompatible=0.$((minor + 1)); else next_incompatible=$((major + 1)).0; fi
+for wanted in "$major.$minor" "$major.$minor...<$((major + 1)).0" "0.0.1...$version"; do
+    check "find_package accepts version $wanted" configure_only "$wanted"
+done
+for wanted in "$next_incompatible" "$major.$minor.$((patch + 1))" "0.0.1...<$version"; do
+    check_fails "find_package refuses version $wanted" "compatible with requested version" configure_only "$wanted"
+done
 
 echo "== pkg-config consumer: examples/cmake-consumer/Makefile"
 pkgconfig_build=$work/pkgconfig-build
