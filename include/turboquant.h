@@ -12,6 +12,8 @@
 #define TQ_VERSION_MINOR 1
 #define TQ_VERSION_PATCH 0
 
+#define FORMAT_VERSION 1
+
 /**
  * Version of the params structs' layout; a params struct carrying another value is rejected.
  */
@@ -139,9 +141,231 @@ typedef uint32_t tq_quantizer_kind;
 #endif // __cplusplus
 
 /**
+ * Backend a context runs on (values of the `backend` params field).
+ */
+enum tq_backend
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Host memory, Rust threads.
+   */
+  TQ_BACKEND_CPU = 0,
+  /**
+   * CUDA device memory, the caller's stream.
+   */
+  TQ_BACKEND_CUDA = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum tq_backend tq_backend;
+#else
+typedef uint32_t tq_backend;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Element type of q, k, v, out and masks (values of `dtype` fields and arguments).
+ */
+enum tq_dtype
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  TQ_DTYPE_F32 = 0,
+  TQ_DTYPE_F16 = 1,
+  TQ_DTYPE_BF16 = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum tq_dtype tq_dtype;
+#else
+typedef uint32_t tq_dtype;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * How keys are quantized (values of the `key_mode` params field).
+ */
+enum tq_key_mode
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Minimum-MSE quantizer (TurboQuant_mse) for keys, as for values. Default.
+   */
+  TQ_KEY_MODE_MSE = 0,
+  /**
+   * Unbiased inner-product quantizer (TurboQuant_prod): MSE at bits_k−1 plus a 1-bit QJL sketch.
+   */
+  TQ_KEY_MODE_PROD = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum tq_key_mode tq_key_mode;
+#else
+typedef uint32_t tq_key_mode;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * An owned KV cache. Opaque; create with tq_cache_new(), free with tq_cache_free().
+ */
+typedef struct tq_cache tq_cache;
+
+/**
+ * A KV codec context. Opaque; create with tq_context_new(), free with tq_context_free().
+ */
+typedef struct tq_context tq_context;
+
+/**
  * A vector quantizer. Opaque; create with tq_quantizer_new(), free with tq_quantizer_free().
  */
 typedef struct tq_quantizer tq_quantizer;
+
+/**
+ * Parameters of tq_cache_new(). Obtain with tq_cache_default_params(), then change fields.
+ */
+typedef struct tq_cache_params {
+  /**
+   * sizeof(tq_cache_params); set by tq_cache_default_params().
+   */
+  size_t struct_size;
+  /**
+   * TQ_ABI_VERSION; set by tq_cache_default_params().
+   */
+  uint32_t abi_version;
+  /**
+   * Sequence ids 0..max_seqs. Default 1.
+   */
+  uint32_t max_seqs;
+  /**
+   * Most tokens per sequence (per layer). Default 4096.
+   */
+  uint32_t max_tokens;
+  /**
+   * The most recent tokens kept in full precision. Default 128.
+   */
+  uint32_t residual_window;
+  /**
+   * Tokens at positions < n_sink kept in full precision (attention sinks). Default 0.
+   */
+  uint32_t n_sink;
+} tq_cache_params;
+
+/**
+ * Memory held by a cache (tq_cache_memory_usage()).
+ */
+typedef struct tq_cache_memory {
+  /**
+   * Bytes of stored rows, full-precision values and positions.
+   */
+  size_t bytes_used;
+  /**
+   * Bytes an f16 K/V cache would hold for the same tokens.
+   */
+  size_t bytes_fp16;
+  /**
+   * Tokens held, summed over sequences and layers.
+   */
+  size_t n_tokens;
+  /**
+   * Of those, tokens stored compressed.
+   */
+  size_t n_compressed;
+} tq_cache_memory;
+
+/**
+ * Parameters of tq_context_new(). Obtain with tq_context_default_params(), then change fields.
+ */
+typedef struct tq_context_params {
+  /**
+   * sizeof(tq_context_params); set by tq_context_default_params().
+   */
+  size_t struct_size;
+  /**
+   * TQ_ABI_VERSION; set by tq_context_default_params().
+   */
+  uint32_t abi_version;
+  /**
+   * Number of layers (≥ 1). Default 1.
+   */
+  uint32_t n_layers;
+  /**
+   * Query heads (a multiple of n_kv_heads). Default 32.
+   */
+  uint32_t n_heads;
+  /**
+   * Key/value heads. Default 8.
+   */
+  uint32_t n_kv_heads;
+  /**
+   * Head dimension, 16..=1024 (HADAMARD: a power of two). Default 128.
+   */
+  uint32_t head_dim;
+  /**
+   * Bits per K coordinate, 1..=8 (PROD: 2..=8). Default 4.
+   */
+  uint32_t bits_k;
+  /**
+   * Bits per V coordinate, 1..=8. Default 4.
+   */
+  uint32_t bits_v;
+  /**
+   * A tq_rotation value. Default TQ_ROTATION_AUTO.
+   */
+  uint32_t rotation;
+  /**
+   * A tq_key_mode value. Default TQ_KEY_MODE_MSE.
+   */
+  uint32_t key_mode;
+  /**
+   * A tq_dtype value: element type of q, k, v and out. Default TQ_DTYPE_F32.
+   */
+  uint32_t dtype;
+  /**
+   * A tq_backend value. Default TQ_BACKEND_CPU.
+   */
+  uint32_t backend;
+  /**
+   * CUDA device ordinal. Default 0.
+   */
+  int32_t device;
+  /**
+   * CPU threads used by tq_append_kv / tq_attend (not by the _part variants); 0 = all cores. Default 0.
+   */
+  uint32_t n_threads;
+  /**
+   * Most tokens per append and query tokens per attend call (CUDA scratch sizing). Default 512.
+   */
+  uint32_t max_batch;
+  /**
+   * Seed of every rotation and projection. Default 0.
+   */
+  uint64_t seed;
+  /**
+   * Subtract a per-(layer, kv head) mean from K and from V before quantizing, estimated from the
+   * rows of the first append to each layer and then frozen (exact for attention). Default false.
+   */
+  bool centering;
+} tq_context_params;
+
+/**
+ * Byte strides of a [tokens][heads][head_dim] tensor whose head vectors are contiguous.
+ * Pass NULL where a tensor is packed.
+ */
+typedef struct tq_strides {
+  /**
+   * Bytes from one token to the next.
+   */
+  size_t token;
+  /**
+   * Bytes from one head to the next within a token.
+   */
+  size_t head;
+} tq_strides;
 
 /**
  * Parameters of tq_quantizer_new(). Obtain with tq_quantizer_default_params(), then change fields.
@@ -202,6 +426,333 @@ const char *tq_status_to_string(uint32_t status);
  * failing call on this thread; copy it to keep it. Thread-safe (the message is per thread).
  */
 const char *tq_last_error_message(void);
+
+/**
+ * Default cache parameters (see each field). Thread-safe.
+ */
+struct tq_cache_params tq_cache_default_params(void);
+
+/**
+ * sizeof(tq_cache_params) as this library was built.
+ */
+size_t tq_cache_params_size(void);
+
+/**
+ * Create an empty cache for `ctx` (CPU backend). The cache borrows `ctx`, which must outlive it.
+ * On success `*out` receives a handle the caller owns (free with tq_cache_free()). Thread-safe.
+ *
+ * # Safety
+ * `ctx` is NULL or live; `params` points to a tq_cache_params or is NULL; `out` is NULL or writable.
+ */
+enum tq_status tq_cache_new(const struct tq_context *ctx,
+                            const struct tq_cache_params *params,
+                            struct tq_cache **out);
+
+/**
+ * Free a cache. NULL is a no-op.
+ *
+ * # Safety
+ * `cache` is NULL or a live handle from tq_cache_new().
+ */
+void tq_cache_free(struct tq_cache *cache);
+
+/**
+ * Append `n` tokens to sequence `seq` of `layer`: `k` and `v` are packed
+ * [n][n_kv_heads][head_dim] of the context dtype, finite. Positions continue the sequence. Tokens
+ * older than the residual window (and not sinks) are compressed. Past max_tokens the call fails
+ * with TQ_STATUS_CAPACITY_EXCEEDED and the cache is unchanged. `stream` is ignored (CPU).
+ * Not thread-safe with other calls on the same cache.
+ *
+ * # Safety
+ * `k` and `v` hold n·n_kv_heads·head_dim elements.
+ */
+enum tq_status tq_cache_append(struct tq_cache *cache,
+                               uint32_t layer,
+                               uint32_t seq,
+                               size_t n,
+                               const void *k,
+                               const void *v,
+                               void *stream);
+
+/**
+ * Attention of the queries of the last `n_q` positions of `seq` (q: packed [n_q][n_heads][head_dim]
+ * of the context dtype; their K/V must already be appended) over the sequence's tokens in `layer`,
+ * causal: query i sees positions ≤ its own. Compressed and full-precision tokens share one softmax.
+ * Writes `out` ([n_q][n_heads][head_dim]). `stream` is ignored (CPU). Not thread-safe with
+ * mutations of the same cache.
+ *
+ * # Safety
+ * `q` holds n_q·n_heads·head_dim elements; `out` as many writable ones.
+ */
+enum tq_status tq_cache_attend(struct tq_cache *cache,
+                               uint32_t layer,
+                               uint32_t seq,
+                               const void *q,
+                               size_t n_q,
+                               float scale,
+                               void *out,
+                               void *stream);
+
+/**
+ * Remove positions [p0, p1) from sequence `seq` in every layer (seq < 0: every sequence; p0 < 0:
+ * from 0; p1 < 0: to the end). Later tokens keep their positions.
+ *
+ * # Safety
+ * `cache` is NULL or live.
+ */
+enum tq_status tq_cache_seq_rm(struct tq_cache *cache, int32_t seq, int64_t p0, int64_t p1);
+
+/**
+ * Make `dst`'s positions [p0, p1) a copy of `src`'s (same stored representation, so attention is
+ * bit-identical); p0 < 0: from 0, p1 < 0: to the end. Fails with TQ_STATUS_CAPACITY_EXCEEDED,
+ * changing nothing, if `dst` would exceed max_tokens.
+ *
+ * # Safety
+ * `cache` is NULL or live.
+ */
+enum tq_status tq_cache_seq_cp(struct tq_cache *cache,
+                               uint32_t src,
+                               uint32_t dst,
+                               int64_t p0,
+                               int64_t p1);
+
+/**
+ * Remove every sequence except `seq`.
+ *
+ * # Safety
+ * `cache` is NULL or live.
+ */
+enum tq_status tq_cache_seq_keep(struct tq_cache *cache, uint32_t seq);
+
+/**
+ * Remove every token of every sequence (centering means, once fixed, are kept).
+ *
+ * # Safety
+ * `cache` is NULL or live.
+ */
+enum tq_status tq_cache_clear(struct tq_cache *cache);
+
+/**
+ * Number of tokens sequence `seq` holds (in layer 0).
+ *
+ * # Safety
+ * `cache` is NULL or live; `out` is NULL or writable.
+ */
+enum tq_status tq_cache_seq_len(const struct tq_cache *cache, uint32_t seq, size_t *out);
+
+/**
+ * Memory held by the cache and what an f16 cache would hold for the same tokens.
+ *
+ * # Safety
+ * `cache` is NULL or live; `out` is NULL or writable.
+ */
+enum tq_status tq_cache_memory_usage(const struct tq_cache *cache, struct tq_cache_memory *out);
+
+/**
+ * Serialize the cache (versioned, parameter fingerprint, CRC-32). With `buf` NULL, only
+ * `*written` = the size needed. Otherwise `size` must be at least that; `*written` = bytes written.
+ *
+ * # Safety
+ * `buf` is NULL or holds `size` writable bytes; `written` is writable.
+ */
+enum tq_status tq_cache_save(const struct tq_cache *cache, void *buf, size_t size, size_t *written);
+
+/**
+ * Replace the cache's contents by a cache saved with tq_cache_save() (same context parameters and
+ * cache parameters). Truncated, corrupted or foreign data fails with TQ_STATUS_CORRUPT_DATA,
+ * mismatched parameters or format with TQ_STATUS_INCOMPATIBLE; on failure the cache is unchanged.
+ *
+ * # Safety
+ * `buf` holds `size` readable bytes.
+ */
+enum tq_status tq_cache_load(struct tq_cache *cache, const void *buf, size_t size);
+
+/**
+ * tq_cache_save() to a file (written to a temporary name in the same folder, then renamed, so a
+ * failure never leaves a partial file under `path`).
+ *
+ * # Safety
+ * `path` is NULL or a NUL-terminated string.
+ */
+enum tq_status tq_cache_save_file(const struct tq_cache *cache, const char *path);
+
+/**
+ * tq_cache_load() from a file.
+ *
+ * # Safety
+ * `path` is NULL or a NUL-terminated string.
+ */
+enum tq_status tq_cache_load_file(struct tq_cache *cache, const char *path);
+
+/**
+ * Default parameters (see each field). Thread-safe.
+ */
+struct tq_context_params tq_context_default_params(void);
+
+/**
+ * sizeof(tq_context_params) as this library was built (for bindings that mirror the struct).
+ */
+size_t tq_context_params_size(void);
+
+/**
+ * Create a context: every layer's K and V rotation and codebook (milliseconds for typical models).
+ * On success `*out` receives a handle the caller owns (free with tq_context_free()). A CUDA backend
+ * that is not compiled in or finds no driver/device fails with TQ_STATUS_BACKEND_UNAVAILABLE.
+ * Thread-safe.
+ *
+ * # Safety
+ * `params` points to a tq_context_params or is NULL; `out` is NULL or writable.
+ */
+enum tq_status tq_context_new(const struct tq_context_params *params, struct tq_context **out);
+
+/**
+ * Free a context. NULL is a no-op. Caches created from it must be freed first.
+ *
+ * # Safety
+ * `ctx` is NULL or a live handle from tq_context_new().
+ */
+void tq_context_free(struct tq_context *ctx);
+
+/**
+ * Bytes per token per layer of a K row and of a V row (all kv heads): the engine allocates
+ * n_cells × these for each layer's K and V store. Either output may be NULL. Thread-safe.
+ *
+ * # Safety
+ * `ctx` is NULL or live; outputs are NULL or writable.
+ */
+enum tq_status tq_context_row_bytes(const struct tq_context *ctx,
+                                    size_t *k_row_bytes,
+                                    size_t *v_row_bytes);
+
+/**
+ * Size in bytes of the context's state (the centering means of every layer). Thread-safe.
+ *
+ * # Safety
+ * `ctx` is NULL or live; `out` is NULL or writable.
+ */
+enum tq_status tq_context_state_size(const struct tq_context *ctx, size_t *out);
+
+/**
+ * Save the context's state (centering means; versioned, with a parameter fingerprint) into `buf`
+ * of `size` ≥ tq_context_state_size() bytes. An engine that saves its cache rows saves this too.
+ * Not thread-safe with appends on the same context.
+ *
+ * # Safety
+ * `ctx` is NULL or live; `buf` holds `size` writable bytes.
+ */
+enum tq_status tq_context_state_save(const struct tq_context *ctx, uint8_t *buf, size_t size);
+
+/**
+ * Restore a state saved by tq_context_state_save() from a context with the same parameters.
+ * Truncated, corrupted or mismatched data is rejected (TQ_STATUS_CORRUPT_DATA /
+ * TQ_STATUS_INCOMPATIBLE) and leaves the context unchanged. Not thread-safe with other calls on
+ * the same context.
+ *
+ * # Safety
+ * `ctx` is NULL or live; `buf` holds `size` readable bytes.
+ */
+enum tq_status tq_context_state_load(struct tq_context *ctx, const uint8_t *buf, size_t size);
+
+/**
+ * Compress `n_tokens` tokens of K and V (each [n_tokens][n_kv_heads][head_dim] of the context dtype,
+ * byte strides or NULL for packed) into rows of `layer` at cells `slots[i]` of the caller's stores
+ * (`k_store`/`v_store`: n_cells × tq_context_row_bytes bytes each; host memory on the CPU backend,
+ * device memory on CUDA). Slots must be distinct and < n_cells; K and V must be finite; everything is
+ * checked before any row is written. With centering, the first append to a layer fixes its means.
+ * CPU: uses the context's n_threads; `stream` is ignored. n_tokens = 0 is a no-op.
+ * Concurrent calls on one context must write distinct cells (appends to distinct layers are safe).
+ *
+ * # Safety
+ * Pointers cover what the sizes say; stores are not read or written concurrently by others.
+ */
+enum tq_status tq_append_kv(struct tq_context *ctx,
+                            uint32_t layer,
+                            void *k_store,
+                            void *v_store,
+                            size_t n_cells,
+                            const int64_t *slots,
+                            size_t n_tokens,
+                            const void *k,
+                            const struct tq_strides *k_strides,
+                            const void *v,
+                            const struct tq_strides *v_strides,
+                            void *stream);
+
+/**
+ * tq_append_kv() for engines with their own thread pool: thread `ith` of `nth` (all passing the same
+ * arguments) encodes its share of the tokens on the calling thread; no threads are started. CPU
+ * backend only.
+ *
+ * # Safety
+ * As tq_append_kv().
+ */
+enum tq_status tq_append_kv_part(struct tq_context *ctx,
+                                 uint32_t layer,
+                                 void *k_store,
+                                 void *v_store,
+                                 size_t n_cells,
+                                 const int64_t *slots,
+                                 size_t n_tokens,
+                                 const void *k,
+                                 const struct tq_strides *k_strides,
+                                 const void *v,
+                                 const struct tq_strides *v_strides,
+                                 uint32_t ith,
+                                 uint32_t nth);
+
+/**
+ * Attention of `n_q` query tokens (q: [n_q][n_heads][head_dim] of the context dtype) over cells
+ * 0..n_cells of `layer`'s stores, written to `out` ([n_q][n_heads][head_dim]). `mask` (optional,
+ * NULL = all visible) is additive, n_q rows of `mask_row_stride` elements of `mask_dtype` (F32, F16
+ * or BF16); −inf hides a cell. `scale` multiplies q·k (e.g. 1/sqrt(head_dim)). Query head h reads kv
+ * head h / (n_heads / n_kv_heads). A query that sees no cell gets a zero row. Cells must hold rows
+ * written by tq_append_kv() with this context (cells never written hold whatever the buffer held:
+ * mask them). The cache is never dequantized to memory. CPU: uses n_threads; `stream` is ignored.
+ * Thread-safe with other attends on the same context.
+ *
+ * # Safety
+ * Pointers cover what the sizes say.
+ */
+enum tq_status tq_attend(const struct tq_context *ctx,
+                         uint32_t layer,
+                         const void *q,
+                         size_t n_q,
+                         const struct tq_strides *q_strides,
+                         const void *k_store,
+                         const void *v_store,
+                         size_t n_cells,
+                         const void *mask,
+                         uint32_t mask_dtype,
+                         size_t mask_row_stride,
+                         float scale,
+                         void *out,
+                         const struct tq_strides *out_strides,
+                         void *stream);
+
+/**
+ * tq_attend() for engines with their own thread pool: thread `ith` of `nth` (all passing the same
+ * arguments) computes its share of the (query token, kv head) pairs on the calling thread; no threads
+ * are started. CPU backend only.
+ *
+ * # Safety
+ * As tq_attend().
+ */
+enum tq_status tq_attend_part(const struct tq_context *ctx,
+                              uint32_t layer,
+                              const void *q,
+                              size_t n_q,
+                              const struct tq_strides *q_strides,
+                              const void *k_store,
+                              const void *v_store,
+                              size_t n_cells,
+                              const void *mask,
+                              uint32_t mask_dtype,
+                              size_t mask_row_stride,
+                              float scale,
+                              void *out,
+                              const struct tq_strides *out_strides,
+                              uint32_t ith,
+                              uint32_t nth);
 
 /**
  * Default parameters: dim 128, 4 bits, MSE, AUTO rotation, all cores, seed 0. Thread-safe.

@@ -3,6 +3,9 @@
 //!
 //! Layers (dependencies point downward): `ffi` (the only `extern "C"` code) → `math` (pure numerics).
 
+pub mod backend;
+pub mod cache;
+pub mod codec;
 pub mod ffi;
 pub mod parallel;
 /// cbindgen:ignore

@@ -37,6 +37,11 @@ pub fn set_last_error(message: &str) {
     LAST_ERROR.with(|slot| *slot.borrow_mut() = c);
 }
 
+/// This thread's last error message, as a String.
+pub fn last_error_string() -> String {
+    LAST_ERROR.with(|slot| slot.borrow().to_string_lossy().into_owned())
+}
+
 /// Pointer to this thread's last error message (valid until this thread's next failing call).
 pub fn last_error_ptr() -> *const libc::c_char {
     LAST_ERROR.with(|slot| slot.borrow().as_ptr())

@@ -3,6 +3,8 @@
 //! the panic boundary (`error::boundary`), and reports failures as a `tq_status` plus a thread-local
 //! message (`tq_last_error_message`).
 
+pub mod cache;
+pub mod context;
 pub mod error;
 pub mod quantizer;
 pub mod status;

@@ -1,0 +1,125 @@
+//! Encoding K/V head vectors into cache rows on the CPU.
+
+use crate::codec::{Dtype, KvCodec, Means, Strides};
+use crate::math::quantizer::Scratch;
+use crate::math::scale;
+
+/// Working memory of one thread for encoding.
+pub struct EncodeScratch {
+    x: Vec<f32>,
+    quant: Scratch,
+    codes: Vec<u8>,
+    scales: [u16; 2],
+}
+
+impl EncodeScratch {
+    pub fn new(codec: &KvCodec) -> Self {
+        let d = codec.config.head_dim;
+        Self { x: vec![0.0; d], quant: Scratch::new(d), codes: vec![0; 2 * d], scales: [0; 2] }
+    }
+}
+
+/// A tensor of head vectors in caller memory: [tokens][heads][head_dim] with byte strides.
+#[derive(Clone, Copy)]
+pub struct HeadTensor {
+    pub ptr: *const u8,
+    pub strides: Strides,
+    pub dtype: Dtype,
+}
+
+unsafe impl Send for HeadTensor {}
+unsafe impl Sync for HeadTensor {}
+
+impl HeadTensor {
+    /// Load head vector (token, head) into `out` as f32.
+    ///
+    /// # Safety
+    /// The tensor covers (token, head).
+    #[inline]
+    pub unsafe fn load(&self, token: usize, head: usize, out: &mut [f32]) {
+        unsafe { self.dtype.load(self.ptr.add(self.strides.offset(token, head)), out) }
+    }
+}
+
+/// Mean over `n_tokens` rows of every kv head, in f64, as f32 (centering).
+///
+/// # Safety
+/// `t` covers tokens 0..n_tokens and heads 0..n_kv_heads.
+pub unsafe fn head_means(codec: &KvCodec, t: &HeadTensor, n_tokens: usize) -> Vec<f32> {
+    let (h, d) = (codec.config.n_kv_heads, codec.config.head_dim);
+    let mut sum = vec![0.0f64; h * d];
+    let mut x = vec![0.0f32; d];
+    for tok in 0..n_tokens {
+        for head in 0..h {
+            unsafe { t.load(tok, head, &mut x) };
+            for (s, &v) in sum[head * d..(head + 1) * d].iter_mut().zip(&x) {
+                *s += v as f64;
+            }
+        }
+    }
+    sum.iter().map(|&s| (s / n_tokens.max(1) as f64) as f32).collect()
+}
+
+/// Encode token `token` of `k` and `v` into the rows `k_row` and `v_row` of `layer`.
+///
+/// # Safety
+/// The tensors cover `token` and every kv head.
+pub unsafe fn encode_token(
+    codec: &KvCodec,
+    layer: usize,
+    means: Option<&Means>,
+    k: &HeadTensor,
+    v: &HeadTensor,
+    token: usize,
+    k_row: &mut [u8],
+    v_row: &mut [u8],
+    s: &mut EncodeScratch,
+) {
+    let lc = &codec.layers[layer];
+    let (kl, vl) = (&codec.k_layout, &codec.v_layout);
+    let d = codec.config.head_dim;
+    for head in 0..codec.config.n_kv_heads {
+        unsafe { k.load(token, head, &mut s.x) };
+        if let Some(m) = means {
+            s.x.iter_mut().zip(&m.k[head * d..(head + 1) * d]).for_each(|(x, mu)| *x -= mu);
+        }
+        let code_bytes = lc.key.code_bytes();
+        lc.key.quantize_one(&s.x, &mut s.codes[..code_bytes], &mut s.scales[..lc.key.scale_count()], &mut s.quant);
+        let mse_bytes = kl.code_bytes();
+        k_row[kl.codes_offset(head)..kl.codes_offset(head) + mse_bytes].copy_from_slice(&s.codes[..mse_bytes]);
+        if kl.qjl {
+            let sb = kl.sign_bytes();
+            k_row[kl.signs_offset(head)..kl.signs_offset(head) + sb].copy_from_slice(&s.codes[mse_bytes..mse_bytes + sb]);
+            k_row[kl.gamma_offset(head)..kl.gamma_offset(head) + 2].copy_from_slice(&s.scales[1].to_le_bytes());
+        }
+        k_row[kl.scale_offset(head)..kl.scale_offset(head) + 2].copy_from_slice(&s.scales[0].to_le_bytes());
+
+        unsafe { v.load(token, head, &mut s.x) };
+        if let Some(m) = means {
+            s.x.iter_mut().zip(&m.v[head * d..(head + 1) * d]).for_each(|(x, mu)| *x -= mu);
+        }
+        let vb = vl.code_bytes();
+        let off = vl.codes_offset(head);
+        let sc = lc.value.encode(&s.x, &mut v_row[off..off + vb], &mut s.quant);
+        v_row[vl.scale_offset(head)..vl.scale_offset(head) + 2].copy_from_slice(&sc.to_le_bytes());
+    }
+}
+
+/// First non-finite element of token `token` in `t`, as (head, element).
+///
+/// # Safety
+/// `t` covers `token` and `heads` heads.
+pub unsafe fn find_non_finite(t: &HeadTensor, token: usize, heads: usize, x: &mut [f32]) -> Option<(usize, usize)> {
+    for head in 0..heads {
+        unsafe { t.load(token, head, x) };
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Some((head, i));
+        }
+    }
+    None
+}
+
+/// bf16 scale of a row's head (for tests and tools).
+pub fn row_scale(row: &[u8], offset: usize) -> f32 {
+    scale::decode(u16::from_le_bytes([row[offset], row[offset + 1]]))
+}

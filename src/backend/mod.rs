@@ -1,0 +1,3 @@
+//! Backends: where the codec's loops run. `cpu` is pure Rust over host memory.
+
+pub mod cpu;

@@ -1,0 +1,183 @@
+//! Saving and loading an owned cache: a versioned, checksummed byte format.
+//!
+//! Layout (little-endian): magic "TQKVCACH", format version u32, codec fingerprint u64,
+//! max_seqs, max_tokens, residual_window, n_sink, n_layers, n_kv_heads, head_dim, k_row_bytes,
+//! v_row_bytes (u32 each); per layer a centering flag u8 and, if set, the K and V means (f32);
+//! then for every (seq, layer): n_compressed u32, their positions (i64), K rows, V rows,
+//! n_full u32, positions (i64), K and V values (f32); finally a CRC-32 of everything before it.
+//! Loading checks the checksum first, then the version and parameters, then every count and value,
+//! and only then replaces the cache's contents.
+
+use super::{CacheParams, OwnedCache, SeqLayer};
+use crate::codec::{KvCodec, Means};
+
+const MAGIC: &[u8; 8] = b"TQKVCACH";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoadError {
+    /// Not a cache file, truncated, or damaged.
+    Corrupt(String),
+    /// A valid file written with other parameters or another format version.
+    Incompatible(String),
+}
+
+fn header_fields(codec: &KvCodec, p: &CacheParams) -> [u32; 9] {
+    [
+        p.max_seqs as u32,
+        p.max_tokens as u32,
+        p.residual_window as u32,
+        p.n_sink as u32,
+        codec.config.n_layers as u32,
+        codec.config.n_kv_heads as u32,
+        codec.config.head_dim as u32,
+        codec.k_layout.row_bytes() as u32,
+        codec.v_layout.row_bytes() as u32,
+    ]
+}
+
+pub fn save(cache: &OwnedCache, codec: &KvCodec) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&codec.fingerprint().to_le_bytes());
+    for f in header_fields(codec, &cache.params) {
+        out.extend_from_slice(&f.to_le_bytes());
+    }
+    for m in &cache.means {
+        match m {
+            Some(m) => {
+                out.push(1);
+                m.k.iter().chain(&m.v).for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+            }
+            None => out.push(0),
+        }
+    }
+    for layers in &cache.seqs {
+        for l in layers {
+            out.extend_from_slice(&(l.comp_pos.len() as u32).to_le_bytes());
+            l.comp_pos.iter().for_each(|p| out.extend_from_slice(&p.to_le_bytes()));
+            out.extend_from_slice(&l.comp_k);
+            out.extend_from_slice(&l.comp_v);
+            out.extend_from_slice(&(l.full_pos.len() as u32).to_le_bytes());
+            l.full_pos.iter().for_each(|p| out.extend_from_slice(&p.to_le_bytes()));
+            l.full_k.iter().chain(&l.full_v).for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+        }
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], LoadError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
+            LoadError::Corrupt(format!("truncated: {what} needs {n} bytes at offset {}", self.pos))
+        })?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u32(&mut self, what: &str) -> Result<u32, LoadError> {
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
+    }
+    fn f32s(&mut self, n: usize, what: &str) -> Result<Vec<f32>, LoadError> {
+        let raw = self.take(n.checked_mul(4).ok_or_else(|| LoadError::Corrupt(format!("{what}: size overflow")))?, what)?;
+        let v: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(LoadError::Corrupt(format!("{what}: non-finite value")));
+        }
+        Ok(v)
+    }
+    fn positions(&mut self, n: usize, what: &str) -> Result<Vec<i64>, LoadError> {
+        let raw = self.take(n * 8, what)?;
+        let v: Vec<i64> = raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+        if v.iter().any(|&p| p < 0) || v.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(LoadError::Corrupt(format!("{what}: positions are not increasing and non-negative")));
+        }
+        Ok(v)
+    }
+}
+
+/// Parse `bytes` into a cache for `codec` with `params` (the file must have been written with the
+/// same codec parameters and cache parameters).
+pub fn load(bytes: &[u8], codec: &KvCodec, params: &CacheParams) -> Result<OwnedCache, LoadError> {
+    if bytes.len() < MAGIC.len() + 4 + 4 {
+        return Err(LoadError::Corrupt(format!("{} bytes is too short for a libturboquant cache", bytes.len())));
+    }
+    if &bytes[..MAGIC.len()] != MAGIC {
+        return Err(LoadError::Corrupt("not a libturboquant cache (bad magic)".into()));
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - 4);
+    let stored = u32::from_le_bytes(tail.try_into().unwrap());
+    if crc32fast::hash(body) != stored {
+        return Err(LoadError::Corrupt("checksum mismatch: the data is truncated or damaged".into()));
+    }
+    let mut r = Reader { bytes: body, pos: MAGIC.len() };
+    let version = r.u32("version")?;
+    if version != FORMAT_VERSION {
+        return Err(LoadError::Incompatible(format!(
+            "cache format version {version}; this library reads version {FORMAT_VERSION}"
+        )));
+    }
+    let fp = u64::from_le_bytes(r.take(8, "fingerprint")?.try_into().unwrap());
+    if fp != codec.fingerprint() {
+        return Err(LoadError::Incompatible(
+            "the cache was saved by a context with different parameters (layers, heads, head_dim, bits, rotation, key mode, seed or centering)".into(),
+        ));
+    }
+    let want = header_fields(codec, params);
+    for (i, &w) in want.iter().enumerate() {
+        let got = r.u32("header")?;
+        if got != w {
+            const NAMES: [&str; 9] = ["max_seqs", "max_tokens", "residual_window", "n_sink", "n_layers", "n_kv_heads", "head_dim", "k_row_bytes", "v_row_bytes"];
+            return Err(LoadError::Incompatible(format!("saved {} is {got}, this cache has {w}", NAMES[i])));
+        }
+    }
+    let hd = codec.config.n_kv_heads * codec.config.head_dim;
+    let (kr, vr) = (codec.k_layout.row_bytes(), codec.v_layout.row_bytes());
+    let mut cache = OwnedCache::new(codec, *params);
+    for l in 0..codec.config.n_layers {
+        match r.take(1, "centering flag")?[0] {
+            0 => {}
+            1 => {
+                let k = r.f32s(hd, "centering means")?;
+                let v = r.f32s(hd, "centering means")?;
+                cache.means[l] = Some(Means { k, v });
+            }
+            other => return Err(LoadError::Corrupt(format!("layer {l}: bad centering flag {other}"))),
+        }
+    }
+    for s in 0..params.max_seqs {
+        for l in 0..codec.config.n_layers {
+            let what = format!("seq {s} layer {l}");
+            let nc = r.u32(&what)? as usize;
+            if nc > params.max_tokens {
+                return Err(LoadError::Corrupt(format!("{what}: {nc} compressed tokens exceed max_tokens")));
+            }
+            let comp_pos = r.positions(nc, &what)?;
+            let comp_k = r.take(nc * kr, &what)?.to_vec();
+            let comp_v = r.take(nc * vr, &what)?.to_vec();
+            let nf = r.u32(&what)? as usize;
+            if nc + nf > params.max_tokens {
+                return Err(LoadError::Corrupt(format!("{what}: {} tokens exceed max_tokens", nc + nf)));
+            }
+            let full_pos = r.positions(nf, &what)?;
+            let full_k = r.f32s(nf * hd, &what)?;
+            let full_v = r.f32s(nf * hd, &what)?;
+            if full_pos.iter().any(|p| comp_pos.binary_search(p).is_ok()) {
+                return Err(LoadError::Corrupt(format!("{what}: a position is stored twice")));
+            }
+            cache.seqs[s][l] = SeqLayer { comp_k, comp_v, comp_pos, full_k, full_v, full_pos };
+        }
+    }
+    if r.pos != body.len() {
+        return Err(LoadError::Corrupt(format!("{} unexpected trailing bytes", body.len() - r.pos)));
+    }
+    Ok(cache)
+}

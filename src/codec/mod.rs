@@ -1,0 +1,217 @@
+//! The KV codec: the stateless-by-design engine that turns K/V head vectors into rows of the cache
+//! format (`layout`) and attends over such rows. It owns, per layer, the K and V quantizers (each with
+//! its own rotation derived from the seed) and, with centering, the frozen per-(layer, kv head) means.
+//! Storage policy (which rows exist, sequences, windows) lives above it, in the engine (slot mode) or
+//! in `cache`.
+
+pub mod dtype;
+pub mod layout;
+
+use std::sync::OnceLock;
+
+use crate::math::quantizer::{MseQuantizer, Quantizer, QuantizerConfig, QuantizerKind};
+use crate::math::rotation::RotationKind;
+pub use dtype::{Dtype, Strides};
+pub use layout::RowLayout;
+
+/// Everything that determines the row bytes and the attention result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KvConfig {
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub bits_k: u32,
+    pub bits_v: u32,
+    pub rotation: RotationKind,
+    pub key_mode: QuantizerKind,
+    pub seed: u64,
+    pub centering: bool,
+}
+
+/// Per-(kv head) means subtracted before quantization (centering), each n_kv_heads × head_dim.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Means {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+/// The quantizers of one layer.
+#[derive(Debug)]
+pub struct LayerCodec {
+    /// K: MSE, or PROD (MSE at bits_k − 1 plus the QJL sketch).
+    pub key: Quantizer,
+    pub value: MseQuantizer,
+    /// Centering means, frozen at the first append to this layer.
+    pub means: OnceLock<Means>,
+}
+
+#[derive(Debug)]
+pub struct KvCodec {
+    pub config: KvConfig,
+    pub layers: Vec<LayerCodec>,
+    pub k_layout: RowLayout,
+    pub v_layout: RowLayout,
+}
+
+impl KvCodec {
+    /// Build all per-layer quantizers. K of layer L uses rotation stream 2L (and QJL stream L), V uses
+    /// rotation stream 2L + 1, all from `config.seed`.
+    pub fn new(config: KvConfig) -> Result<Self, String> {
+        let layers = (0..config.n_layers)
+            .map(|l| {
+                let key_cfg = QuantizerConfig {
+                    dim: config.head_dim,
+                    bits: config.bits_k,
+                    rotation: config.rotation,
+                    kind: config.key_mode,
+                    seed: config.seed,
+                };
+                let key = Quantizer::new_indexed(key_cfg, 2 * l as u64, l as u64)?;
+                let value =
+                    MseQuantizer::new(config.head_dim, config.bits_v, config.rotation, config.seed, 2 * l as u64 + 1)?;
+                Ok(LayerCodec { key, value, means: OnceLock::new() })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let k_layout = RowLayout {
+            n_kv_heads: config.n_kv_heads,
+            head_dim: config.head_dim,
+            mse_bits: match config.key_mode {
+                QuantizerKind::Mse => config.bits_k,
+                QuantizerKind::Prod => config.bits_k - 1,
+            },
+            qjl: config.key_mode == QuantizerKind::Prod,
+        };
+        let v_layout =
+            RowLayout { n_kv_heads: config.n_kv_heads, head_dim: config.head_dim, mse_bits: config.bits_v, qjl: false };
+        Ok(Self { config, layers, k_layout, v_layout })
+    }
+
+    /// Query heads per kv head.
+    pub fn group_size(&self) -> usize {
+        self.config.n_heads / self.config.n_kv_heads
+    }
+
+    /// The frozen means of `layer`, if centering is on and the layer has seen rows.
+    pub fn means(&self, layer: usize) -> Option<&Means> {
+        if self.config.centering { self.layers[layer].means.get() } else { None }
+    }
+
+    /// Serialized size of the codec's mutable state (the centering means).
+    pub fn state_len(&self) -> usize {
+        let per_layer = 1 + 2 * self.config.n_kv_heads * self.config.head_dim * 4;
+        STATE_MAGIC.len() + 4 + 8 + self.layers.len() * per_layer
+    }
+
+    /// A fingerprint of everything that defines the row bytes (saved state is checked against it).
+    pub fn fingerprint(&self) -> u64 {
+        let c = &self.config;
+        let fields: [u64; 10] = [
+            c.n_layers as u64,
+            c.n_heads as u64,
+            c.n_kv_heads as u64,
+            c.head_dim as u64,
+            c.bits_k as u64,
+            c.bits_v as u64,
+            match c.rotation {
+                RotationKind::Dense => 1,
+                RotationKind::Hadamard => 2,
+            },
+            match c.key_mode {
+                QuantizerKind::Mse => 0,
+                QuantizerKind::Prod => 1,
+            },
+            c.seed,
+            c.centering as u64,
+        ];
+        // FNV-1a over the little-endian fields: stable across platforms and releases.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for f in fields {
+            for b in f.to_le_bytes() {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        h
+    }
+
+    /// Write the state: magic, version, fingerprint, then per layer a frozen flag and the means.
+    pub fn save_state(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(STATE_MAGIC);
+        out.extend_from_slice(&STATE_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.fingerprint().to_le_bytes());
+        let n = self.config.n_kv_heads * self.config.head_dim;
+        for layer in &self.layers {
+            match layer.means.get() {
+                Some(m) => {
+                    out.push(1);
+                    m.k.iter().chain(&m.v).for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+                }
+                None => {
+                    out.push(0);
+                    out.extend(std::iter::repeat_n(0u8, 2 * n * 4));
+                }
+            }
+        }
+    }
+
+    /// Parse a state written by `save_state` into per-layer means (validated, not yet applied).
+    pub fn parse_state(&self, bytes: &[u8]) -> Result<Vec<Option<Means>>, StateError> {
+        if bytes.len() != self.state_len() {
+            return Err(StateError::Corrupt(format!(
+                "state is {} bytes, this context's state is {} bytes",
+                bytes.len(),
+                self.state_len()
+            )));
+        }
+        if &bytes[..STATE_MAGIC.len()] != STATE_MAGIC {
+            return Err(StateError::Corrupt("not a libturboquant context state (bad magic)".into()));
+        }
+        let mut pos = STATE_MAGIC.len();
+        let version = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap());
+        pos += 4;
+        if version != STATE_VERSION {
+            return Err(StateError::Incompatible(format!(
+                "context state format version {version}, this library reads version {STATE_VERSION}"
+            )));
+        }
+        let fp = u64::from_le_bytes(bytes[pos..pos + 8].try_into().unwrap());
+        pos += 8;
+        if fp != self.fingerprint() {
+            return Err(StateError::Incompatible(
+                "context state was saved by a context with different parameters".into(),
+            ));
+        }
+        let n = self.config.n_kv_heads * self.config.head_dim;
+        let mut result = Vec::with_capacity(self.layers.len());
+        for l in 0..self.layers.len() {
+            let flag = bytes[pos];
+            pos += 1;
+            let floats: Vec<f32> = bytes[pos..pos + 2 * n * 4]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            pos += 2 * n * 4;
+            match flag {
+                0 => result.push(None),
+                1 => {
+                    if floats.iter().any(|v| !v.is_finite()) {
+                        return Err(StateError::Corrupt(format!("layer {l}: non-finite centering mean")));
+                    }
+                    result.push(Some(Means { k: floats[..n].to_vec(), v: floats[n..].to_vec() }));
+                }
+                other => return Err(StateError::Corrupt(format!("layer {l}: bad flag byte {other}"))),
+            }
+        }
+        Ok(result)
+    }
+}
+
+const STATE_MAGIC: &[u8; 8] = b"TQCTXST\0";
+const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateError {
+    Corrupt(String),
+    Incompatible(String),
+}

@@ -1,0 +1,232 @@
+//! Slot-mode append + attend through the C ABI, against a float64 softmax over the dequantized rows
+//! (which tq_attend must reproduce to float32 rounding) and against exact attention on the
+//! uncompressed K/V (the quantization error itself, reported and bounded).
+
+mod common;
+
+use common::*;
+use turboquant::codec::layout::RowLayout;
+use turboquant::ffi::context::*;
+use turboquant::ffi::tq_status;
+use turboquant::math::quantizer::{MseQuantizer, Quantizer, QuantizerConfig, QuantizerKind, Scratch};
+use turboquant::math::rotation::RotationKind;
+use turboquant::math::scale;
+
+struct Case {
+    d: usize,
+    n_kv: usize,
+    group: usize,
+    bits_k: u32,
+    bits_v: u32,
+    prod: bool,
+    centering: bool,
+    rotation: u32,
+    /// Add a large per-channel constant (3..7) to every key, as some model families have.
+    key_offset: bool,
+}
+
+/// Dequantize one head of a row independently of the attention code path (math layer only).
+fn dequant_rows(
+    store: &[u8],
+    layout: &RowLayout,
+    n_cells: usize,
+    key: Option<&Quantizer>,
+    value: Option<&MseQuantizer>,
+    mean: Option<&[f32]>,
+) -> Vec<f64> {
+    let (d, h) = (layout.head_dim, layout.n_kv_heads);
+    let rb = layout.row_bytes();
+    let mut out = vec![0.0f64; n_cells * h * d];
+    let mut scratch = Scratch::new(d);
+    let mut x = vec![0.0f32; d];
+    for j in 0..n_cells {
+        let row = &store[j * rb..(j + 1) * rb];
+        for g in 0..h {
+            let sc = u16::from_le_bytes([row[layout.scale_offset(g)], row[layout.scale_offset(g) + 1]]);
+            let codes = &row[layout.codes_offset(g)..layout.codes_offset(g) + layout.code_bytes()];
+            if let Some(v) = value {
+                v.decode(codes, sc, &mut x, &mut scratch);
+            } else {
+                let key = key.unwrap();
+                let mut all = codes.to_vec();
+                let mut scales = vec![sc];
+                if layout.qjl {
+                    all.extend_from_slice(&row[layout.signs_offset(g)..layout.signs_offset(g) + layout.sign_bytes()]);
+                    scales.push(u16::from_le_bytes([row[layout.gamma_offset(g)], row[layout.gamma_offset(g) + 1]]));
+                }
+                key.dequantize_one(&all, &scales, &mut x, &mut scratch);
+            }
+            for i in 0..d {
+                out[(j * h + g) * d + i] = x[i] as f64 + mean.map_or(0.0, |m| m[g * d + i] as f64);
+            }
+        }
+    }
+    out
+}
+
+/// Returns (error vs dequantized reference, error vs exact attention over the original K/V).
+fn run_case(c: &Case, n_q: usize, seed: u64) -> (f64, f64) {
+    let n_heads = c.n_kv * c.group;
+    let d = c.d;
+    let mut p = tq_context_default_params();
+    p.n_layers = 2;
+    p.n_heads = n_heads as u32;
+    p.n_kv_heads = c.n_kv as u32;
+    p.head_dim = d as u32;
+    p.bits_k = c.bits_k;
+    p.bits_v = c.bits_v;
+    p.key_mode = if c.prod { 1 } else { 0 };
+    p.centering = c.centering;
+    p.rotation = c.rotation;
+    p.seed = seed;
+    p.n_threads = 2;
+    let ctx = context(&p);
+    let (kr, vr) = row_bytes(&ctx);
+    let layer = 1u32;
+
+    // Two sequences interleaved over the cells (slot mode: the engine's mask separates them).
+    let n_cells = 300;
+    let mut rng = Rng::new(seed);
+    let offset: Vec<f32> = (0..c.n_kv * d).map(|i| if c.key_offset { 3.0 + (i % 5) as f32 } else { 0.0 }).collect();
+    let mut k = rng.normals(n_cells * c.n_kv * d);
+    for (i, x) in k.iter_mut().enumerate() {
+        *x += offset[i % (c.n_kv * d)];
+    }
+    let v = rng.normals(n_cells * c.n_kv * d);
+    // Cells written in a scrambled order, in two appends (the first fixes centering means).
+    let slots: Vec<i64> = (0..n_cells as i64).map(|i| (i * 7) % n_cells as i64).collect();
+    let mut k_store = vec![0u8; n_cells * kr];
+    let mut v_store = vec![0u8; n_cells * vr];
+    let row_k = |i: usize| k[i * c.n_kv * d..].as_ptr() as *const u8;
+    let row_v = |i: usize| v[i * c.n_kv * d..].as_ptr() as *const u8;
+    for (start, end) in [(0usize, 200usize), (200, n_cells)] {
+        let st = unsafe {
+            tq_append_kv(ctx.0, layer, k_store.as_mut_ptr().cast(), v_store.as_mut_ptr().cast(), n_cells, slots[start..].as_ptr(), end - start,
+                row_k(start).cast(), std::ptr::null(), row_v(start).cast(), std::ptr::null(), std::ptr::null_mut())
+        };
+        assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+    }
+    // Cell j holds token i where slots[i] = j; sequence = token parity; position = token index.
+    let mut token_of_cell = vec![0usize; n_cells];
+    for (i, &s) in slots.iter().enumerate() {
+        token_of_cell[s as usize] = i;
+    }
+    // Queries: the last n_q tokens of sequence 0 (even tokens), causal.
+    let q = rng.normals(n_q * n_heads * d);
+    let seq_tokens: Vec<usize> = (0..n_cells).filter(|i| i % 2 == 0).collect();
+    let query_pos: Vec<usize> = seq_tokens[seq_tokens.len() - n_q..].to_vec();
+    let mut mask = vec![0.0f32; n_q * n_cells];
+    for t in 0..n_q {
+        for j in 0..n_cells {
+            let tok = token_of_cell[j];
+            if tok % 2 != 0 || tok > query_pos[t] {
+                mask[t * n_cells + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = vec![0.0f32; n_q * n_heads * d];
+    let st = unsafe {
+        tq_attend(ctx.0, layer, q.as_ptr().cast(), n_q, std::ptr::null(), k_store.as_ptr().cast(), v_store.as_ptr().cast(), n_cells,
+            mask.as_ptr().cast(), 0, n_cells, scale, out.as_mut_ptr().cast(), std::ptr::null(), std::ptr::null_mut())
+    };
+    assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+
+    // The same quantizers, rebuilt from the math layer (rotation streams 2L / 2L+1, QJL stream L).
+    let rotation = if c.rotation == 1 { RotationKind::Dense } else { RotationKind::auto(d) };
+    let key = Quantizer::new_indexed(
+        QuantizerConfig { dim: d, bits: c.bits_k, rotation, kind: if c.prod { QuantizerKind::Prod } else { QuantizerKind::Mse }, seed },
+        2 * layer as u64,
+        layer as u64,
+    )
+    .unwrap();
+    let value = MseQuantizer::new(d, c.bits_v, rotation, seed, 2 * layer as u64 + 1).unwrap();
+    let k_layout = RowLayout { n_kv_heads: c.n_kv, head_dim: d, mse_bits: if c.prod { c.bits_k - 1 } else { c.bits_k }, qjl: c.prod };
+    let v_layout = RowLayout { n_kv_heads: c.n_kv, head_dim: d, mse_bits: c.bits_v, qjl: false };
+    assert_eq!((k_layout.row_bytes(), v_layout.row_bytes()), (kr, vr));
+    // Centering means: the mean of the first append's 200 tokens, computed here in f64.
+    let mean_of = |x: &[f32]| -> Vec<f32> {
+        (0..c.n_kv * d).map(|e| ((0..200).map(|i| x[i * c.n_kv * d + e] as f64).sum::<f64>() / 200.0) as f32).collect()
+    };
+    let (mk, mv) = (mean_of(&k), mean_of(&v));
+    let kd = dequant_rows(&k_store, &k_layout, n_cells, Some(&key), None, c.centering.then_some(mk.as_slice()));
+    let vd = dequant_rows(&v_store, &v_layout, n_cells, None, Some(&value), c.centering.then_some(mv.as_slice()));
+    let q64: Vec<f64> = q.iter().map(|&x| x as f64).collect();
+    let mask64: Vec<f64> = mask.iter().map(|&x| x as f64).collect();
+    let reference = reference_attention(&q64, &kd, &vd, &mask64, n_q, n_cells, n_heads, c.n_kv, d, scale as f64);
+    let err_codec = max_row_rel_error(&out, &reference, d);
+
+    // Exact attention over the original rows (cell order).
+    let mut k_cells = vec![0.0f64; n_cells * c.n_kv * d];
+    let mut v_cells = vec![0.0f64; n_cells * c.n_kv * d];
+    for (i, &s) in slots.iter().enumerate() {
+        let (src, dst) = (i * c.n_kv * d, s as usize * c.n_kv * d);
+        for e in 0..c.n_kv * d {
+            k_cells[dst + e] = k[src + e] as f64;
+            v_cells[dst + e] = v[src + e] as f64;
+        }
+    }
+    let exact = reference_attention(&q64, &k_cells, &v_cells, &mask64, n_q, n_cells, n_heads, c.n_kv, d, scale as f64);
+    (err_codec, max_row_rel_error(&out, &exact, d))
+}
+
+#[test]
+fn attend_matches_float64_reference_over_dequantized_rows() {
+    let mut seed = 1;
+    for d in [64usize, 128, 256] {
+        for group in [1usize, 4, 8] {
+            for n_q in [1usize, 64] {
+                let c = Case { d, n_kv: 2, group, bits_k: 4, bits_v: 4, prod: false, centering: false, rotation: 0, key_offset: false };
+                let (err, _) = run_case(&c, n_q, seed);
+                seed += 1;
+                assert!(err <= 1e-5, "d={d} group={group} n_q={n_q}: relative error {err:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn attend_variants_match_reference() {
+    // PROD keys, centering, dense rotation, odd bit widths.
+    let cases = [
+        Case { d: 64, n_kv: 3, group: 3, bits_k: 3, bits_v: 2, prod: false, centering: true, rotation: 0, key_offset: true },
+        Case { d: 128, n_kv: 2, group: 4, bits_k: 4, bits_v: 3, prod: true, centering: false, rotation: 0, key_offset: false },
+        Case { d: 96, n_kv: 2, group: 2, bits_k: 5, bits_v: 4, prod: false, centering: true, rotation: 1, key_offset: false },
+        Case { d: 64, n_kv: 1, group: 8, bits_k: 2, bits_v: 8, prod: true, centering: true, rotation: 1, key_offset: false },
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        for n_q in [1, 17] {
+            let (err, _) = run_case(c, n_q, 100 + i as u64);
+            assert!(err <= 1e-5, "case {i} n_q={n_q}: relative error {err:e}");
+        }
+    }
+}
+
+#[test]
+fn quantization_error_against_exact_attention_shrinks_with_bits() {
+    // Error vs attention over the uncompressed K/V (random Gaussian data, d=128): it must fall with
+    // bits. The V error alone contributes about √D_mse(b) relative (0.096 at 4 bits, 0.18 at 3) to
+    // an output that averages the values; K errors perturb the weights on top. Bound: 3·√D_mse(b).
+    let mut errs = Vec::new();
+    for (bits, d_mse) in [(4u32, 0.0093f64), (3, 0.0340), (2, 0.1160)] {
+        let c = Case { d: 128, n_kv: 2, group: 4, bits_k: bits, bits_v: bits, prod: false, centering: false, rotation: 0, key_offset: false };
+        let (_, err) = run_case(&c, 16, 7);
+        assert!(err < 3.0 * d_mse.sqrt(), "{bits}-bit error vs exact attention {err}");
+        errs.push(err);
+    }
+    assert!(errs[0] < errs[1] && errs[1] < errs[2], "{errs:?}");
+}
+
+#[test]
+fn centering_removes_a_large_constant_key_component() {
+    // Keys with a large shared offset dominate ‖k‖ and so the quantization error; centering must
+    // bring the error back to that of offset-free keys.
+    let plain = Case { d: 64, n_kv: 2, group: 2, bits_k: 3, bits_v: 3, prod: false, centering: false, rotation: 0, key_offset: false };
+    let offset = Case { key_offset: true, ..plain };
+    let offset_centered = Case { key_offset: true, centering: true, ..plain };
+    let (_, e_plain) = run_case(&plain, 8, 11);
+    let (_, e_offset) = run_case(&offset, 8, 11);
+    let (_, e_centered) = run_case(&offset_centered, 8, 11);
+    assert!(e_offset > 2.0 * e_plain, "offset keys without centering: {e_offset} vs plain {e_plain}");
+    assert!(e_centered < 1.5 * e_plain, "offset keys with centering: {e_centered} vs plain {e_plain}");
+}

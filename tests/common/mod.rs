@@ -1,0 +1,112 @@
+//! Shared helpers of the integration tests: seeded data, FFI wrappers, float64 references.
+#![allow(dead_code)]
+
+use turboquant::ffi::context::*;
+use turboquant::ffi::tq_status;
+
+/// Deterministic pseudo-random numbers (SplitMix64 + Box–Muller); independent of the library's RNG.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    pub fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+    pub fn normals(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.normal() as f32).collect()
+    }
+}
+
+pub struct Ctx(pub *mut tq_context);
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        unsafe { tq_context_free(self.0) };
+    }
+}
+
+pub fn last_error() -> String {
+    unsafe { std::ffi::CStr::from_ptr(turboquant::ffi::tq_last_error_message()) }.to_string_lossy().into_owned()
+}
+
+pub fn context(p: &tq_context_params) -> Ctx {
+    let mut ctx = std::ptr::null_mut();
+    let st = unsafe { tq_context_new(p, &mut ctx) };
+    assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+    Ctx(ctx)
+}
+
+pub fn row_bytes(ctx: &Ctx) -> (usize, usize) {
+    let (mut k, mut v) = (0, 0);
+    assert_eq!(unsafe { tq_context_row_bytes(ctx.0, &mut k, &mut v) }, tq_status::TQ_STATUS_OK);
+    (k, v)
+}
+
+/// Softmax attention in f64: q [n_q][n_heads][d], k/v [n_cells][n_kv][d], mask [n_q][n_cells].
+#[allow(clippy::too_many_arguments)]
+pub fn reference_attention(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    mask: &[f64],
+    n_q: usize,
+    n_cells: usize,
+    n_heads: usize,
+    n_kv: usize,
+    d: usize,
+    scale: f64,
+) -> Vec<f64> {
+    let group = n_heads / n_kv;
+    let mut out = vec![0.0; n_q * n_heads * d];
+    for t in 0..n_q {
+        for h in 0..n_heads {
+            let g = h / group;
+            let qv = &q[(t * n_heads + h) * d..(t * n_heads + h + 1) * d];
+            let scores: Vec<f64> = (0..n_cells)
+                .map(|j| {
+                    let kv = &k[(j * n_kv + g) * d..(j * n_kv + g + 1) * d];
+                    qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f64>() * scale + mask[t * n_cells + j]
+                })
+                .collect();
+            let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if m == f64::NEG_INFINITY {
+                continue;
+            }
+            let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let l: f64 = w.iter().sum();
+            let o = &mut out[(t * n_heads + h) * d..(t * n_heads + h + 1) * d];
+            for j in 0..n_cells {
+                let vv = &v[(j * n_kv + g) * d..(j * n_kv + g + 1) * d];
+                for i in 0..d {
+                    o[i] += w[j] / l * vv[i];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// max over (token, head) rows of ‖a − b‖ / ‖b‖ (rows where b = 0 must match exactly).
+pub fn max_row_rel_error(a: &[f32], b: &[f64], d: usize) -> f64 {
+    let mut worst = 0.0f64;
+    for (ra, rb) in a.chunks(d).zip(b.chunks(d)) {
+        let diff: f64 = ra.iter().zip(rb).map(|(x, y)| (*x as f64 - y).powi(2)).sum::<f64>().sqrt();
+        let norm: f64 = rb.iter().map(|y| y * y).sum::<f64>().sqrt();
+        let e = if norm == 0.0 { diff } else { diff / norm };
+        worst = worst.max(e);
+    }
+    worst
+}
