@@ -126,8 +126,14 @@ is_empty() {
     echo "$left"
     return 1
 }
-make_install() { "$MAKE" --no-print-directory -C "$root" NO_BUILD=1 install "$@"; }
-make_uninstall() { "$MAKE" --no-print-directory -C "$root" uninstall "$@"; }
+# `make install` / `make uninstall` with only the layout given here: nothing inherited from a
+# calling make's command line (MAKEFLAGS) or the environment.
+isolated_make() {
+    env -u MAKEFLAGS -u MFLAGS -u MAKEOVERRIDES -u MAKELEVEL -u DESTDIR -u PREFIX -u LIBDIR -u INCLUDEDIR \
+        -u DATADIR "$MAKE" --no-print-directory -C "$root" "$@"
+}
+make_install() { isolated_make NO_BUILD=1 install "$@"; }
+make_uninstall() { isolated_make uninstall "$@"; }
 
 soname_of() { readelf -d -- "$1" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p'; }
 header_version() {
@@ -205,6 +211,12 @@ echo "== make uninstall PREFIX=<temporary prefix>"
 check "make uninstall" make_uninstall PREFIX="$prefix"
 check "the prefix is empty after uninstall" is_empty "$prefix"
 check_fails "make uninstall with nothing installed says so" "no install manifest" make_uninstall PREFIX="$prefix"
+
+check_fails "make install with a relative PREFIX names the argument" "PREFIX must be an absolute path" \
+    make_install PREFIX=relative/prefix
+check_fails "make install with LIBDIR outside PREFIX names the argument" "LIBDIR .* must lie under PREFIX" \
+    make_install PREFIX="$prefix" LIBDIR="$work/elsewhere"
+check "the refused installs wrote nothing" is_empty "$prefix"
 
 # --- 2. DESTDIR staging ------------------------------------------------------------------------
 
