@@ -9,7 +9,7 @@
 # Needs cmake and pkg-config: when missing they come from Debian (apt-get, as root) or else from PyPI
 # into build/tools-venv. TQ_TOOLS_FROM=pip forces the PyPI route.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 MAKE=${MAKE:-make}
 work=$root/build/test-install
