@@ -35,3 +35,8 @@ clean:
 	$(CARGO) clean
 
 -include mk/*.mk
+
+# Attention error of the compressed cache against exact attention, by bit width (README table).
+.PHONY: attend-table
+attend-table:
+	$(CARGO) run $(CARGO_FLAGS) --example attend_error
