@@ -59,8 +59,10 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn c_sources() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("tests/c"))
-        .expect("tests/c")
+    // The C tests, and the C examples (which check their own results and exit non-zero on failure).
+    let mut files: Vec<PathBuf> = ["tests/c", "examples"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(root().join(dir)).expect("source folder"))
         .map(|e| e.expect("directory entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "c"))
         .collect();
