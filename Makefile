@@ -26,7 +26,7 @@ test-rust:
 mse-table:
 	$(CARGO) run $(CARGO_FLAGS) --example mse_table
 
-example: mse-table
+example: llama-example
 
 bench:
 	$(CARGO) bench --bench quantizer
