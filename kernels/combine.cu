@@ -3,7 +3,8 @@
 // centering term (q . mu_k)*scale*log2 e); tq_combine merges the split-K partials of one (query,
 // head), adds the full-precision rows (owned cache: residual window, sinks) to the same softmax in
 // the original basis, un-rotates once (Pi_v^T), adds mu_v and writes the output row.
-// One CTA of D threads per (query token, query head); grid.y = sequence.
+// tq_rotate_queries: one CTA of D threads per (query token, query head); tq_combine: one CTA of 256
+// threads per (query token, query head); grid.y = sequence.
 
 struct Rotation {
     const float *signs_in;   // Hadamard D1, or NULL for dense
@@ -49,33 +50,35 @@ struct CombineParams {
     i64 out_seq_stride, out_token_stride, out_head_stride;
 };
 
-// Sum over the block (blockDim.x == D). `red` holds D/32 floats.
+// Sum / max over a block of NW warps. `red` holds NW floats.
+template <int NW>
 __device__ __forceinline__ float block_sum(float v, float *red) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     __syncthreads();
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
     __syncthreads();
     float s = 0.0f;
-    for (int w = 0; w < D / 32; w++) s += red[w];
+    for (int w = 0; w < NW; w++) s += red[w];
     return s;
 }
 
+template <int NW>
 __device__ __forceinline__ float block_max(float v, float *red) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     __syncthreads();
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
     __syncthreads();
     float s = NEG_INF;
-    for (int w = 0; w < D / 32; w++) s = fmaxf(s, red[w]);
+    for (int w = 0; w < NW; w++) s = fmaxf(s, red[w]);
     return s;
 }
 
-// In-place unnormalised Walsh–Hadamard transform of buf[D] by D threads.
+// In-place unnormalised Walsh–Hadamard transform of buf[D] by the first D threads of the block.
 __device__ __forceinline__ void block_fwht(float *buf) {
     const int i = threadIdx.x;
     for (int h = 1; h < D; h <<= 1) {
         __syncthreads();
-        if ((i & h) == 0) {
+        if (i < D && (i & h) == 0) {
             float a = buf[i], b = buf[i + h];
             buf[i] = a + b;
             buf[i + h] = a - b;
@@ -104,9 +107,9 @@ extern "C" __global__ void __launch_bounds__(D) tq_rotate_queries(const RotatePa
         y = 0.0f;
         for (int k = 0; k < D; k++) y += p.rot.matrix_t[(i64)k * D + j] * buf[k];
     }
-    const float norm = sqrtf(block_sum(y * y, red));
+    const float norm = sqrtf(block_sum<D / 32>(y * y, red));
     const i64 kvh = hq / p.group;
-    const float qmu = p.mean_k ? block_sum(x * p.mean_k[kvh * D + j], red) : 0.0f;
+    const float qmu = p.mean_k ? block_sum<D / 32>(x * p.mean_k[kvh * D + j], red) : 0.0f;
     const i64 out_row = (seq * p.n_q + i) * p.n_heads + hq;
     p.q_hat[out_row * D + j] = norm > 0.0f ? y / norm : 0.0f;
     if (j == 0) {
@@ -115,35 +118,63 @@ extern "C" __global__ void __launch_bounds__(D) tq_rotate_queries(const RotatePa
     }
 }
 
-extern "C" __global__ void __launch_bounds__(D) tq_combine(const CombineParams p) {
-    extern __shared__ float cmb_smem[];  // [D] rotated accumulator, [D/32] reduction, [n_full] logits
+constexpr int CMB_THREADS = 256;
+constexpr int CMB_WARPS = CMB_THREADS / 32;
+
+// One CTA of CMB_THREADS per (query token, query head): the partials are merged by all warps (warp w
+// takes partials w, w + 8, ...), then the first D threads finish one output element each.
+extern "C" __global__ void __launch_bounds__(CMB_THREADS) tq_combine(const CombineParams p) {
+    // [D] rotated accumulator, [CMB_WARPS] reduction, [CMB_WARPS][D] per-warp sums,
+    // [n_partials] partial weights, [n_full] logits.
+    extern __shared__ float cmb_smem[];
     float *buf = cmb_smem;
     float *red = buf + D;
-    float *logits = red + D / 32;
-    const int j = threadIdx.x;
+    float *wsum = red + CMB_WARPS;
+    float *weight = wsum + CMB_WARPS * D;
+    float *logits = weight + p.n_partials;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int j = tid;  // output element of the first D threads
     const i64 row = blockIdx.x, seq = blockIdx.y;
     const i64 i = row / p.n_heads, hq = row % p.n_heads, kvh = hq / p.group;
     const float *part = p.partials + ((seq * p.n_q + i) * p.n_heads + hq) * p.n_partials * (D + 2);
 
-    float mmax = NEG_INF;
-    for (i64 s = 0; s < p.n_partials; s++) mmax = fmaxf(mmax, part[s * (D + 2)]);
-    float lc = 0.0f, acc = 0.0f;
-    if (mmax != NEG_INF) {
-        for (i64 s = 0; s < p.n_partials; s++) {
-            const float *ps = part + s * (D + 2);
-            const float w = fast_exp2(ps[0] - mmax);
-            lc += w * ps[1];
-            acc += w * ps[2 + j];
+    float mloc = NEG_INF;
+    for (i64 s = tid; s < p.n_partials; s += CMB_THREADS) mloc = fmaxf(mloc, part[s * (D + 2)]);
+    const float mmax = block_max<CMB_WARPS>(mloc, red);
+    float lloc = 0.0f;
+    for (i64 s = tid; s < p.n_partials; s += CMB_THREADS) {
+        const float *ps = part + s * (D + 2);
+        const float w = mmax == NEG_INF ? 0.0f : fast_exp2(ps[0] - mmax);
+        weight[s] = w;
+        lloc += w * ps[1];
+    }
+    float lc = block_sum<CMB_WARPS>(lloc, red);  // its barriers also publish weight[]
+    {
+        float acc[D / 32];
+#pragma unroll
+        for (int k = 0; k < D / 32; k++) acc[k] = 0.0f;
+#pragma unroll 4
+        for (i64 s = warp; s < p.n_partials; s += CMB_WARPS) {
+            const float w = weight[s];
+            const float *o = part + s * (D + 2) + 2;
+#pragma unroll
+            for (int k = 0; k < D / 32; k++) acc[k] += w * o[lane + 32 * k];
         }
+#pragma unroll
+        for (int k = 0; k < D / 32; k++) wsum[warp * D + lane + 32 * k] = acc[k];
+    }
+    __syncthreads();
+    float acc = 0.0f;
+    if (j < D) {
+        for (int w = 0; w < CMB_WARPS; w++) acc += wsum[w * D + j];
     }
     // Full-precision rows (original basis), merged into the same softmax.
     float lf = 0.0f, accf = 0.0f;
     if (p.n_full > 0) {
-        const int lane = j & 31, warp = j >> 5;
         const u8 *qp = p.q.ptr + seq * p.q.seq_stride + i * p.q.token_stride + hq * p.q.head_stride;
         const i64 esz = p.dtype == DTYPE_F32 ? 4 : 2;
         const i64 qpos = p.query_pos[seq * p.n_q + i];
-        for (i64 r = warp; r < p.n_full; r += D / 32) {
+        for (i64 r = warp; r < p.n_full; r += CMB_WARPS) {
             const float *k = p.full_k + ((seq * p.full_seq_stride + r) * p.n_kv_heads + kvh) * D;
             float dot = 0.0f;
             for (int e = lane; e < D; e += 32) dot += load_elem(qp + e * esz, p.dtype) * k[e];
@@ -165,25 +196,24 @@ extern "C" __global__ void __launch_bounds__(D) tq_combine(const CombineParams p
                 const float pr = fast_exp2(logits[r] - new_m);
                 if (pr > 0.0f) {
                     lf += pr;
-                    accf += pr * p.full_v[((seq * p.full_seq_stride + r) * p.n_kv_heads + kvh) * D + j];
+                    if (j < D) accf += pr * p.full_v[((seq * p.full_seq_stride + r) * p.n_kv_heads + kvh) * D + j];
                 }
             }
         }
     }
     // Un-rotate the compressed part once: Pi_v^T acc.
-    float val;
+    float val = 0.0f;
     if (p.rot.signs_in) {
-        __syncthreads();
-        buf[j] = acc * p.rot.signs_out[j];
+        if (j < D) buf[j] = acc * p.rot.signs_out[j];
         block_fwht(buf);
-        val = buf[j] * p.rot.signs_in[j];
+        if (j < D) val = buf[j] * p.rot.signs_in[j];
     } else {
+        if (j < D) buf[j] = acc;
         __syncthreads();
-        buf[j] = acc;
-        __syncthreads();
-        val = 0.0f;
-        for (int k = 0; k < D; k++) val += p.rot.matrix[(i64)k * D + j] * buf[k];
+        if (j < D)
+            for (int k = 0; k < D; k++) val += p.rot.matrix[(i64)k * D + j] * buf[k];
     }
+    if (j >= D) return;
     const float total = lc + lf;
     float out = 0.0f;
     if (total > 0.0f) {

@@ -130,10 +130,37 @@ template <int NBITS> struct Window {
 
 // Load NBITS bits at byte pointer p plus bit offset `bit_off` (0..7). ALIGNED: p is aligned to the
 // widest power of two (<= 16) dividing the byte count, and bit_off is 0.
-template <int NBITS, bool ALIGNED>
+// SHARED: p points into shared memory (plain loads instead of the read-only global path).
+// MAXW: the widest shared-memory load the row alignment allows.
+template <int NBITS, bool ALIGNED, bool SHARED = false, int MAXW = 16>
 __device__ __forceinline__ void load_window(Window<NBITS> &win, const u8 *p, int bit_off) {
     constexpr int NBYTES = (NBITS + 7) / 8;
-    if (ALIGNED && NBYTES % 16 == 0) {
+    if (ALIGNED && SHARED) {
+        // Shared memory: 16-, 8- or 4-byte words, whichever divides the window.
+        constexpr int W = (NBYTES % 16 == 0 && MAXW >= 16) ? 16 : NBYTES % 8 == 0 ? 8 : NBYTES % 4 == 0 ? 4 : 1;
+        if (W == 16) {
+#pragma unroll
+            for (int i = 0; i < NBYTES / 16; i++) {
+                uint4 v = reinterpret_cast<const uint4 *>(p)[i];
+                win.w[4 * i] = v.x; win.w[4 * i + 1] = v.y; win.w[4 * i + 2] = v.z; win.w[4 * i + 3] = v.w;
+            }
+        } else if (W == 8) {
+#pragma unroll
+            for (int i = 0; i < NBYTES / 8; i++) {
+                uint2 v = reinterpret_cast<const uint2 *>(p)[i];
+                win.w[2 * i] = v.x; win.w[2 * i + 1] = v.y;
+            }
+        } else if (W == 4) {
+#pragma unroll
+            for (int i = 0; i < NBYTES / 4; i++) win.w[i] = reinterpret_cast<const u32 *>(p)[i];
+        } else {
+#pragma unroll
+            for (int i = 0; i <= Window<NBITS>::WORDS; i++) win.w[i] = 0;
+#pragma unroll
+            for (int i = 0; i < NBYTES; i++) win.w[i >> 2] |= (u32)p[i] << (8 * (i & 3));
+        }
+        win.w[Window<NBITS>::WORDS] = 0;
+    } else if (ALIGNED && NBYTES % 16 == 0) {
 #pragma unroll
         for (int i = 0; i < NBYTES / 16; i++) {
             uint4 v = __ldg(reinterpret_cast<const uint4 *>(p) + i);
@@ -158,7 +185,7 @@ __device__ __forceinline__ void load_window(Window<NBITS> &win, const u8 *p, int
 #pragma unroll
         for (int i = 0; i < (LOAD + 3) / 4 + 1; i++) raw[i] = 0;
 #pragma unroll
-        for (int i = 0; i < LOAD; i++) raw[i >> 2] |= (u32)__ldg(p + i) << (8 * (i & 3));
+        for (int i = 0; i < LOAD; i++) raw[i >> 2] |= (u32)(SHARED ? p[i] : __ldg(p + i)) << (8 * (i & 3));
 #pragma unroll
         for (int i = 0; i <= Window<NBITS>::WORDS; i++) {
             u32 a = i < (LOAD + 3) / 4 + 1 ? raw[i] : 0u;
@@ -186,7 +213,24 @@ __device__ __forceinline__ u32 movmatrix_trans(u32 x) {
 }
 
 
-__device__ __forceinline__ float fast_exp2(float x) { return exp2f(x); }
+// 2^x (ex2.approx: 2 ulp; 2^-inf = 0).
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Asynchronous 16-byte global -> shared copies (sm_80+).
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    u32 a = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async8(void *smem, const void *gmem) {
+    u32 a = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(a), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 #define LOG2E 1.4426950408889634f
 #define NEG_INF (-__int_as_float(0x7f800000))
@@ -234,6 +278,8 @@ struct AttendParams {
     // Split-K: tokens per split, number of splits, warps per kv head in one CTA (decode), partials
     // per (row, head) = n_splits * warps_per_head: [m (log2 domain), l, O[D]] f32 each.
     i64 chunk, n_splits, warps_per_head, heads_per_cta, n_partials;
+    // Staged decode: cells per shared-memory stage (a multiple of 16 * warps_per_head).
+    i64 stage_cells;
     float *partials;
     // Codebooks (f32 centroids, 2^b entries) of K and V.
     const float *k_centroids;
@@ -248,8 +294,9 @@ __device__ __forceinline__ float *partial_at(const AttendParams &p, i64 seq, i64
     return p.partials + (((seq * p.n_q + i) * p.n_heads + hq) * p.n_partials + s) * (D + 2);
 }
 
-// Visibility (log2-domain additive term) of cell j for query i of seq.
+// Visibility (log2-domain additive term) of cell j for query i of seq (no mask and no positions: 0).
 __device__ __forceinline__ float cell_bias(const AttendParams &p, i64 seq, i64 i, i64 j) {
+    if (p.mask == nullptr && p.cell_pos == nullptr) return 0.0f;
     float b = mask_value_log2(p.mask, p.mask_dtype, seq * p.mask_seq_stride + i * p.mask_row_stride + j);
     if (p.cell_pos && p.cell_pos[seq * p.cell_pos_seq_stride + j] > p.query_pos[seq * p.n_q + i]) b = NEG_INF;
     return b;

@@ -4,7 +4,8 @@
 // kv head — on tensor cores (mma m16n8k16 via ldmatrix). Scores are scaled by ||q|| * kscale in f32;
 // values are weighted by p * vscale before the f16 mma. Split-K over cells; tq_combine merges.
 
-constexpr int PF_ROWS = 64;    // query rows per CTA (4 warps x 16)
+constexpr int PF_ROWS = 128;   // query rows per CTA (8 warps x 16)
+constexpr int PF_THREADS = 256;
 constexpr int PF_TILE = 64;    // cells per tile
 constexpr int PF_LD = D + 8;   // smem row stride in halves (conflict-free ldmatrix)
 constexpr int PF_KBITS = D / 4 * 2 * BITS_K;  // bits one thread dequantises per cell (half a head)
@@ -21,11 +22,10 @@ __device__ __forceinline__ void ldmatrix_x4_trans(u32 *r, const void *p) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
 
-// Dequantise half a head (pairs [hh*D/4, (hh+1)*D/4)) of one cell into an f16 smem row.
-template <int B, int NBITS, bool ALIGNED>
-__device__ __forceinline__ void pf_dequant(u16 *dst_row, const u8 *codes, int hh, const u32 *tab_lane) {
-    Window<NBITS> w;
-    load_window<NBITS, ALIGNED>(w, codes + hh * (NBITS / 8), 0);
+// Dequantise half a head (pairs [hh*D/4, (hh+1)*D/4)) of one cell, loaded earlier into `w`, into an
+// f16 smem row.
+template <int B, int NBITS>
+__device__ __forceinline__ void pf_dequant(u16 *dst_row, const Window<NBITS> &w, int hh, const u32 *tab_lane) {
     u32 *dst = reinterpret_cast<u32 *>(dst_row) + hh * (D / 4);
 #pragma unroll
     for (int j = 0; j < D / 4; j++) dst[j] = lookup_pair<B>(tab_lane, w.bits(j * 2 * B, 2 * B));
@@ -86,20 +86,37 @@ __device__ __forceinline__ void prefill_body(const AttendParams &p, u8 *smem_bas
     const i64 begin = split * p.chunk;
     const i64 end = min(begin + p.chunk, len);
     const u32 *tk = tab_k + lane, *tv = tab_v + lane;
+    // Threads 0..127 handle K, 128..255 V: cell = (tid % 128) / 2, half hh = tid % 2. The raw bits of
+    // the next tile are loaded into registers before the current tile is computed.
+    const bool is_k = tid < PF_THREADS / 2;
+    const int cell_l = (tid % (PF_THREADS / 2)) >> 1, hh = tid & 1;
+    Window<PF_KBITS> wk;
+    Window<PF_VBITS> wv;
+    float sc_raw = 0.0f;
+    auto load_raw = [&](i64 t0) {
+        const i64 r = t0 + cell_l < end ? t0 + cell_l : t0;
+        if (is_k) {
+            const u8 *row = ks + r * p.k_row_bytes;
+            load_window<PF_KBITS, ALIGNED>(wk, row + h * CBK + hh * (PF_KBITS / 8), 0);
+            sc_raw = load_scale(row + p.k_scale_offset + 2 * h);
+        } else {
+            const u8 *row = vs + r * p.v_row_bytes;
+            load_window<PF_VBITS, ALIGNED>(wv, row + h * CBV + hh * (PF_VBITS / 8), 0);
+            sc_raw = load_scale(row + p.v_scale_offset + 2 * h);
+        }
+    };
+    if (begin < end) load_raw(begin);
     for (i64 t0 = begin; t0 < end; t0 += PF_TILE) {
         __syncthreads();
-        {
-            const int cell = tid >> 1, hh = tid & 1;  // 128 threads: 64 cells x 2 halves
-            const i64 r = t0 + cell < end ? t0 + cell : t0;
-            const u8 *krow = ks + r * p.k_row_bytes, *vrow = vs + r * p.v_row_bytes;
-            pf_dequant<BITS_K, PF_KBITS, ALIGNED>(kt_s + cell * PF_LD, krow + h * CBK, hh, tk);
-            pf_dequant<BITS_V, PF_VBITS, ALIGNED>(vt_s + cell * PF_LD, vrow + h * CBV, hh, tv);
-            if (hh == 0) {
-                kscale[cell] = load_scale(krow + p.k_scale_offset + 2 * h);
-                vscale[cell] = load_scale(vrow + p.v_scale_offset + 2 * h);
-            }
+        if (is_k) {
+            pf_dequant<BITS_K, PF_KBITS>(kt_s + cell_l * PF_LD, wk, hh, tk);
+            if (hh == 0) kscale[cell_l] = sc_raw;
+        } else {
+            pf_dequant<BITS_V, PF_VBITS>(vt_s + cell_l * PF_LD, wv, hh, tv);
+            if (hh == 0) vscale[cell_l] = sc_raw;
         }
         __syncthreads();
+        if (t0 + PF_TILE < end) load_raw(t0 + PF_TILE);
         float s[PF_TILE / 8][4];
 #pragma unroll
         for (int n = 0; n < PF_TILE / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
@@ -190,11 +207,11 @@ __device__ __forceinline__ void prefill_body(const AttendParams &p, u8 *smem_bas
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128) tq_prefill_aligned(const AttendParams p) {
+extern "C" __global__ void __launch_bounds__(PF_THREADS) tq_prefill_aligned(const AttendParams p) {
     extern __shared__ __align__(16) u8 pf_smem[];
     prefill_body<true>(p, pf_smem);
 }
-extern "C" __global__ void __launch_bounds__(128) tq_prefill_unaligned(const AttendParams p) {
+extern "C" __global__ void __launch_bounds__(PF_THREADS) tq_prefill_unaligned(const AttendParams p) {
     extern __shared__ __align__(16) u8 pf_smem[];
     prefill_body<false>(p, pf_smem);
 }

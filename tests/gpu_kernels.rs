@@ -272,6 +272,13 @@ fn cuda_attend_matches_cpu() {
             }
         }
     }
+    // 8 kv heads with 16-byte rows and 4 kv heads with 8-byte rows: the staged (cp.async) decode kernels.
+    for (h, kv) in [(32u32, 8u32), (32, 4)] {
+        for n_q in [1usize, 2] {
+            let lens = if quick() { vec![1, 45, 300] } else { vec![1, 45, 300, 3000] };
+            cases.push(AttendCase { d: 128, n_heads: h, n_kv: kv, bits: (4, 4), rotation: 2, n_q, lens });
+        }
+    }
     if !quick() {
         for bits in [(3, 3), (2, 2), (4, 2), (8, 8), (1, 1)] {
             cases.push(AttendCase { d: 128, n_heads: 32, n_kv: 8, bits, rotation: 2, n_q: 1, lens: vec![17, 1000] });

@@ -17,6 +17,13 @@ for step in "$@"; do
       done ;;
     bench)
       PYTHONUNBUFFERED=1 timeout 480 python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" ;;
+    ncu)
+      # Hardware counters of the decode kernel (B=16, 32K, 32q/8kv, d=128, 4 bits): what bounds it.
+      timeout 240 ncu --clock-control none --kernel-name regex:tq_decode --launch-skip 1 --launch-count 1 \
+        --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis \
+        --section MemoryWorkloadAnalysis --section LaunchStats --section SchedulerStats \
+        python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --profile-one > "$OUT/ncu_decode.txt" 2>&1
+      echo "ncu: exit $?"; grep -E "Throughput|Duration|Occupancy|Registers|Stall|Issue|Eligible|Warp Cycles|Pipe|Bank|L1|L2|DRAM|Shared" "$OUT/ncu_decode.txt" | head -70 ;;
     quickbench)
       PYTHONUNBUFFERED=1 timeout 150 python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --quick --out "$OUT/bench_quick.json" 2>&1 | tee "$OUT/bench_quick.log" ;;
   esac

@@ -74,6 +74,8 @@ pub fn driver_available() -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SplitPlan {
     pub prefill: bool,
+    /// Decode through shared-memory stages (tq_decode_staged).
+    pub staged: bool,
     pub n_splits: usize,
     pub chunk: usize,
     pub warps_per_head: usize,
@@ -93,8 +95,9 @@ struct SideTables {
 
 struct Kernels {
     append: sys::CUfunction,
-    decode_aligned: sys::CUfunction,
-    decode_unaligned: sys::CUfunction,
+    decode_staged16: sys::CUfunction,
+    decode_staged8: sys::CUfunction,
+    decode_direct: sys::CUfunction,
     prefill_aligned: sys::CUfunction,
     prefill_unaligned: sys::CUfunction,
     rotate: sys::CUfunction,
@@ -198,6 +201,11 @@ pub struct CudaBackend {
     partial_capacity: usize,
     sm_count: usize,
     decode_smem: u32,
+    staged_smem: u32,
+    /// Cells per stage of the staged decode kernel (0: contexts that use the direct kernel).
+    stage_cells: usize,
+    /// Row alignment of the staged copies: 16 or 8 bytes.
+    stage_align: usize,
     prefill_smem: u32,
     head_dim: usize,
     n_heads: usize,
@@ -232,7 +240,14 @@ fn vec_width(bytes: usize) -> usize {
 }
 
 const APPEND_WARPS: usize = 4;
-const PREFILL_ROWS: usize = 64;
+const PREFILL_ROWS: usize = 128;
+const PREFILL_THREADS: u32 = 256;
+/// Shared-memory stages of the staged decode kernel (DEC_STAGES in kernels/decode.cu).
+const DECODE_STAGES: usize = 4;
+/// Warps of the combine kernel (CMB_WARPS in kernels/combine.cu).
+const COMBINE_WARPS: usize = 8;
+/// At most this many partials per (query, head): the combine kernel keeps their weights in shared memory.
+const MAX_PARTIALS: usize = 4096;
 const PREFILL_TILE: usize = 64;
 /// Decode is used while query columns (query tokens × group) fit this many 8-wide column blocks.
 const DECODE_MAX_COLUMNS: usize = 16;
@@ -310,8 +325,9 @@ impl CudaBackend {
         };
         let kernels = Kernels {
             append: get("tq_append")?,
-            decode_aligned: get("tq_decode_aligned")?,
-            decode_unaligned: get("tq_decode_unaligned")?,
+            decode_staged16: get("tq_decode_staged16")?,
+            decode_staged8: get("tq_decode_staged8")?,
+            decode_direct: get("tq_decode_direct")?,
             prefill_aligned: get("tq_prefill_aligned")?,
             prefill_unaligned: get("tq_prefill_unaligned")?,
             rotate: get("tq_rotate_queries")?,
@@ -321,7 +337,24 @@ impl CudaBackend {
         let d = cfg.head_dim;
         let tables = if cfg.bits_k == cfg.bits_v { table_words(cfg.bits_k) } else { table_words(cfg.bits_k) + table_words(cfg.bits_v) };
         let decode_smem = tables * 4;
-        let prefill_smem = tables * 4 + 3 * 64 * (d + 8) * 2 + 2 * PREFILL_TILE * 4;
+        let prefill_smem = tables * 4 + (PREFILL_ROWS + 2 * PREFILL_TILE) * (d + 8) * 2 + 2 * PREFILL_TILE * 4;
+        // Staged decode: a ring of DECODE_STAGES stages of stage_cells whole rows (K and V) in shared
+        // memory, for contexts whose kv heads fit one CTA and whose rows are 16-byte multiples.
+        let (k_row_bytes, v_row_bytes) = (codec.k_layout.row_bytes(), codec.v_layout.row_bytes());
+        let heads_per_cta = cfg.n_kv_heads.min(8);
+        let warps_per_head = (8 / heads_per_cta).max(1);
+        let unit = 16 * warps_per_head;
+        // Two CTAs per multiprocessor up to head_dim 128 (DEC_MIN_CTAS in kernels/decode.cu).
+        let per_cta = if d <= 128 { 228 * 1024 / 2 - 1024 } else { 200 * 1024 };
+        let budget = smem_optin.min(per_cta).saturating_sub(decode_smem);
+        let fit = budget / (DECODE_STAGES * unit * (k_row_bytes + v_row_bytes));
+        let stage_align = if k_row_bytes % 16 == 0 && v_row_bytes % 16 == 0 { 16 } else { 8 };
+        let stage_cells = if cfg.n_kv_heads <= 8 && k_row_bytes % 8 == 0 && v_row_bytes % 8 == 0 && fit >= 1 {
+            unit * fit.min((128 / unit).max(1))
+        } else {
+            0
+        };
+        let staged_smem = decode_smem + DECODE_STAGES * stage_cells * (k_row_bytes + v_row_bytes);
         if prefill_smem > smem_optin {
             return Err(CudaError::new(
                 CudaErrorKind::Unsupported,
@@ -330,8 +363,9 @@ impl CudaBackend {
             ));
         }
         for (f, bytes) in [
-            (kernels.decode_aligned, decode_smem),
-            (kernels.decode_unaligned, decode_smem),
+            (kernels.decode_staged16, staged_smem.max(decode_smem)),
+            (kernels.decode_staged8, staged_smem.max(decode_smem)),
+            (kernels.decode_direct, decode_smem),
             (kernels.prefill_aligned, prefill_smem),
             (kernels.prefill_unaligned, prefill_smem),
         ] {
@@ -360,6 +394,9 @@ impl CudaBackend {
             partial_capacity: max_batch * cfg.n_heads * PARTIALS_PER_ROW,
             sm_count,
             decode_smem: decode_smem as u32,
+            staged_smem: staged_smem as u32,
+            stage_cells,
+            stage_align,
             prefill_smem: prefill_smem as u32,
             head_dim: d,
             n_heads: cfg.n_heads,
@@ -500,16 +537,16 @@ impl CudaBackend {
     }
 
     /// The split-K plan of an attention call.
-    pub fn plan(&self, n_seqs: usize, n_q: usize, max_cells: usize) -> SplitPlan {
+    pub fn plan(&self, n_seqs: usize, n_q: usize, max_cells: usize, staged: bool) -> SplitPlan {
         let cols = n_q * self.group;
         let rows = n_seqs * n_q;
         let target_ctas = 4 * self.sm_count;
-        let max_partials = (self.partial_capacity / (rows * self.n_heads).max(1)).max(1);
+        let max_partials = (self.partial_capacity / (rows * self.n_heads).max(1)).clamp(1, MAX_PARTIALS);
         if cols <= DECODE_MAX_COLUMNS {
             let heads_per_cta = self.n_kv_heads.min(8);
             let head_blocks = self.n_kv_heads.div_ceil(heads_per_cta);
             let warps_per_head = (8 / heads_per_cta).max(1);
-            let step = 16 * warps_per_head;
+            let step = if staged { self.stage_cells } else { 16 * warps_per_head };
             let base = n_seqs * head_blocks * cols.div_ceil(8);
             // At least 128 cells per warp: fewer makes the partials a sizeable share of the traffic.
             let by_len = max_cells.div_ceil(128 * warps_per_head).max(1);
@@ -517,31 +554,38 @@ impl CudaBackend {
             let want = target_ctas.div_ceil(base.max(1)).clamp(1, by_len.min(by_scratch));
             let chunk = max_cells.div_ceil(want).max(1).next_multiple_of(step);
             let n_splits = max_cells.div_ceil(chunk).max(1);
-            SplitPlan { prefill: false, n_splits, chunk, warps_per_head, heads_per_cta, n_partials: n_splits * warps_per_head }
+            SplitPlan { prefill: false, staged, n_splits, chunk, warps_per_head, heads_per_cta, n_partials: n_splits * warps_per_head }
         } else {
             let base = n_seqs * self.n_kv_heads * cols.div_ceil(PREFILL_ROWS);
             let by_len = max_cells.div_ceil(4 * PREFILL_TILE).max(1);
             let want = target_ctas.div_ceil(base.max(1)).clamp(1, by_len.min(max_partials));
             let chunk = max_cells.div_ceil(want).max(1).next_multiple_of(PREFILL_TILE);
             let n_splits = max_cells.div_ceil(chunk).max(1);
-            SplitPlan { prefill: true, n_splits, chunk, warps_per_head: 1, heads_per_cta: 1, n_partials: n_splits }
+            SplitPlan { prefill: true, staged: false, n_splits, chunk, warps_per_head: 1, heads_per_cta: 1, n_partials: n_splits }
         }
     }
 
-    /// Whether rows and pointers allow the vector-load kernels.
+    /// Whether rows and pointers allow the vector-load prefill kernel.
     fn aligned(&self, stores: &Stores) -> bool {
         let d = self.head_dim;
         let (bk, bv) = (self.bits_k as usize, self.bits_v as usize);
-        let mut need = vec_width(d * bk / 32).max(vec_width(d * bk / 16)).max(vec_width(d * bv / 16));
-        if (d * bv) % 64 == 0 {
-            need = need.max(vec_width(d * bv / 64));
-        }
+        // The prefill kernel's windows: half a head's codes per lane.
+        let need = vec_width(d * bk / 16).max(vec_width(d * bv / 16));
         let rows_ok = [self.k_row_bytes, self.v_row_bytes, self.k_code_bytes, self.v_code_bytes].iter().all(|x| x % need == 0);
         let ptrs_ok = match *stores {
             Stores::Single { k, v } => k as usize % need == 0 && v as usize % need == 0,
             Stores::Batch { .. } => true,
         };
         rows_ok && ptrs_ok
+    }
+
+    /// Whether the stores are aligned to `align` bytes (batch: 16-byte alignment is the caller's
+    /// documented duty).
+    fn stores_aligned(&self, stores: &Stores, align: u64) -> bool {
+        match *stores {
+            Stores::Single { k, v } => k % align == 0 && v % align == 0,
+            Stores::Batch { .. } => true,
+        }
     }
 
     /// Attention over compressed rows (and optional full-precision rows). Graph-capture safe.
@@ -589,7 +633,9 @@ impl CudaBackend {
         let ptr = &mut rp as *mut _ as *mut c_void;
         self.launch(self.kernels.rotate, (grid_rows, a.n_seqs as u32, 1), d as u32, 0, stream, ptr, "query rotation launch")?;
 
-        let plan = self.plan(a.n_seqs, a.n_q, a.max_cells);
+        let aligned = self.aligned(&a.stores);
+        let staged = self.stage_cells > 0 && self.stores_aligned(&a.stores, self.stage_align as u64);
+        let plan = self.plan(a.n_seqs, a.n_q, a.max_cells, staged);
         let (k_stores, v_stores, k_store, v_store) = match a.stores {
             Stores::Single { k, v } => (0, 0, k, v),
             Stores::Batch { k, v } => (k, v, 0, 0),
@@ -625,24 +671,29 @@ impl CudaBackend {
             warps_per_head: plan.warps_per_head as i64,
             heads_per_cta: plan.heads_per_cta as i64,
             n_partials: plan.n_partials as i64,
+            stage_cells: self.stage_cells as i64,
             partials: self.partials,
             k_centroids: kt.centroids,
             v_centroids: vt.centroids,
         };
-        let aligned = self.aligned(&a.stores);
         let ptr = &mut ap as *mut _ as *mut c_void;
         if plan.prefill {
             let row_blocks = (a.n_q * self.group).div_ceil(PREFILL_ROWS);
             let f = if aligned { self.kernels.prefill_aligned } else { self.kernels.prefill_unaligned };
             let grid = (plan.n_splits as u32, (self.n_kv_heads * row_blocks) as u32, a.n_seqs as u32);
-            self.launch(f, grid, 128, self.prefill_smem, stream, ptr, "prefill attention launch")?;
+            self.launch(f, grid, PREFILL_THREADS, self.prefill_smem, stream, ptr, "prefill attention launch")?;
         } else {
             let col_blocks = (a.n_q * self.group).div_ceil(8);
             let head_blocks = self.n_kv_heads.div_ceil(plan.heads_per_cta);
-            let f = if aligned { self.kernels.decode_aligned } else { self.kernels.decode_unaligned };
+            let (f, smem) = if plan.staged {
+                let f = if self.stage_align == 16 { self.kernels.decode_staged16 } else { self.kernels.decode_staged8 };
+                (f, self.staged_smem)
+            } else {
+                (self.kernels.decode_direct, self.decode_smem)
+            };
             let grid = (plan.n_splits as u32, (head_blocks * col_blocks) as u32, a.n_seqs as u32);
             let threads = (32 * plan.heads_per_cta * plan.warps_per_head) as u32;
-            self.launch(f, grid, threads, self.decode_smem, stream, ptr, "decode attention launch")?;
+            self.launch(f, grid, threads, smem, stream, ptr, "decode attention launch")?;
         }
 
         let full = a.full;
@@ -671,12 +722,17 @@ impl CudaBackend {
             out_head_stride: a.out_strides.head as i64,
         };
         let n_full = full.map_or(0, |f| f.n_full);
-        let smem = ((d + d / 32 + n_full) * 4) as u32;
+        let floats = d + COMBINE_WARPS + COMBINE_WARPS * d + plan.n_partials + n_full;
+        let smem = (floats * 4) as u32;
         if smem > 48 * 1024 {
-            return Err(CudaError::invalid(format!("{n_full} full-precision rows: at most {} per call", 48 * 1024 / 4 - d - d / 32)));
+            return Err(CudaError::invalid(format!(
+                "{n_full} full-precision rows with {} partials: at most {} rows per call",
+                plan.n_partials,
+                (48usize * 1024 / 4).saturating_sub(floats - n_full)
+            )));
         }
         let ptr = &mut cp as *mut _ as *mut c_void;
-        self.launch(self.kernels.combine, (grid_rows, a.n_seqs as u32, 1), d as u32, smem, stream, ptr, "combine launch")
+        self.launch(self.kernels.combine, (grid_rows, a.n_seqs as u32, 1), (COMBINE_WARPS * 32) as u32, smem, stream, ptr, "combine launch")
     }
 }
 

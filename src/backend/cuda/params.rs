@@ -41,6 +41,7 @@ pub struct AttendParams {
     pub warps_per_head: i64,
     pub heads_per_cta: i64,
     pub n_partials: i64,
+    pub stage_cells: i64,
     pub partials: DevPtr,
     pub k_centroids: DevPtr,
     pub v_centroids: DevPtr,
@@ -159,7 +160,7 @@ pub fn layout() -> (String, Vec<i64>) {
     layout!(probe, offsets, AttendParams, [k_stores, v_stores, k_store, v_store, seq_cells, max_cells, n_seqs, n_q, n_heads,
         n_kv_heads, group, k_row_bytes, v_row_bytes, k_scale_offset, v_scale_offset, q_hat, q_coef, q_mu, mask,
         mask_dtype, mask_row_stride, mask_seq_stride, cell_pos, cell_pos_seq_stride, query_pos, chunk, n_splits,
-        warps_per_head, heads_per_cta, n_partials, partials, k_centroids, v_centroids]);
+        warps_per_head, heads_per_cta, n_partials, stage_cells, partials, k_centroids, v_centroids]);
     layout!(probe, offsets, EncodeSide, [store, input, token_stride, head_stride, row_bytes, scale_offset, boundaries, signs_in,
         signs_out, matrix_t, mean]);
     layout!(probe, offsets, AppendParams, [k, v, slots, n_tokens, n_cells, n_kv_heads, dtype]);
