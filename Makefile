@@ -14,7 +14,7 @@ build:
 
 # Regenerate include/turboquant.h from the Rust sources (a test fails when the committed copy is stale).
 header:
-	TQ_BLESS_HEADER=1 $(CARGO) test $(CARGO_FLAGS) --test header_fresh
+	TQ_BLESS_HEADER=1 $(CARGO) test $(CARGO_FLAGS) --test header_fresh -- committed_header_is_fresh
 
 test: test-rust
 
@@ -35,3 +35,8 @@ clean:
 	$(CARGO) clean
 
 -include mk/*.mk
+
+# Attention error of the compressed cache against exact attention, by bit width (README table).
+.PHONY: attend-table
+attend-table:
+	$(CARGO) run $(CARGO_FLAGS) --example attend_error

@@ -731,7 +731,7 @@ enum tq_status tq_attend(const struct tq_context *ctx,
 
 /**
  * tq_attend() for engines with their own thread pool: thread `ith` of `nth` (all passing the same
- * arguments) computes its share of the (query token, kv head) pairs on the calling thread; no threads
+ * arguments) computes its share of the (tile of 8 query tokens, kv head) work items on the calling thread; no threads
  * are started. CPU backend only.
  *
  * # Safety

@@ -230,3 +230,85 @@ fn centering_removes_a_large_constant_key_component() {
     assert!(e_offset > 2.0 * e_plain, "offset keys without centering: {e_offset} vs plain {e_plain}");
     assert!(e_centered < 1.5 * e_plain, "offset keys with centering: {e_centered} vs plain {e_plain}");
 }
+
+#[test]
+fn half_precision_io_and_strided_tensors_match_f32() {
+    // The same data through F16 and BF16 contexts (inputs rounded to the dtype first) and through
+    // strided (padded) q/k/v/out tensors must give the f32 result to the output dtype's rounding.
+    use half::{bf16, f16};
+    let (d, n_kv, group, n, n_q) = (64usize, 2usize, 4usize, 96usize, 3usize);
+    let n_heads = n_kv * group;
+    let mut rng = Rng::new(77);
+    let round_f16 = |x: &[f32]| x.iter().map(|&v| f16::from_f32(v).to_f32()).collect::<Vec<f32>>();
+    let round_bf16 = |x: &[f32]| x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect::<Vec<f32>>();
+    let (k32, v32, q32) = (rng.normals(n * n_kv * d), rng.normals(n * n_kv * d), rng.normals(n_q * n_heads * d));
+    let slots: Vec<i64> = (0..n as i64).collect();
+    // `round` gives the inputs exactly representable in the dtype under test, so that the codes are
+    // the same as on the f32 path and only the output rounding differs.
+    let run = |dtype: u32, pad: usize, round: &dyn Fn(&[f32]) -> Vec<f32>| -> Vec<f32> {
+        let (k, v, q) = (round(&k32), round(&v32), round(&q32));
+        let mut p = tq_context_default_params();
+        p.n_heads = n_heads as u32;
+        p.n_kv_heads = n_kv as u32;
+        p.head_dim = d as u32;
+        p.dtype = dtype;
+        p.seed = 3;
+        let ctx = context(&p);
+        let (kr, vr) = row_bytes(&ctx);
+        let esize = if dtype == 0 { 4 } else { 2 };
+        // Lay a [tokens][heads][d] tensor out with `pad` spare elements after every head and token.
+        let lay = |x: &[f32], heads: usize, tokens: usize| -> (Vec<u8>, tq_strides) {
+            let head_stride = (d + pad) * esize;
+            let token_stride = heads * head_stride + pad * esize;
+            let mut buf = vec![0u8; tokens * token_stride];
+            for t in 0..tokens {
+                for h in 0..heads {
+                    for i in 0..d {
+                        let val = x[(t * heads + h) * d + i];
+                        let at = t * token_stride + h * head_stride + i * esize;
+                        match dtype {
+                            0 => buf[at..at + 4].copy_from_slice(&val.to_le_bytes()),
+                            1 => buf[at..at + 2].copy_from_slice(&f16::from_f32(val).to_bits().to_le_bytes()),
+                            _ => buf[at..at + 2].copy_from_slice(&bf16::from_f32(val).to_bits().to_le_bytes()),
+                        }
+                    }
+                }
+            }
+            (buf, tq_strides { token: token_stride, head: head_stride })
+        };
+        let (kb, ks) = lay(&k, n_kv, n);
+        let (vb, vs) = lay(&v, n_kv, n);
+        let (qb, qs) = lay(&q, n_heads, n_q);
+        let (mut ob, os) = lay(&vec![0.0; n_q * n_heads * d], n_heads, n_q);
+        let (mut kst, mut vst) = (vec![0u8; n * kr], vec![0u8; n * vr]);
+        unsafe {
+            assert_eq!(tq_append_kv(ctx.0, 0, kst.as_mut_ptr().cast(), vst.as_mut_ptr().cast(), n, slots.as_ptr(), n,
+                kb.as_ptr().cast(), &ks, vb.as_ptr().cast(), &vs, std::ptr::null_mut()), tq_status::TQ_STATUS_OK, "{}", last_error());
+            assert_eq!(tq_attend(ctx.0, 0, qb.as_ptr().cast(), n_q, &qs, kst.as_ptr().cast(), vst.as_ptr().cast(), n,
+                std::ptr::null(), 0, 0, 0.125, ob.as_mut_ptr().cast(), &os, std::ptr::null_mut()), tq_status::TQ_STATUS_OK, "{}", last_error());
+        }
+        let mut out = Vec::new();
+        for t in 0..n_q {
+            for h in 0..n_heads {
+                for i in 0..d {
+                    let at = t * os.token + h * os.head + i * esize;
+                    out.push(match dtype {
+                        0 => f32::from_le_bytes(ob[at..at + 4].try_into().unwrap()),
+                        1 => f16::from_bits(u16::from_le_bytes([ob[at], ob[at + 1]])).to_f32(),
+                        _ => bf16::from_bits(u16::from_le_bytes([ob[at], ob[at + 1]])).to_f32(),
+                    });
+                }
+            }
+        }
+        out
+    };
+    let as64 = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+    let reference = run(0, 0, &round_f16);
+    assert_eq!(run(0, 5, &round_f16), reference, "strided f32 tensors must give identical results");
+    // Same codes; the output is rounded to f16 (2^-11 relative per element).
+    let e16 = max_row_rel_error(&run(1, 3, &round_f16), &as64(&reference), d);
+    assert!(e16 < 1e-3, "F16 I/O: {e16:e}");
+    // Same codes; the output is rounded to bf16 (2^-8 relative per element).
+    let ebf = max_row_rel_error(&run(2, 0, &round_bf16), &as64(&run(0, 0, &round_bf16)), d);
+    assert!(ebf < 5e-3, "BF16 I/O: {ebf:e}");
+}

@@ -672,7 +672,7 @@ pub(crate) fn run_attend(job: &AttendJob, threads: usize) {
 }
 
 /// tq_attend() for engines with their own thread pool: thread `ith` of `nth` (all passing the same
-/// arguments) computes its share of the (query token, kv head) pairs on the calling thread; no threads
+/// arguments) computes its share of the (tile of 8 query tokens, kv head) work items on the calling thread; no threads
 /// are started. CPU backend only.
 ///
 /// # Safety

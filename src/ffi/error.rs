@@ -158,7 +158,14 @@ pub fn checked_len(a: usize, b: usize, what: &str) -> Result<usize> {
 
 /// Reject NaN and ±inf, naming the vector and element of the first offender.
 pub fn check_finite(values: &[f32], dim: usize, arg: &str) -> Result<()> {
-    match values.iter().position(|v| !v.is_finite()) {
+    // Branch-free scan of blocks (vectorised), then the exact position inside the failing block.
+    const BLOCK: usize = 256;
+    let block_is_finite = |b: &[f32]| b.iter().fold(true, |ok, v| ok & v.is_finite());
+    let first = values
+        .chunks(BLOCK)
+        .position(|b| !block_is_finite(b))
+        .and_then(|k| values[k * BLOCK..].iter().position(|v| !v.is_finite()).map(|i| k * BLOCK + i));
+    match first {
         None => Ok(()),
         Some(i) => Err(Error::new(
             tq_status::TQ_STATUS_NON_FINITE,

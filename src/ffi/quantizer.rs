@@ -217,9 +217,7 @@ pub unsafe extern "C" fn tq_quantize(
             // SAFETY: ranges are disjoint, so each thread writes its own rows.
             let codes = unsafe { std::slice::from_raw_parts_mut(codes_addr.get().add(range.start * cb), range.len() * cb) };
             let scales = unsafe { std::slice::from_raw_parts_mut(scales_addr.get().add(range.start * sc), range.len() * sc) };
-            for (k, i) in range.enumerate() {
-                quant.quantize_one(&x[i * d..(i + 1) * d], &mut codes[k * cb..(k + 1) * cb], &mut scales[k * sc..(k + 1) * sc], &mut scratch);
-            }
+            quant.quantize_batch(&x[range.start * d..range.end * d], codes, scales, &mut scratch);
         });
         Ok(())
     })

@@ -79,6 +79,23 @@ pub fn unpack(packed: &[u8], bits: u32, out: &mut [u8]) {
                 *last = packed[n / 2] & 0x0f;
             }
         }
+        2 if out.len() % 4 == 0 => {
+            for (o, &b) in out.chunks_exact_mut(4).zip(packed) {
+                o[0] = b & 3;
+                o[1] = (b >> 2) & 3;
+                o[2] = (b >> 4) & 3;
+                o[3] = b >> 6;
+            }
+        }
+        3 if out.len() % 8 == 0 => {
+            // 8 codes per 3 bytes.
+            for (o, b) in out.chunks_exact_mut(8).zip(packed.chunks_exact(3)) {
+                let w = b[0] as u32 | (b[1] as u32) << 8 | (b[2] as u32) << 16;
+                for (i, c) in o.iter_mut().enumerate() {
+                    *c = ((w >> (3 * i)) & 7) as u8;
+                }
+            }
+        }
         _ => {
             let mask = ((1u32 << bits) - 1) as u32;
             let mut acc: u32 = 0;

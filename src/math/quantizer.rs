@@ -14,10 +14,18 @@
 use std::sync::Arc;
 
 use super::codebook::{self, Codebook};
+use super::isa::Isa;
 use super::packing::{pack, packed_len, unpack};
 use super::rng::{self, Stream};
-use super::rotation::{Rotation, RotationKind};
+use super::rotation::{Rotation, RotationKind, axpy_product};
 use super::scale;
+#[cfg(target_arch = "x86_64")]
+use super::avx512::{self, supports as avx512_supports};
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_supports(_dim: usize, _bits: u32) -> bool {
+    false
+}
 
 /// Which estimator the quantizer targets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -56,13 +64,33 @@ pub struct MseQuantizer {
     bits: u32,
     rotation: Rotation,
     codebook: Arc<Codebook>,
+    isa: Isa,
 }
 
 impl MseQuantizer {
     pub fn new(dim: usize, bits: u32, rotation: RotationKind, seed: u64, index: u64) -> Result<Self, String> {
         let codebook = codebook::codebook(dim, bits).map_err(|e| e.to_string())?;
         let rotation = Rotation::new(rotation, dim, seed, index)?;
-        Ok(Self { bits, rotation, codebook })
+        Ok(Self { bits, rotation, codebook, isa: Isa::detect() })
+    }
+
+    /// The same quantizer running its loops with `isa` (bit-identical results). `Isa::Avx512` on a
+    /// CPU without AVX-512 gives `Isa::Portable`.
+    pub fn with_isa(mut self, isa: Isa) -> Self {
+        self.isa = if isa == Isa::Avx512 && !Isa::avx512_available() { Isa::Portable } else { isa };
+        self
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Whether this quantizer's encode/decode run the AVX-512 kernels.
+    fn uses_avx512(&self) -> bool {
+        self.isa == Isa::Avx512
+            && self.rotation.kind() == RotationKind::Hadamard
+            && cfg!(target_arch = "x86_64")
+            && avx512_supports(self.dim(), self.bits)
     }
 
     pub fn dim(&self) -> usize {
@@ -88,6 +116,17 @@ impl MseQuantizer {
 
     /// Quantize one vector: packed codes into `codes_out`, returns the bf16 scale bits.
     pub fn encode(&self, x: &[f32], codes_out: &mut [u8], scratch: &mut Scratch) -> u16 {
+        #[cfg(target_arch = "x86_64")]
+        if self.uses_avx512() {
+            let (signs_in, signs_out) = self.rotation.hadamard_signs();
+            let mut norm = [0.0f64];
+            let boundaries = &self.codebook.boundaries_f32;
+            // SAFETY: `uses_avx512` checked the CPU (via `with_isa`/`Isa::detect`) and (dim, bits).
+            unsafe {
+                avx512::encode_hadamard(x, self.dim(), self.bits, signs_in, signs_out, boundaries, codes_out, &mut norm)
+            };
+            return scale::encode(norm[0]);
+        }
         let norm = scale::norm_f64(x);
         if norm == 0.0 {
             codes_out.iter_mut().for_each(|b| *b = 0);
@@ -103,6 +142,33 @@ impl MseQuantizer {
         scale::encode(norm)
     }
 
+    /// Quantize n = `scales_out.len()` vectors (`x`: n × dim floats) into `codes_out`
+    /// (n × code_bytes) and `scales_out`; the same bytes as n calls of `encode`, faster.
+    pub fn encode_batch(&self, x: &[f32], codes_out: &mut [u8], scales_out: &mut [u16], scratch: &mut Scratch) {
+        let (d, cb, n) = (self.dim(), self.code_bytes(), scales_out.len());
+        assert!(x.len() == n * d && codes_out.len() == n * cb, "encode_batch: buffer sizes do not match n = {n}");
+        #[cfg(target_arch = "x86_64")]
+        if self.uses_avx512() {
+            const BLOCK: usize = 64;
+            let (signs_in, signs_out) = self.rotation.hadamard_signs();
+            let boundaries = &self.codebook.boundaries_f32;
+            let mut norms = [0.0f64; BLOCK];
+            for start in (0..n).step_by(BLOCK) {
+                let m = BLOCK.min(n - start);
+                let (xs, codes) = (&x[start * d..(start + m) * d], &mut codes_out[start * cb..(start + m) * cb]);
+                // SAFETY: as in `encode`.
+                unsafe { avx512::encode_hadamard(xs, d, self.bits, signs_in, signs_out, boundaries, codes, &mut norms[..m]) };
+                for (s, &norm) in scales_out[start..start + m].iter_mut().zip(&norms[..m]) {
+                    *s = scale::encode(norm);
+                }
+            }
+            return;
+        }
+        for (i, s) in scales_out.iter_mut().enumerate() {
+            *s = self.encode(&x[i * d..(i + 1) * d], &mut codes_out[i * cb..(i + 1) * cb], scratch);
+        }
+    }
+
     /// Centroid values (unit-norm scale) of packed codes, still in the rotated basis.
     pub fn lookup(&self, codes: &[u8], out: &mut [f32], scratch_codes: &mut [u8]) {
         unpack(codes, self.bits, scratch_codes);
@@ -112,13 +178,30 @@ impl MseQuantizer {
         }
     }
 
-    /// x̂ = scale · Πᵀ·c[idx].
+    /// x̂ = scale · Πᵀ·c[idx], each element saturated to ±f32::MAX (only a scale near the top of
+    /// the f32 range can reach it).
     pub fn decode(&self, codes: &[u8], scale_bits: u16, out: &mut [f32], scratch: &mut Scratch) {
+        #[cfg(target_arch = "x86_64")]
+        if self.uses_avx512() {
+            let (signs_in, signs_out) = self.rotation.hadamard_signs();
+            let centroids = &self.codebook.centroids_f32;
+            // SAFETY: as in `encode`.
+            unsafe { avx512::decode_hadamard(codes, self.bits, scale::decode(scale_bits), signs_in, signs_out, centroids, out) };
+            return;
+        }
         self.lookup(codes, &mut scratch.rotated, &mut scratch.codes);
         self.rotation.unrotate(&scratch.rotated, out);
         let s = scale::decode(scale_bits);
-        out.iter_mut().for_each(|v| *v *= s);
+        out.iter_mut().for_each(|v| *v = saturate(*v * s));
     }
+}
+
+/// A reconstruction element clamped to the finite f32 range: a stored scale near f32::MAX times a
+/// coordinate slightly above 1 (or PROD's correction term) can round past it, and finite input must
+/// never reconstruct as infinity. Identity on every value already in range.
+#[inline]
+fn saturate(v: f32) -> f32 {
+    v.clamp(-f32::MAX, f32::MAX)
 }
 
 /// code = number of boundaries strictly below y (so a value on a boundary takes the lower cell).
@@ -163,28 +246,17 @@ impl Qjl {
 
     /// out = S·v.
     fn project(&self, v: &[f32], out: &mut [f32]) {
-        matvec_columns(&self.columns, v, out);
+        axpy_product(&self.columns, v, out);
     }
 
     /// out = Sᵀ·v.
     fn project_transpose(&self, v: &[f32], out: &mut [f32]) {
-        matvec_columns(&self.rows, v, out);
+        axpy_product(&self.rows, v, out);
     }
 
     /// √(π/2)/d, the estimator's constant.
     fn gain(&self) -> f32 {
         ((std::f64::consts::PI / 2.0).sqrt() / self.dim as f64) as f32
-    }
-}
-
-#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2+fma"))]
-fn matvec_columns(columns: &[f32], x: &[f32], out: &mut [f32]) {
-    let d = x.len();
-    out.iter_mut().for_each(|o| *o = 0.0);
-    for (j, &xj) in x.iter().enumerate() {
-        for (o, &c) in out.iter_mut().zip(&columns[j * d..(j + 1) * d]) {
-            *o += c * xj;
-        }
     }
 }
 
@@ -237,6 +309,12 @@ impl Quantizer {
             }
         };
         Ok(Self { config, mse, qjl })
+    }
+
+    /// The same quantizer running its loops with `isa` (see `MseQuantizer::with_isa`).
+    pub fn with_isa(mut self, isa: Isa) -> Self {
+        self.mse = self.mse.map(|m| m.with_isa(isa));
+        self
     }
 
     pub fn config(&self) -> &QuantizerConfig {
@@ -331,6 +409,20 @@ impl Quantizer {
         }
     }
 
+    /// Quantize n vectors (`x`: n × dim) into `codes` (n × code_bytes) and `scales`
+    /// (n × scale_count); the same bytes as n calls of `quantize_one`, faster for MSE.
+    pub fn quantize_batch(&self, x: &[f32], codes: &mut [u8], scales: &mut [u16], scratch: &mut Scratch) {
+        let (d, cb, sc) = (self.dim(), self.code_bytes(), self.scale_count());
+        match (&self.mse, &self.qjl) {
+            (Some(mse), None) => mse.encode_batch(x, codes, scales, scratch),
+            _ => {
+                for (i, xi) in x.chunks_exact(d).enumerate() {
+                    self.quantize_one(xi, &mut codes[i * cb..(i + 1) * cb], &mut scales[i * sc..(i + 1) * sc], scratch);
+                }
+            }
+        }
+    }
+
     /// Reconstruct one vector.
     pub fn dequantize_one(&self, codes: &[u8], scales: &[u16], out: &mut [f32], scratch: &mut Scratch) {
         let mse_bytes = self.mse.as_ref().map_or(0, |m| m.code_bytes());
@@ -347,7 +439,7 @@ impl Quantizer {
             qjl.project_transpose(&scratch.work, &mut scratch.rotated);
             let g = gamma * qjl.gain();
             for (o, &v) in out.iter_mut().zip(&scratch.rotated) {
-                *o += g * v;
+                *o = saturate(*o + g * v);
             }
         }
     }

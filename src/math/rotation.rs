@@ -149,14 +149,32 @@ impl Rotation {
 }
 
 /// out = Σ_j columns_j · x_j where `columns` is row-major with row j = column j of the matrix.
+/// Each out[i] is accumulated from 0 in order j = 0, 1, … (multiply, then add; never fused) — the
+/// row-format contract. Rows are processed in blocks of 64 held in registers across all j.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2+fma"))]
-fn axpy_product(columns: &[f32], x: &[f32], out: &mut [f32]) {
+pub(crate) fn axpy_product(columns: &[f32], x: &[f32], out: &mut [f32]) {
+    const BLOCK: usize = 64;
     let d = x.len();
-    out.iter_mut().for_each(|o| *o = 0.0);
-    for (j, &xj) in x.iter().enumerate() {
-        let col = &columns[j * d..(j + 1) * d];
-        for (o, &c) in out.iter_mut().zip(col) {
-            *o += c * xj;
+    assert!(columns.len() == d * d && out.len() == d);
+    let mut start = 0;
+    while start + BLOCK <= d {
+        let mut acc = [0.0f32; BLOCK];
+        for (j, &xj) in x.iter().enumerate() {
+            let col: &[f32; BLOCK] = columns[j * d + start..j * d + start + BLOCK].try_into().unwrap();
+            for (a, &c) in acc.iter_mut().zip(col) {
+                *a += c * xj;
+            }
+        }
+        out[start..start + BLOCK].copy_from_slice(&acc);
+        start += BLOCK;
+    }
+    if start < d {
+        let tail = &mut out[start..];
+        tail.iter_mut().for_each(|o| *o = 0.0);
+        for (j, &xj) in x.iter().enumerate() {
+            for (o, &c) in tail.iter_mut().zip(&columns[j * d + start..(j + 1) * d]) {
+                *o += c * xj;
+            }
         }
     }
 }

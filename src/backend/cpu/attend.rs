@@ -8,7 +8,7 @@
 //! sinks) join the same softmax in the original basis.
 
 use super::encode::HeadTensor;
-use super::simd::{axpy, dot, exp_neg, lookup, scale_in_place};
+use super::simd::{axpy, dot, exp_neg, exp_shifted_sum, lookup, scale_in_place};
 use crate::codec::{Dtype, KvCodec, Means, Strides};
 use crate::math::scale;
 
@@ -82,17 +82,13 @@ pub struct AttendJob<'a> {
 unsafe impl Send for AttendJob<'_> {}
 unsafe impl Sync for AttendJob<'_> {}
 
-impl AttendJob<'_> {
-    /// Work items: (query token, kv head) pairs.
-    pub fn n_items(&self) -> usize {
-        self.n_q * self.codec.config.n_kv_heads
-    }
-}
-
 /// Cells per softmax block.
 const BLOCK: usize = 64;
 
-/// Per-thread working memory.
+/// Query tokens processed together: every unpacked K/V row serves all their G heads.
+const QUERY_TILE: usize = 8;
+
+/// Per-thread working memory; "lanes" are the (query token, head) pairs of one tile and kv head.
 pub struct AttendScratch {
     q: Vec<f32>,
     q_rot: Vec<f32>,
@@ -105,6 +101,7 @@ pub struct AttendScratch {
     acc: Vec<f32>,
     acc_full: Vec<f32>,
     scores: Vec<f32>,
+    masks: Vec<f32>,
     row: Vec<f32>,
     signs: Vec<f32>,
     codes: Vec<u8>,
@@ -113,18 +110,19 @@ pub struct AttendScratch {
 
 impl AttendScratch {
     pub fn new(codec: &KvCodec) -> Self {
-        let (g, d) = (codec.group_size(), codec.config.head_dim);
+        let (lanes, d) = (QUERY_TILE * codec.group_size(), codec.config.head_dim);
         Self {
-            q: vec![0.0; g * d],
-            q_rot: vec![0.0; g * d],
-            q_proj: vec![0.0; g * d],
-            q_mu: vec![0.0; g],
-            m: vec![0.0; g],
-            l: vec![0.0; g],
-            l_compressed: vec![0.0; g],
-            acc: vec![0.0; g * d],
-            acc_full: vec![0.0; g * d],
-            scores: vec![0.0; g * BLOCK],
+            q: vec![0.0; lanes * d],
+            q_rot: vec![0.0; lanes * d],
+            q_proj: vec![0.0; lanes * d],
+            q_mu: vec![0.0; lanes],
+            m: vec![0.0; lanes],
+            l: vec![0.0; lanes],
+            l_compressed: vec![0.0; lanes],
+            acc: vec![0.0; lanes * d],
+            acc_full: vec![0.0; lanes * d],
+            scores: vec![0.0; lanes * BLOCK],
+            masks: vec![0.0; QUERY_TILE],
             row: vec![0.0; d],
             signs: vec![0.0; d],
             codes: vec![0; d],
@@ -139,24 +137,49 @@ fn read_scale(row: *const u8, offset: usize) -> f32 {
     scale::decode(unsafe { (row.add(offset) as *const u16).read_unaligned() })
 }
 
-/// Run items `items` (index = t·n_kv_heads + g) of `job`.
+impl AttendJob<'_> {
+    /// Work items: (tile of up to QUERY_TILE query tokens, kv head) pairs; disjoint outputs.
+    pub fn n_items(&self) -> usize {
+        self.n_q.div_ceil(QUERY_TILE) * self.codec.config.n_kv_heads
+    }
+}
+
+/// Run items `items` (index = tile·n_kv_heads + g) of `job`.
 ///
 /// # Safety
 /// All pointers of `job` cover what its sizes say; outputs of distinct items do not overlap.
 pub unsafe fn run_items(job: &AttendJob, items: std::ops::Range<usize>, s: &mut AttendScratch) {
+    let n_kv = job.codec.config.n_kv_heads;
     for item in items {
-        let (t, g) = (item / job.codec.config.n_kv_heads, item % job.codec.config.n_kv_heads);
-        unsafe { run_item(job, t, g, s) };
+        let (tile, g) = (item / n_kv, item % n_kv);
+        let t0 = tile * QUERY_TILE;
+        let t1 = (t0 + QUERY_TILE).min(job.n_q);
+        unsafe { run_tile(job, t0, t1, g, s) };
+    }
+}
+
+/// Rescale lane `lane`'s running state to a new maximum.
+#[inline(always)]
+fn raise_max(s: &mut AttendScratch, lane: usize, new_m: f32, d: usize) {
+    if new_m > s.m[lane] {
+        let corr = exp_neg(s.m[lane] - new_m);
+        s.l[lane] *= corr;
+        s.l_compressed[lane] *= corr;
+        scale_in_place(corr, &mut s.acc[lane * d..(lane + 1) * d]);
+        scale_in_place(corr, &mut s.acc_full[lane * d..(lane + 1) * d]);
+        s.m[lane] = new_m;
     }
 }
 
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2+fma"))]
-unsafe fn run_item(job: &AttendJob, t: usize, g: usize, s: &mut AttendScratch) {
+unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut AttendScratch) {
     let codec = job.codec;
     let lc = &codec.layers[job.layer];
     let (kl, vl) = (&codec.k_layout, &codec.v_layout);
     let d = codec.config.head_dim;
     let group = codec.group_size();
+    let nt = t1 - t0;
+    let lanes = nt * group;
     let means = job.means;
     let key_mse = lc.key.mse_stage();
     let prod = kl.qjl;
@@ -165,32 +188,38 @@ unsafe fn run_item(job: &AttendJob, t: usize, g: usize, s: &mut AttendScratch) {
     let v_table: &[f32] = &lc.value.codebook().centroids_f32;
     let (k_row_bytes, v_row_bytes) = (kl.row_bytes(), vl.row_bytes());
 
-    for h in 0..group {
-        let q = &mut s.q[h * d..(h + 1) * d];
+    for lane in 0..lanes {
+        let (t, h) = (t0 + lane / group, lane % group);
+        let q = &mut s.q[lane * d..(lane + 1) * d];
         unsafe { job.q.load(t, g * group + h, q) };
         if let Some(m) = key_mse {
-            m.rotation().rotate(q, &mut s.q_rot[h * d..(h + 1) * d]);
+            m.rotation().rotate(q, &mut s.q_rot[lane * d..(lane + 1) * d]);
         }
         if prod {
-            lc.key.project_query(q, &mut s.q_proj[h * d..(h + 1) * d]);
+            lc.key.project_query(q, &mut s.q_proj[lane * d..(lane + 1) * d]);
         }
-        s.q_mu[h] = means.map_or(0.0, |m| dot(q, &m.k[g * d..(g + 1) * d]));
-        s.m[h] = f32::NEG_INFINITY;
-        s.l[h] = 0.0;
+        s.q_mu[lane] = means.map_or(0.0, |m| dot(q, &m.k[g * d..(g + 1) * d]));
+        s.m[lane] = f32::NEG_INFINITY;
+        s.l[lane] = 0.0;
+        s.l_compressed[lane] = 0.0;
     }
-    s.acc.iter_mut().for_each(|v| *v = 0.0);
-    s.l_compressed.iter_mut().for_each(|v| *v = 0.0);
+    s.acc[..lanes * d].iter_mut().for_each(|v| *v = 0.0);
+    s.acc_full[..lanes * d].iter_mut().for_each(|v| *v = 0.0);
 
     let mut j0 = 0;
     while j0 < job.n_cells {
         let j1 = (j0 + BLOCK).min(job.n_cells);
         let nb = j1 - j0;
-        // Scores of the block.
+        // Scores of the block: each visible K row is unpacked once for all lanes.
         for j in j0..j1 {
-            let mv = unsafe { job.mask.value(t, j) };
-            if mv == f32::NEG_INFINITY {
-                for h in 0..group {
-                    s.scores[h * BLOCK + (j - j0)] = f32::NEG_INFINITY;
+            let mut any = false;
+            for t in 0..nt {
+                s.masks[t] = unsafe { job.mask.value(t0 + t, j) };
+                any |= s.masks[t] != f32::NEG_INFINITY;
+            }
+            if !any {
+                for lane in 0..lanes {
+                    s.scores[lane * BLOCK + (j - j0)] = f32::NEG_INFINITY;
                 }
                 continue;
             }
@@ -205,54 +234,47 @@ unsafe fn run_item(job: &AttendJob, t: usize, g: usize, s: &mut AttendScratch) {
                 lookup(packed, 1, &[-1.0, 1.0], &mut s.signs, &mut s.codes);
             }
             let gamma = if prod { read_scale(row, kl.gamma_offset(g)) * qjl_gain } else { 0.0 };
-            for h in 0..group {
-                let mut ip = s.q_mu[h];
+            for lane in 0..lanes {
+                let mv = s.masks[lane / group];
+                if mv == f32::NEG_INFINITY {
+                    s.scores[lane * BLOCK + (j - j0)] = f32::NEG_INFINITY;
+                    continue;
+                }
+                let mut ip = s.q_mu[lane];
                 if key_mse.is_some() {
-                    ip += ks * dot(&s.q_rot[h * d..(h + 1) * d], &s.row);
+                    ip += ks * dot(&s.q_rot[lane * d..(lane + 1) * d], &s.row);
                 }
                 if prod {
-                    ip += gamma * dot(&s.q_proj[h * d..(h + 1) * d], &s.signs);
+                    ip += gamma * dot(&s.q_proj[lane * d..(lane + 1) * d], &s.signs);
                 }
-                s.scores[h * BLOCK + (j - j0)] = ip * job.scale + mv;
+                s.scores[lane * BLOCK + (j - j0)] = ip * job.scale + mv;
             }
         }
         // Online softmax update.
-        for h in 0..group {
-            let sc = &mut s.scores[h * BLOCK..h * BLOCK + nb];
-            let block_max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for lane in 0..lanes {
+            let block_max = s.scores[lane * BLOCK..lane * BLOCK + nb].iter().copied().fold(f32::NEG_INFINITY, f32::max);
             if block_max == f32::NEG_INFINITY {
                 continue;
             }
-            let new_m = s.m[h].max(block_max);
-            if new_m > s.m[h] {
-                let corr = exp_neg(s.m[h] - new_m);
-                s.l[h] *= corr;
-                s.l_compressed[h] *= corr;
-                scale_in_place(corr, &mut s.acc[h * d..(h + 1) * d]);
-                s.m[h] = new_m;
-            }
-            let mut sum = 0.0;
-            for v in sc.iter_mut() {
-                *v = exp_neg(*v - new_m);
-                sum += *v;
-            }
-            s.l[h] += sum;
-            s.l_compressed[h] += sum;
+            raise_max(s, lane, block_max.max(s.m[lane]), d);
+            let m = s.m[lane];
+            let sum = exp_shifted_sum(&mut s.scores[lane * BLOCK..lane * BLOCK + nb], m);
+            s.l[lane] += sum;
+            s.l_compressed[lane] += sum;
         }
-        // Value accumulation in the rotated basis.
+        // Value accumulation in the rotated basis: each V row unpacked once for all lanes.
         for j in j0..j1 {
-            let any = (0..group).any(|h| s.scores[h * BLOCK + (j - j0)] > 0.0);
-            if !any {
+            if !(0..lanes).any(|lane| s.scores[lane * BLOCK + (j - j0)] > 0.0) {
                 continue;
             }
             let row = unsafe { job.v_store.add(j * v_row_bytes) };
             let vs = read_scale(row, vl.scale_offset(g));
             let packed = unsafe { std::slice::from_raw_parts(row.add(vl.codes_offset(g)), vl.code_bytes()) };
             lookup(packed, lc.value.bits(), v_table, &mut s.row, &mut s.codes);
-            for h in 0..group {
-                let p = s.scores[h * BLOCK + (j - j0)];
+            for lane in 0..lanes {
+                let p = s.scores[lane * BLOCK + (j - j0)];
                 if p > 0.0 {
-                    axpy(p * vs, &s.row, &mut s.acc[h * d..(h + 1) * d]);
+                    axpy(p * vs, &s.row, &mut s.acc[lane * d..(lane + 1) * d]);
                 }
             }
         }
@@ -260,45 +282,37 @@ unsafe fn run_item(job: &AttendJob, t: usize, g: usize, s: &mut AttendScratch) {
     }
 
     // Full-precision rows (original basis, uncentered).
-    s.acc_full.iter_mut().for_each(|v| *v = 0.0);
     if let Some((full, query_pos)) = job.full {
         let n_kv = codec.config.n_kv_heads;
         for j in 0..full.pos.len() {
-            if full.pos[j] > query_pos[t] {
-                continue;
-            }
             let k = &full.k[(j * n_kv + g) * d..(j * n_kv + g + 1) * d];
             let v = &full.v[(j * n_kv + g) * d..(j * n_kv + g + 1) * d];
-            for h in 0..group {
-                let sc = dot(&s.q[h * d..(h + 1) * d], k) * job.scale;
-                let new_m = s.m[h].max(sc);
-                if new_m > s.m[h] {
-                    let corr = exp_neg(s.m[h] - new_m);
-                    s.l[h] *= corr;
-                    s.l_compressed[h] *= corr;
-                    scale_in_place(corr, &mut s.acc[h * d..(h + 1) * d]);
-                    scale_in_place(corr, &mut s.acc_full[h * d..(h + 1) * d]);
-                    s.m[h] = new_m;
+            for lane in 0..lanes {
+                if full.pos[j] > query_pos[t0 + lane / group] {
+                    continue;
                 }
-                let p = exp_neg(sc - s.m[h]);
-                s.l[h] += p;
-                axpy(p, v, &mut s.acc_full[h * d..(h + 1) * d]);
+                let sc = dot(&s.q[lane * d..(lane + 1) * d], k) * job.scale;
+                raise_max(s, lane, sc, d);
+                let p = exp_neg(sc - s.m[lane]);
+                s.l[lane] += p;
+                axpy(p, v, &mut s.acc_full[lane * d..(lane + 1) * d]);
             }
         }
     }
 
     // Un-rotate once, add the centering mean and the full-precision part, normalise, store.
-    for h in 0..group {
+    for lane in 0..lanes {
+        let (t, h) = (t0 + lane / group, lane % group);
         let out_ptr = unsafe { job.out.add(job.out_strides.offset(t, g * group + h)) };
-        if s.l[h] == 0.0 {
+        if s.l[lane] == 0.0 {
             s.out.iter_mut().for_each(|v| *v = 0.0);
         } else {
-            lc.value.rotation().unrotate(&s.acc[h * d..(h + 1) * d], &mut s.out);
-            let inv = 1.0 / s.l[h];
-            let mu_w = s.l_compressed[h];
+            lc.value.rotation().unrotate(&s.acc[lane * d..(lane + 1) * d], &mut s.out);
+            let inv = 1.0 / s.l[lane];
+            let mu_w = s.l_compressed[lane];
             for i in 0..d {
                 let mu = means.map_or(0.0, |m| m.v[g * d + i]);
-                s.out[i] = (s.out[i] + mu * mu_w + s.acc_full[h * d + i]) * inv;
+                s.out[i] = (s.out[i] + mu * mu_w + s.acc_full[lane * d + i]) * inv;
             }
         }
         unsafe { job.out_dtype.store(&s.out, out_ptr) };

@@ -6,9 +6,20 @@ use crate::math::packing::unpack;
 
 const LANES: usize = 16;
 
-/// Σ a_i·b_i with 16 interleaved partial sums.
+/// Σ a_i·b_i.
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if a.len() % 16 == 0 && has_avx512() {
+        // SAFETY: feature checked; equal lengths, multiple of 16.
+        return unsafe { x86::dot(a, b) };
+    }
+    dot_portable(a, b)
+}
+
+/// Σ a_i·b_i with 16 interleaved partial sums.
+#[inline(always)]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut ca = a.chunks_exact(LANES);
     let mut cb = b.chunks_exact(LANES);
@@ -21,16 +32,25 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
         tail += x * y;
     }
-    let mut s = 0.0f32;
-    for v in acc {
-        s += v;
+    // Pairwise tree over the lanes (vectorises to shuffles + adds, unlike a serial sum).
+    let mut width = LANES / 2;
+    while width > 0 {
+        for l in 0..width {
+            acc[l] += acc[l + width];
+        }
+        width /= 2;
     }
-    s + tail
+    acc[0] + tail
 }
 
 /// y += w·x.
 #[inline(always)]
 pub fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if x.len() % 16 == 0 && has_avx512() {
+        // SAFETY: feature checked; equal lengths, multiple of 16.
+        return unsafe { x86::axpy(w, x, y) };
+    }
     for (o, &v) in y.iter_mut().zip(x) {
         *o += w * v;
     }
@@ -44,21 +64,39 @@ pub fn scale_in_place(w: f32, y: &mut [f32]) {
     }
 }
 
+/// v_i ← e^(v_i − m) for every element (−inf → 0); returns Σ v_i.
+#[inline(always)]
+pub fn exp_shifted_sum(v: &mut [f32], m: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if v.len() % 16 == 0 && has_avx512() {
+        // SAFETY: feature checked; length multiple of 16.
+        return unsafe { x86::exp_shifted_sum(v, m) };
+    }
+    let mut sum = 0.0;
+    for x in v.iter_mut() {
+        *x = exp_neg(*x - m);
+        sum += *x;
+    }
+    sum
+}
+
 /// e^x for x ≤ 0 (softmax after subtracting the running max); 0 below −87.3 and for −inf.
-/// 2^(x·log2 e) split into 2^n · 2^f, |f| ≤ 1/2, with a degree-7 Taylor polynomial of e^(f·ln 2)
-/// (truncation < 1e-8 relative): within a few f32 ulps of the exact value.
+/// x = n·ln 2 + r with n = round(x/ln 2) and r computed in two steps (ln 2 split into a short
+/// exactly-multiplied high part and a low part) so that |r| ≤ ln2/2 keeps full precision; e^r by a
+/// degree-7 Taylor polynomial (truncation < 1e-8 relative); 2^n by building the exponent bits.
 #[inline(always)]
 pub fn exp_neg(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4; // 0x3f318000: 9 significant bits, so n·LN2_HI is exact
+    const LN2_LO: f32 = -2.121_944_4e-4;
     if x < -87.3 {
         return 0.0;
     }
-    let t = x * std::f32::consts::LOG2_E;
-    let n = (t + 0.5).floor();
-    let f = (t - n) * std::f32::consts::LN_2;
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
-        + f * (1.0
-            + f * (0.5
-                + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0 + f * (1.0 / 5040.0)))))));
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
@@ -101,6 +139,70 @@ fn has_avx512() -> bool {
                 && std::arch::is_x86_feature_detected!("avx512bw");
             STATE.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
             yes
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        unsafe {
+            let mut acc0 = _mm512_setzero_ps();
+            let mut acc1 = _mm512_setzero_ps();
+            let n = a.len() / 16;
+            let (pa, pb) = (a.as_ptr(), b.as_ptr());
+            let mut i = 0;
+            while i + 1 < n {
+                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(16 * i)), _mm512_loadu_ps(pb.add(16 * i)), acc0);
+                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(16 * i + 16)), _mm512_loadu_ps(pb.add(16 * i + 16)), acc1);
+                i += 2;
+            }
+            if i < n {
+                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(16 * i)), _mm512_loadu_ps(pb.add(16 * i)), acc0);
+            }
+            _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
+        unsafe {
+            let wv = _mm512_set1_ps(w);
+            for i in 0..x.len() / 16 {
+                let py = y.as_mut_ptr().add(16 * i);
+                _mm512_storeu_ps(py, _mm512_fmadd_ps(wv, _mm512_loadu_ps(x.as_ptr().add(16 * i)), _mm512_loadu_ps(py)));
+            }
+        }
+    }
+
+    /// Vector form of `exp_neg` (same range reduction; 2^n applied with vscalefps).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn exp_shifted_sum(v: &mut [f32], m: f32) -> f32 {
+        unsafe {
+            let mv = _mm512_set1_ps(m);
+            let mut sum = _mm512_setzero_ps();
+            let lo_limit = _mm512_set1_ps(-87.3);
+            for i in 0..v.len() / 16 {
+                let p = v.as_mut_ptr().add(16 * i);
+                let x = _mm512_sub_ps(_mm512_loadu_ps(p), mv);
+                let keep = _mm512_cmp_ps_mask(x, lo_limit, _CMP_GE_OQ);
+                let n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x));
+                let mut poly = _mm512_set1_ps(1.0 / 5040.0);
+                for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+                    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(c));
+                }
+                let e = _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(poly, n));
+                _mm512_storeu_ps(p, e);
+                sum = _mm512_add_ps(sum, e);
+            }
+            _mm512_reduce_add_ps(sum)
         }
     }
 }
@@ -174,6 +276,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn vector_kernels_match_portable_ones() {
+        let a: Vec<f32> = (0..128).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..128).map(|i| (i as f32 * 0.11).cos()).collect();
+        assert!((dot(&a, &b) - dot_portable(&a, &b)).abs() < 1e-5);
+        let mut y1 = b.clone();
+        axpy(0.7, &a, &mut y1);
+        for i in 0..128 {
+            assert!((y1[i] - (b[i] + 0.7 * a[i])).abs() < 1e-6);
+        }
+        let mut v: Vec<f32> = (0..64).map(|i| -(i as f32) * 1.7).collect();
+        v[5] = f32::NEG_INFINITY;
+        let orig = v.clone();
+        let sum = exp_shifted_sum(&mut v, 0.5);
+        let mut want = 0.0f64;
+        for (i, &x) in orig.iter().enumerate() {
+            let e = ((x - 0.5) as f64).exp();
+            want += e;
+            assert!((v[i] as f64 - e).abs() <= 1e-6 * e + 1e-38, "{i}: {} vs {e}", v[i]);
+        }
+        assert!(((sum as f64) - want).abs() < 1e-6 * want);
     }
 
     #[test]

@@ -1,0 +1,3 @@
+module github.com/libturboquant/turboquant/bindings/go
+
+go 1.19

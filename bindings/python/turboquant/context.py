@@ -1,0 +1,355 @@
+"""The KV codec: a Context (rotations and codebooks of every layer), slot-mode append/attend into
+stores the caller owns, and the owned Cache (sequences, residual window, sinks, save/load).
+
+Host memory is numpy arrays (or CPU torch tensors); device memory is CUDA torch tensors, used with
+the current CUDA stream of their device.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+from ctypes import c_int64, c_size_t, c_uint8
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ._arrays import (DTYPE_BF16, DTYPE_F16, DTYPE_F32, TensorArg, byte_buffer, host_array, ptr,
+                      tensor_arg)
+from ._lib import CacheHandle, CacheMemory, ContextHandle, Library, default_library
+from .quantizer import ROTATIONS, enum_value
+
+BACKENDS = {"cpu": 0, "cuda": 1}
+KEY_MODES = {"mse": 0, "prod": 1}
+DTYPES = {"float32": DTYPE_F32, "f32": DTYPE_F32, "float16": DTYPE_F16, "f16": DTYPE_F16,
+          "bfloat16": DTYPE_BF16, "bf16": DTYPE_BF16}
+
+
+class Context:
+    """A KV codec context (tq_context_new): every layer's K and V rotation and codebook.
+
+    ``dtype`` is the element type of q, k, v and out ("float32", "float16", "bfloat16");
+    ``backend`` "cpu" (numpy arrays / CPU tensors) or "cuda" (CUDA torch tensors on ``device``).
+    """
+
+    def __init__(self, n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
+                 bits_k: int = 4, bits_v: int = 4, rotation: str | int = "auto",
+                 key_mode: str | int = "mse", dtype: str | int = "float32",
+                 backend: str | int = "cpu", device: int = 0, n_threads: int = 0,
+                 max_batch: int = 512, seed: int = 0, centering: bool = False,
+                 lib: Library | None = None):
+        self._lib = default_library(lib)
+        p = self._lib.tq_context_default_params()
+        p.n_layers, p.n_heads, p.n_kv_heads, p.head_dim = n_layers, n_heads, n_kv_heads, head_dim
+        p.bits_k, p.bits_v = bits_k, bits_v
+        p.rotation = enum_value(ROTATIONS, rotation, "rotation")
+        p.key_mode = enum_value(KEY_MODES, key_mode, "key_mode")
+        p.dtype = enum_value(DTYPES, dtype, "dtype")
+        p.backend = enum_value(BACKENDS, backend, "backend")
+        p.device, p.n_threads, p.max_batch, p.seed = device, n_threads, max_batch, seed
+        p.centering = centering
+        handle = ContextHandle()
+        self._lib.tq_context_new(ctypes.byref(p), ctypes.byref(handle))
+        self._handle = handle
+        self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim = (n_layers, n_heads,
+                                                                       n_kv_heads, head_dim)
+        self.dtype, self.backend, self.device = p.dtype, p.backend, device
+        k_bytes, v_bytes = c_size_t(), c_size_t()
+        self._lib.tq_context_row_bytes(handle, ctypes.byref(k_bytes), ctypes.byref(v_bytes))
+        #: Bytes per token per layer of a K row and of a V row (all kv heads).
+        self.k_row_bytes, self.v_row_bytes = k_bytes.value, v_bytes.value
+
+    @property
+    def handle(self):
+        if not self._handle:
+            raise ValueError("the context is closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Free the context (idempotent). Caches made from it must be closed first."""
+        if getattr(self, "_handle", None):
+            self._lib.tq_context_free(self._handle)
+            self._handle = ContextHandle()
+
+    def __del__(self):
+        # A cache keeps its context alive, so by the time this runs no cache uses it.
+        self.close()
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- memory placement -------------------------------------------------------------------------
+
+    def _placed(self, arg: TensorArg, name: str) -> TensorArg:
+        if self.backend == BACKENDS["cuda"]:
+            if arg.cuda_device is None:
+                raise ValueError(f"{name} is in host memory but the context's backend is CUDA: "
+                                 f"pass a CUDA torch tensor")
+            if arg.cuda_device != self.device:
+                raise ValueError(f"{name} is on cuda:{arg.cuda_device} but the context is on "
+                                 f"cuda:{self.device}")
+        elif arg.cuda_device is not None:
+            raise ValueError(f"{name} is on cuda:{arg.cuda_device} but the context's backend is "
+                             f"CPU: pass host memory (numpy or a CPU tensor)")
+        return arg
+
+    def _tensor(self, x: Any, name: str, n_heads: int, **kw) -> TensorArg:
+        return self._placed(tensor_arg(x, name, self.dtype, (None, n_heads, self.head_dim), **kw),
+                            name)
+
+    def _layer(self, layer: int) -> int:
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer} is out of range: the context has {self.n_layers} layers")
+        return layer
+
+    def _empty_like_q(self, q: Any, n_q: int):
+        if isinstance(q, np.ndarray):
+            return np.zeros((n_q, self.n_heads, self.head_dim), q.dtype)
+        return q.new_zeros((n_q, self.n_heads, self.head_dim))
+
+    def new_stores(self, n_cells: int, device: str | None = None):
+        """Zeroed K and V stores for one layer in slot mode: (k_store, v_store), n_cells rows each.
+
+        numpy uint8 arrays on the CPU backend; CUDA torch uint8 tensors on the CUDA backend.
+        """
+        shape_k, shape_v = (n_cells, self.k_row_bytes), (n_cells, self.v_row_bytes)
+        if self.backend == BACKENDS["cuda"]:
+            import torch
+            dev = device or f"cuda:{self.device}"
+            return (torch.zeros(shape_k, dtype=torch.uint8, device=dev),
+                    torch.zeros(shape_v, dtype=torch.uint8, device=dev))
+        return np.zeros(shape_k, np.uint8), np.zeros(shape_v, np.uint8)
+
+    # -- slot mode --------------------------------------------------------------------------------
+
+    def append_kv(self, layer: int, k_store: Any, v_store: Any, slots: Any, k: Any, v: Any,
+                  part: tuple[int, int] | None = None) -> None:
+        """Compress tokens k, v ([n][n_kv_heads][head_dim], innermost dim contiguous) into rows of
+        ``layer`` at cells ``slots`` (int64, n distinct cells < n_cells) of the stores.
+
+        ``part=(ith, nth)`` runs tq_append_kv_part (CPU only): this call's share of the work.
+        """
+        layer = self._layer(layer)
+        slots = host_array(np.asarray(slots) if isinstance(slots, (list, tuple)) else slots,
+                           "slots", np.int64, (None,))
+        n = slots.shape[0]
+        ka = self._tensor(k, "k", self.n_kv_heads)
+        va = self._tensor(v, "v", self.n_kv_heads)
+        if ka.shape[0] != n or va.shape[0] != n:
+            raise ValueError(f"k has {ka.shape[0]} and v {va.shape[0]} tokens but slots has {n}")
+        ks, vs, n_cells = self._stores(k_store, v_store)
+        ks_ = ka.strides()
+        vs_ = va.strides()
+        if part is None:
+            self._lib.tq_append_kv(self.handle, layer, ks.ptr, vs.ptr, n_cells,
+                                   ptr(slots, c_int64), n, ka.ptr, ctypes.byref(ks_), va.ptr,
+                                   ctypes.byref(vs_), ka.stream)
+        else:
+            ith, nth = part
+            self._lib.tq_append_kv_part(self.handle, layer, ks.ptr, vs.ptr, n_cells,
+                                        ptr(slots, c_int64), n, ka.ptr, ctypes.byref(ks_), va.ptr,
+                                        ctypes.byref(vs_), ith, nth)
+
+    def _stores(self, k_store: Any, v_store: Any, n_cells: int | None = None):
+        def cells(x, name, row_bytes):
+            nbytes = x.nbytes if isinstance(x, np.ndarray) else x.numel()
+            return nbytes // row_bytes
+        if n_cells is None:
+            n_cells = min(cells(k_store, "k_store", self.k_row_bytes),
+                          cells(v_store, "v_store", self.v_row_bytes))
+        ks = self._placed(byte_buffer(k_store, "k_store", n_cells * self.k_row_bytes), "k_store")
+        vs = self._placed(byte_buffer(v_store, "v_store", n_cells * self.v_row_bytes), "v_store")
+        return ks, vs, n_cells
+
+    def attend(self, layer: int, q: Any, k_store: Any, v_store: Any, *, n_cells: int | None = None,
+               mask: Any = None, scale: float | None = None, out: Any = None,
+               part: tuple[int, int] | None = None):
+        """Attention of queries ``q`` ([n_q][n_heads][head_dim]) over cells 0..n_cells of the
+        stores (default: every cell the stores hold). ``mask``: additive, (n_q, ≥n_cells) float32
+        or float16 (-inf hides a cell), None = all visible. ``scale`` defaults to 1/sqrt(head_dim).
+        Returns ``out`` ([n_q][n_heads][head_dim], allocated if not given).
+        """
+        layer = self._layer(layer)
+        qa = self._tensor(q, "q", self.n_heads)
+        n_q = qa.shape[0]
+        ks, vs, n_cells = self._stores(k_store, v_store, n_cells)
+        if out is None:
+            out = self._empty_like_q(q, n_q)
+        oa = self._tensor(out, "out", self.n_heads, writable=True)
+        if oa.shape[0] != n_q:
+            raise ValueError(f"out has {oa.shape[0]} rows but q has {n_q}")
+        mask_ptr, mask_dtype, mask_stride = None, DTYPE_F32, 0
+        if mask is not None:
+            ma = _mask_arg(mask, n_q, n_cells)
+            self._placed(ma[0], "mask")
+            mask_ptr, mask_dtype, mask_stride = ma[0].ptr, ma[1], ma[2]
+        scale = 1.0 / math.sqrt(self.head_dim) if scale is None else float(scale)
+        qs, os_ = qa.strides(), oa.strides()
+        if part is None:
+            self._lib.tq_attend(self.handle, layer, qa.ptr, n_q, ctypes.byref(qs), ks.ptr, vs.ptr,
+                                n_cells, mask_ptr, mask_dtype, mask_stride, scale, oa.ptr,
+                                ctypes.byref(os_), qa.stream)
+        else:
+            ith, nth = part
+            self._lib.tq_attend_part(self.handle, layer, qa.ptr, n_q, ctypes.byref(qs), ks.ptr,
+                                     vs.ptr, n_cells, mask_ptr, mask_dtype, mask_stride, scale,
+                                     oa.ptr, ctypes.byref(os_), ith, nth)
+        return out
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def state_save(self) -> bytes:
+        """The context's state (centering means) as bytes."""
+        size = c_size_t()
+        self._lib.tq_context_state_size(self.handle, ctypes.byref(size))
+        buf = np.empty(size.value, np.uint8)
+        self._lib.tq_context_state_save(self.handle, ptr(buf, c_uint8), size.value)
+        return buf.tobytes()
+
+    def state_load(self, data: bytes) -> None:
+        """Restore a state saved by state_save() from a context with the same parameters."""
+        buf = np.frombuffer(bytes(data), np.uint8).copy()
+        self._lib.tq_context_state_load(self.handle, ptr(buf, c_uint8), buf.size)
+
+
+def _mask_arg(mask: Any, n_q: int, n_cells: int) -> tuple[TensorArg, int, int]:
+    if isinstance(mask, np.ndarray):
+        dtype = {np.dtype(np.float32): DTYPE_F32, np.dtype(np.float16): DTYPE_F16}.get(mask.dtype)
+    else:
+        names = {"torch.float32": DTYPE_F32, "torch.float16": DTYPE_F16,
+                 "torch.bfloat16": DTYPE_BF16}
+        dtype = names.get(str(getattr(mask, "dtype", "")))
+    if dtype is None:
+        raise TypeError(f"mask must be float32 or float16 (or a bfloat16 tensor), got "
+                        f"{getattr(mask, 'dtype', type(mask).__name__)}")
+    arg = tensor_arg(mask, "mask", dtype, (n_q, None))
+    if arg.shape[1] < n_cells:
+        raise ValueError(f"mask has {arg.shape[1]} columns, needs at least n_cells = {n_cells}")
+    itemsize = 4 if dtype == DTYPE_F32 else 2
+    return arg, dtype, arg.byte_strides[0] // itemsize
+
+
+class CacheMemoryUsage(NamedTuple):
+    """tq_cache_memory: bytes the cache uses, what the same tokens take in FP16, token counts."""
+
+    bytes_used: int
+    bytes_fp16: int
+    n_tokens: int
+    n_compressed: int
+
+
+class Cache:
+    """An owned KV cache (tq_cache_new) over a Context: per-sequence storage, the most recent
+    ``residual_window`` tokens and the first ``n_sink`` tokens kept in full precision."""
+
+    def __init__(self, context: Context, *, max_seqs: int = 1, max_tokens: int = 4096,
+                 residual_window: int | None = None, n_sink: int | None = None):
+        self.context = context          # the context must outlive the cache
+        self._lib = context._lib
+        p = self._lib.tq_cache_default_params()
+        p.max_seqs, p.max_tokens = max_seqs, max_tokens
+        if residual_window is not None:
+            p.residual_window = residual_window
+        if n_sink is not None:
+            p.n_sink = n_sink
+        handle = CacheHandle()
+        self._lib.tq_cache_new(context.handle, ctypes.byref(p), ctypes.byref(handle))
+        self._handle = handle
+        self.max_seqs, self.max_tokens = max_seqs, max_tokens
+        self.residual_window, self.n_sink = p.residual_window, p.n_sink
+
+    @property
+    def handle(self):
+        if not self._handle:
+            raise ValueError("the cache is closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Free the cache (idempotent)."""
+        if getattr(self, "_handle", None):
+            self._lib.tq_cache_free(self._handle)
+            self._handle = CacheHandle()
+
+    __del__ = close
+
+    def __enter__(self) -> "Cache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def append(self, layer: int, seq: int, k: Any, v: Any) -> None:
+        """Append tokens (k, v packed [n][n_kv_heads][head_dim]) to ``seq`` in ``layer``;
+        positions continue the sequence."""
+        ctx = self.context
+        layer = ctx._layer(layer)
+        ka = ctx._tensor(k, "k", ctx.n_kv_heads, contiguous=True)
+        va = ctx._tensor(v, "v", ctx.n_kv_heads, contiguous=True)
+        if ka.shape[0] != va.shape[0]:
+            raise ValueError(f"k has {ka.shape[0]} tokens but v has {va.shape[0]}")
+        self._lib.tq_cache_append(self.handle, layer, seq, ka.shape[0], ka.ptr, va.ptr, ka.stream)
+
+    def attend(self, layer: int, seq: int, q: Any, *, scale: float | None = None,
+               out: Any = None):
+        """Attention of the queries of the last n_q positions of ``seq`` (q packed
+        [n_q][n_heads][head_dim], causal among them) over everything ``seq`` holds in ``layer``.
+        Returns ``out`` ([n_q][n_heads][head_dim], allocated if not given)."""
+        ctx = self.context
+        layer = ctx._layer(layer)
+        qa = ctx._tensor(q, "q", ctx.n_heads, contiguous=True)
+        n_q = qa.shape[0]
+        if out is None:
+            out = ctx._empty_like_q(q, n_q)
+        oa = ctx._tensor(out, "out", ctx.n_heads, writable=True, contiguous=True)
+        if oa.shape[0] != n_q:
+            raise ValueError(f"out has {oa.shape[0]} rows but q has {n_q}")
+        scale = 1.0 / math.sqrt(ctx.head_dim) if scale is None else float(scale)
+        self._lib.tq_cache_attend(self.handle, layer, seq, qa.ptr, n_q, scale, oa.ptr, qa.stream)
+        return out
+
+    def seq_len(self, seq: int) -> int:
+        out = c_size_t()
+        self._lib.tq_cache_seq_len(self.handle, seq, ctypes.byref(out))
+        return out.value
+
+    def seq_rm(self, seq: int = -1, p0: int = -1, p1: int = -1) -> None:
+        """Remove positions [p0, p1) of ``seq`` (seq < 0: every sequence; p0 < 0: from 0;
+        p1 < 0: to the end)."""
+        self._lib.tq_cache_seq_rm(self.handle, seq, p0, p1)
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        self._lib.tq_cache_seq_cp(self.handle, src, dst, p0, p1)
+
+    def seq_keep(self, seq: int) -> None:
+        self._lib.tq_cache_seq_keep(self.handle, seq)
+
+    def clear(self) -> None:
+        self._lib.tq_cache_clear(self.handle)
+
+    def memory_usage(self) -> CacheMemoryUsage:
+        m = CacheMemory()
+        self._lib.tq_cache_memory_usage(self.handle, ctypes.byref(m))
+        return CacheMemoryUsage(m.bytes_used, m.bytes_fp16, m.n_tokens, m.n_compressed)
+
+    def save(self) -> bytes:
+        """The cache's contents (versioned, checksummed) as bytes."""
+        need = c_size_t()
+        self._lib.tq_cache_save(self.handle, None, 0, ctypes.byref(need))
+        buf = np.empty(need.value, np.uint8)
+        written = c_size_t()
+        self._lib.tq_cache_save(self.handle, buf.ctypes.data, buf.size, ctypes.byref(written))
+        return buf[:written.value].tobytes()
+
+    def load(self, data: bytes) -> None:
+        buf = np.frombuffer(bytes(data), np.uint8)
+        self._lib.tq_cache_load(self.handle, buf.ctypes.data, buf.size)
+
+    def save_file(self, path: str | os.PathLike) -> None:
+        self._lib.tq_cache_save_file(self.handle, os.fsencode(path))
+
+    def load_file(self, path: str | os.PathLike) -> None:
+        self._lib.tq_cache_load_file(self.handle, os.fsencode(path))
