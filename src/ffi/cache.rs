@@ -82,6 +82,12 @@ pub unsafe extern "C" fn tq_cache_new(ctx: *const tq_context, params: *const tq_
         if out.is_null() {
             return Err(Error::null("out"));
         }
+        if c.cuda.is_some() {
+            return Err(Error::new(
+                tq_status::TQ_STATUS_UNSUPPORTED,
+                "ctx uses TQ_BACKEND_CUDA: the owned cache keeps host memory; use slot mode (tq_append_kv/tq_attend) on CUDA",
+            ));
+        }
         if p.max_seqs == 0 || p.max_seqs > 65_536 {
             return Err(Error::invalid(format!("params->max_seqs is {}: must be in 1..=65536", p.max_seqs)));
         }

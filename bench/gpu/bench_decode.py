@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""Decode/prefill attention of libturboquant's CUDA backend against PyTorch SDPA over an FP16 cache,
+in one process on one GPU (the library is called through ctypes with torch tensors' device pointers
+and torch's current stream).
+
+Usage: python3 bench_decode.py path/to/libturboquant.so [--quick] [--out results.json]
+
+Per case: median time per call from CUDA-graph replays (each graph runs the call on several
+distinct buffer sets, so the working set exceeds the L2 cache), achieved GB/s of compressed bytes,
+the device-to-device copy bandwidth measured in the same run, and the speed-up over FP16 SDPA.
+"""
+import argparse, ctypes, json, math, statistics, sys, time
+import torch
+import torch.nn.functional as F
+
+p = argparse.ArgumentParser()
+p.add_argument("lib")
+p.add_argument("--quick", action="store_true")
+p.add_argument("--out", default=None)
+p.add_argument("--budget-s", type=float, default=420.0)
+p.add_argument("--profile-one", action="store_true",
+               help="one eager decode call (32q/8kv, d=128, batch 16, 32K, 4 bits) for ncu, then exit")
+args = p.parse_args()
+T_START = time.time()
+
+lib = ctypes.CDLL(args.lib)
+
+
+class Params(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("abi_version", ctypes.c_uint32), ("n_layers", ctypes.c_uint32),
+                ("n_heads", ctypes.c_uint32), ("n_kv_heads", ctypes.c_uint32), ("head_dim", ctypes.c_uint32),
+                ("bits_k", ctypes.c_uint32), ("bits_v", ctypes.c_uint32), ("rotation", ctypes.c_uint32),
+                ("key_mode", ctypes.c_uint32), ("dtype", ctypes.c_uint32), ("backend", ctypes.c_uint32),
+                ("device", ctypes.c_int32), ("n_threads", ctypes.c_uint32), ("max_batch", ctypes.c_uint32),
+                ("seed", ctypes.c_uint64), ("centering", ctypes.c_bool)]
+
+
+class Strides(ctypes.Structure):
+    _fields_ = [("token", ctypes.c_size_t), ("head", ctypes.c_size_t)]
+
+
+lib.tq_context_params_size.restype = ctypes.c_size_t
+assert ctypes.sizeof(Params) == lib.tq_context_params_size(), "tq_context_params mirror is stale"
+lib.tq_context_default_params.restype = Params
+lib.tq_last_error_message.restype = ctypes.c_char_p
+vp, sz, u32, i64p = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint32, ctypes.POINTER(ctypes.c_int64)
+lib.tq_context_new.argtypes = [ctypes.POINTER(Params), ctypes.POINTER(vp)]
+lib.tq_context_row_bytes.argtypes = [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)]
+lib.tq_append_kv.argtypes = [vp, u32, vp, vp, sz, vp, sz, vp, ctypes.POINTER(Strides), vp, ctypes.POINTER(Strides), vp]
+lib.tq_attend.argtypes = [vp, u32, vp, sz, ctypes.POINTER(Strides), vp, vp, sz, vp, u32, sz, ctypes.c_float, vp,
+                          ctypes.POINTER(Strides), vp]
+lib.tq_attend_batch.argtypes = [vp, u32, sz, vp, sz, ctypes.POINTER(Strides), sz, vp, vp, vp, sz, vp, u32, sz, sz,
+                                ctypes.c_float, vp, ctypes.POINTER(Strides), sz, vp]
+lib.tq_context_free.argtypes = [vp]
+
+
+def check(st, what):
+    if st != 0:
+        raise RuntimeError(f"{what}: status {st}: {lib.tq_last_error_message().decode()}")
+
+
+def stream():
+    return ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+
+
+def context(hq, hkv, d, bits, max_batch):
+    prm = lib.tq_context_default_params()
+    prm.n_layers, prm.n_heads, prm.n_kv_heads, prm.head_dim = 1, hq, hkv, d
+    prm.bits_k = prm.bits_v = bits
+    prm.dtype, prm.backend, prm.max_batch, prm.seed = 1, 1, max_batch, 7
+    ctx = vp()
+    check(lib.tq_context_new(ctypes.byref(prm), ctypes.byref(ctx)), "tq_context_new")
+    kr, vr = sz(), sz()
+    check(lib.tq_context_row_bytes(ctx, ctypes.byref(kr), ctypes.byref(vr)), "row_bytes")
+    return ctx, kr.value, vr.value
+
+
+def graph_time(fn, n_sets, reps=7):
+    """Median seconds per call: a CUDA graph of `per` calls (cycling n_sets buffer sets) replayed `reps` times."""
+    per = max(n_sets, 4)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for i in range(2):
+            fn(i % n_sets)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for i in range(per):
+            fn(i % n_sets)
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); g.replay(); b.record(); b.synchronize()
+        times.append(a.elapsed_time(b) / 1e3 / per)
+    del g
+    return statistics.median(times), (max(times) - min(times)) / statistics.median(times)
+
+
+def copy_bandwidth():
+    n = 2 << 30
+    x = torch.empty(n, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    x.random_(0, 255)
+    for _ in range(50):  # let the clocks ramp up
+        y.copy_(x)
+    t, _ = graph_time(lambda i: y.copy_(x), 1)
+    return 2 * n / t
+
+
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+def sdpa(q, k, v, scale):
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
+
+
+def run_decode(hq, hkv, d, batch, ctxlen, bits_list, copy_bw, results):
+    scale = 1.0 / math.sqrt(d)
+    fp16_bytes = batch * ctxlen * hkv * d * 2 * 2
+    L2 = 256 << 20
+    n_sets_f = max(1, min(4, math.ceil(L2 / fp16_bytes)))
+    ks = [torch.randn(batch, hkv, ctxlen, d, device="cuda", dtype=torch.float16) for _ in range(n_sets_f)]
+    vs = [torch.randn(batch, hkv, ctxlen, d, device="cuda", dtype=torch.float16) for _ in range(n_sets_f)]
+    qs = [torch.randn(batch, hq, 1, d, device="cuda", dtype=torch.float16) for _ in range(n_sets_f)]
+    ref = sdpa(qs[0], ks[0], vs[0], scale)
+    t_fp16, spread_f = graph_time(lambda i: sdpa(qs[i], ks[i], vs[i], scale), n_sets_f)
+    for bits in bits_list:
+        if time.time() - T_START > args.budget_s:
+            print("budget exhausted; stopping", flush=True)
+            return False
+        ctx, kr, vr = context(hq, hkv, d, bits, 2048)
+        comp = batch * ctxlen * (kr + vr)
+        n_sets = max(1, min(8, math.ceil(L2 / comp)))
+        slots = torch.arange(ctxlen, device="cuda", dtype=torch.int64)
+        st_in = Strides(d * 2, ctxlen * d * 2)
+        sets = []
+        t_app = None
+        for si in range(n_sets):
+            kst = torch.empty(batch, ctxlen, kr, dtype=torch.uint8, device="cuda")
+            vst = torch.empty(batch, ctxlen, vr, dtype=torch.uint8, device="cuda")
+            src = si % n_sets_f
+            for b in range(batch):
+                def app(b=b):
+                    check(lib.tq_append_kv(ctx, 0, vp(kst[b].data_ptr()), vp(vst[b].data_ptr()), ctxlen, vp(slots.data_ptr()),
+                                           ctxlen, vp(ks[src][b].data_ptr()), ctypes.byref(st_in), vp(vs[src][b].data_ptr()),
+                                           ctypes.byref(st_in), stream()), "append")
+                if si == 0 and b == 0 and t_app is None:
+                    torch.cuda.synchronize()
+                    a, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    a.record(); app(); e.record(); e.synchronize()
+                    t_app = a.elapsed_time(e) / 1e3
+                else:
+                    app()
+            kp = torch.tensor([kst[b].data_ptr() for b in range(batch)], dtype=torch.int64, device="cuda")
+            vpp = torch.tensor([vst[b].data_ptr() for b in range(batch)], dtype=torch.int64, device="cuda")
+            lens = torch.full((batch,), ctxlen, dtype=torch.int64, device="cuda")
+            out = torch.empty(batch, hq, d, dtype=torch.float16, device="cuda")
+            sets.append((kst, vst, kp, vpp, lens, out, qs[src]))
+        torch.cuda.synchronize()
+
+        def ours(i):
+            kst, vst, kp, vpp, lens, out, q = sets[i]
+            check(lib.tq_attend_batch(ctx, 0, batch, vp(q.data_ptr()), 1, None, hq * d * 2, vp(kp.data_ptr()),
+                                      vp(vpp.data_ptr()), vp(lens.data_ptr()), ctxlen, None, 0, 0, 0, scale,
+                                      vp(out.data_ptr()), None, hq * d * 2, stream()), "attend_batch")
+        ours(0)
+        torch.cuda.synchronize()
+        out0 = sets[0][5].float()
+        r = ref[:, :, 0, :].float()
+        err = ((out0 - r).norm() / r.norm()).item()
+        t, spread = graph_time(ours, n_sets)
+        row = dict(q_heads=hq, kv_heads=hkv, d=d, batch=batch, context=ctxlen, bits=bits, t_us=t * 1e6,
+                   t_fp16_us=t_fp16 * 1e6, speedup=t_fp16 / t, comp_bytes=comp, gbps=comp / t / 1e9,
+                   frac_copy=comp / t / copy_bw, fp16_gbps=fp16_bytes / t_fp16 / 1e9, spread=spread,
+                   spread_fp16=spread_f, rel_err_vs_fp16=err, buffer_sets=n_sets,
+                   append_vectors_per_s=(ctxlen * hkv * 2 / t_app) if t_app else None)
+        results.append(row)
+        print(f"{hq:>3}q/{hkv}kv d={d} B={batch:<3} ctx={ctxlen:<6} {bits}b: {t*1e6:9.1f} us  fp16 {t_fp16*1e6:9.1f} us"
+              f"  x{t_fp16/t:5.2f}  {comp/t/1e9:7.0f} GB/s ({100*comp/t/copy_bw:4.0f}% copy)  err-vs-fp16 {err:.3f}"
+              f"  append {row['append_vectors_per_s']/1e6 if t_app else 0:.0f} M vec/s", flush=True)
+        del sets
+        lib.tq_context_free(ctx)
+        torch.cuda.empty_cache()
+    del ks, vs, qs
+    torch.cuda.empty_cache()
+    return True
+
+
+def run_prefill(hq, hkv, d, n_q, prefix, bits, results):
+    scale = 1.0 / math.sqrt(d)
+    k = torch.randn(1, hkv, prefix, d, device="cuda", dtype=torch.float16)
+    v = torch.randn(1, hkv, prefix, d, device="cuda", dtype=torch.float16)
+    q = torch.randn(1, hq, n_q, d, device="cuda", dtype=torch.float16)
+    t_fp16, _ = graph_time(lambda i: sdpa(q, k, v, scale), 1)
+    ref = sdpa(q, k, v, scale)
+    ctx, kr, vr = context(hq, hkv, d, bits, 2048)
+    kst = torch.empty(prefix, kr, dtype=torch.uint8, device="cuda")
+    vst = torch.empty(prefix, vr, dtype=torch.uint8, device="cuda")
+    slots = torch.arange(prefix, device="cuda", dtype=torch.int64)
+    st_in = Strides(d * 2, prefix * d * 2)
+    check(lib.tq_append_kv(ctx, 0, vp(kst.data_ptr()), vp(vst.data_ptr()), prefix, vp(slots.data_ptr()), prefix,
+                           vp(k.data_ptr()), ctypes.byref(st_in), vp(v.data_ptr()), ctypes.byref(st_in), stream()), "append")
+    qt = q[0].transpose(0, 1).contiguous()  # [n_q][hq][d]
+    out = torch.empty(n_q, hq, d, dtype=torch.float16, device="cuda")
+
+    def ours(i):
+        check(lib.tq_attend(ctx, 0, vp(qt.data_ptr()), n_q, None, vp(kst.data_ptr()), vp(vst.data_ptr()), prefix, None, 0, 0,
+                            scale, vp(out.data_ptr()), None, stream()), "attend")
+    ours(0)
+    torch.cuda.synchronize()
+    r = ref[0].transpose(0, 1).float()
+    err = ((out.float() - r).norm() / r.norm()).item()
+    t, _ = graph_time(ours, 1)
+    flops = 4 * n_q * hq * prefix * d
+    results.append(dict(kind="prefill", q_heads=hq, kv_heads=hkv, d=d, n_q=n_q, prefix=prefix, bits=bits, t_us=t * 1e6,
+                        t_fp16_us=t_fp16 * 1e6, speedup=t_fp16 / t, tflops=flops / t / 1e12, rel_err_vs_fp16=err))
+    print(f"prefill {n_q} queries over {prefix} ({hq}q/{hkv}kv d={d} {bits}b): {t*1e6:9.1f} us ({flops/t/1e12:.0f} TFLOP/s)"
+          f"  fp16 SDPA {t_fp16*1e6:9.1f} us  x{t_fp16/t:.2f}  err-vs-fp16 {err:.3f}", flush=True)
+    lib.tq_context_free(ctx)
+
+
+torch.manual_seed(0)
+if args.profile_one:
+    hq, hkv, d, batch, ctxlen = 32, 8, 128, 16, 32768
+    ctx, kr, vr = context(hq, hkv, d, 4, 64)
+    k = torch.randn(batch, hkv, ctxlen, d, device="cuda", dtype=torch.float16)
+    v = torch.randn_like(k)
+    q = torch.randn(batch, hq, d, device="cuda", dtype=torch.float16)
+    kst = torch.empty(batch, ctxlen, kr, dtype=torch.uint8, device="cuda")
+    vst = torch.empty(batch, ctxlen, vr, dtype=torch.uint8, device="cuda")
+    slots = torch.arange(ctxlen, device="cuda", dtype=torch.int64)
+    st_in = Strides(d * 2, ctxlen * d * 2)
+    for b in range(batch):
+        check(lib.tq_append_kv(ctx, 0, vp(kst[b].data_ptr()), vp(vst[b].data_ptr()), ctxlen, vp(slots.data_ptr()), ctxlen,
+                               vp(k[b].data_ptr()), ctypes.byref(st_in), vp(v[b].data_ptr()), ctypes.byref(st_in), stream()), "append")
+    kp = torch.tensor([kst[b].data_ptr() for b in range(batch)], dtype=torch.int64, device="cuda")
+    vpp = torch.tensor([vst[b].data_ptr() for b in range(batch)], dtype=torch.int64, device="cuda")
+    lens = torch.full((batch,), ctxlen, dtype=torch.int64, device="cuda")
+    out = torch.empty(batch, hq, d, dtype=torch.float16, device="cuda")
+    for _ in range(3):
+        check(lib.tq_attend_batch(ctx, 0, batch, vp(q.data_ptr()), 1, None, hq * d * 2, vp(kp.data_ptr()), vp(vpp.data_ptr()),
+                                  vp(lens.data_ptr()), ctxlen, None, 0, 0, 0, 1 / math.sqrt(d), vp(out.data_ptr()), None,
+                                  hq * d * 2, stream()), "attend_batch")
+    torch.cuda.synchronize()
+    print("profiled decode calls done", flush=True)
+    sys.exit(0)
+dev = torch.cuda.get_device_name()
+copy_bw = copy_bandwidth()
+print(f"device {dev}; torch {torch.__version__}; device-to-device copy {copy_bw/1e9:.0f} GB/s (read+write)", flush=True)
+results = []
+if args.quick:
+    decode = [(32, 8, 128, 16, 32768, [4]), (32, 8, 128, 1, 32768, [4])]
+    prefill = [(32, 8, 128, 2048, 32768, 4)]
+else:
+    decode = [(32, 8, 128, 16, 32768, [4, 3, 2]), (32, 8, 128, 1, 32768, [4, 3, 2])]
+    for b in (1, 4, 16, 64):
+        for L in (1024, 8192, 32768, 131072):
+            if (b, L) not in ((16, 32768), (1, 32768)):
+                decode.append((32, 8, 128, b, L, [4, 3, 2]))
+    decode += [(32, 4, 128, 1, 32768, [4, 3, 2]), (32, 4, 128, 64, 32768, [4, 3, 2])]
+    prefill = [(32, 8, 128, 512, 32768, 4), (32, 8, 128, 2048, 32768, 4)]
+for pf in prefill:
+    run_prefill(*pf, results)
+for case in decode:
+    if not run_decode(*case, copy_bw, results):
+        break
+meta = dict(device=dev, torch=torch.__version__, copy_gbps=copy_bw / 1e9, date=time.strftime("%Y-%m-%d"),
+            command="bench_decode.py " + " ".join(a.rsplit("/", 1)[-1] for a in sys.argv[1:]))
+if args.out:
+    json.dump(dict(meta=meta, results=results), open(args.out, "w"), indent=1)
+print("done in %.0f s" % (time.time() - T_START), flush=True)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run on the GPU machine from a folder holding: libturboquant.so, gpu_kernels (test binary),
+# bench_decode.py. Writes logs and results under $OUT (or ./out). Usage: run_on_gpu.sh [tests|sanitize|bench|quickbench|all]...
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+OUT=${OUT:-$HERE/out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+for step in "$@"; do
+  case $step in
+    tests)
+      timeout 240 "$HERE/gpu_kernels" --test-threads=2 --nocapture 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "test result|^test |rel err|SKIPPED|panicked|identical|replayed|cases|ok$" ;;
+    sanitize)
+      for tool in memcheck racecheck; do
+        TQ_GPU_QUICK=1 timeout 100 compute-sanitizer --tool $tool --error-exitcode 3 "$HERE/gpu_kernels" --test-threads=1 \
+          > "$OUT/sanitizer_$tool.log" 2>&1; echo "compute-sanitizer $tool: exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result" "$OUT/sanitizer_$tool.log"
+      done ;;
+    bench)
+      PYTHONUNBUFFERED=1 timeout 480 python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" ;;
+    ncu)
+      # Hardware counters of the decode kernel (B=16, 32K, 32q/8kv, d=128, 4 bits): what bounds it.
+      timeout 240 ncu --clock-control none --kernel-name regex:tq_decode --launch-skip 1 --launch-count 1 \
+        --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis \
+        --section MemoryWorkloadAnalysis --section LaunchStats --section SchedulerStats \
+        python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --profile-one > "$OUT/ncu_decode.txt" 2>&1
+      echo "ncu: exit $?"; grep -E "Throughput|Duration|Occupancy|Registers|Stall|Issue|Eligible|Warp Cycles|Pipe|Bank|L1|L2|DRAM|Shared" "$OUT/ncu_decode.txt" | head -70 ;;
+    quickbench)
+      PYTHONUNBUFFERED=1 timeout 150 python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --quick --out "$OUT/bench_quick.json" 2>&1 | tee "$OUT/bench_quick.log" ;;
+  esac
+done

@@ -1,0 +1,157 @@
+// Append: encode K/V head vectors into cache rows — rotate, normalise, bucketise, pack — producing the
+// same bytes as the CPU backend (math::quantizer::MseQuantizer::encode). One warp per (token, kv
+// head, K or V). The arithmetic follows the row-format contract exactly: the norm in f64 over eight
+// interleaved partial sums, u = (float)((double)x * (1/norm)), the rotation in f32 with every
+// multiply and add rounded separately (__fmul_rn/__fadd_rn: no FMA contraction), codes = number of
+// f32 boundaries strictly below y, scale = bf16(min((float)norm, bf16 max)) rounded to nearest even.
+
+struct EncodeSide {
+    u8 *store;             // device rows (n_cells * row_bytes)
+    const u8 *input;       // [n_tokens][n_kv_heads][D] of dtype with byte strides
+    i64 token_stride, head_stride;
+    i64 row_bytes, scale_offset;
+    const float *boundaries;  // 2^b - 1, ascending
+    const float *signs_in;    // Hadamard D1 (NULL for dense)
+    const float *signs_out;   // Hadamard D2/sqrt(d)
+    const float *matrix_t;    // dense: Pi transposed, row j = column j of Pi (NULL for Hadamard)
+    const float *mean;        // centering: [n_kv_heads][D] or NULL
+};
+
+struct AppendParams {
+    EncodeSide k, v;
+    const i64 *slots;  // device: token i -> cell
+    i64 n_tokens, n_cells, n_kv_heads, dtype;
+};
+
+constexpr int APPEND_WARPS = 4;
+constexpr int PER_LANE = D / 32;
+
+template <int B>
+__device__ void encode_vector(const EncodeSide &s, const AppendParams &p, i64 token, i64 head, float *xs,
+                              u8 *codes) {
+    const int lane = threadIdx.x & 31;
+    const i64 cell = p.slots[token];
+    if (cell < 0 || cell >= p.n_cells) return;  // validated on the host; never write out of bounds
+    const u8 *src = s.input + token * s.token_stride + head * s.head_stride;
+    u8 *row = s.store + cell * s.row_bytes;
+    const i64 esz = p.dtype == DTYPE_F32 ? 4 : 2;
+
+    float v[PER_LANE];
+#pragma unroll
+    for (int k = 0; k < PER_LANE; k++) {
+        int e = lane + 32 * k;
+        float x = load_elem(src + e * esz, p.dtype);
+        if (s.mean) x = __fsub_rn(x, s.mean[head * D + e]);
+        v[k] = x;
+        xs[e] = x;
+    }
+    __syncwarp();
+    // Norm: lane l < 8 sums squares of elements l, l+8, l+16, ... in order (squares are exact in f64).
+    double acc = 0.0;
+    if (lane < 8) {
+        for (int j = 0; j < D / 8; j++) {
+            double x = (double)xs[lane + 8 * j];
+            acc = __dadd_rn(acc, __dmul_rn(x, x));
+        }
+    }
+    double a[8];
+#pragma unroll
+    for (int l = 0; l < 8; l++) a[l] = __shfl_sync(0xffffffffu, acc, l);
+    double norm = __dsqrt_rn(__dadd_rn(__dadd_rn(__dadd_rn(a[0], a[1]), __dadd_rn(a[2], a[3])),
+                                       __dadd_rn(__dadd_rn(a[4], a[5]), __dadd_rn(a[6], a[7]))));
+    constexpr int CB = Codes<B>::BYTES;
+    u8 *out_codes = row + head * CB;
+    u16 *out_scale = reinterpret_cast<u16 *>(row + s.scale_offset + 2 * head);
+    if (norm == 0.0) {
+        for (int i = lane; i < CB; i += 32) out_codes[i] = 0;
+        if (lane == 0) *out_scale = 0;
+        return;
+    }
+    const double inv = __ddiv_rn(1.0, norm);
+#pragma unroll
+    for (int k = 0; k < PER_LANE; k++) v[k] = __double2float_rn(__dmul_rn((double)v[k], inv));
+
+    float y[PER_LANE];
+    if (s.matrix_t == nullptr) {
+        // Hadamard: u*D1, butterflies (a, b) -> (a + b, a - b) over strides 1, 2, 4, ..., then *D2/sqrt(d).
+#pragma unroll
+        for (int k = 0; k < PER_LANE; k++) y[k] = __fmul_rn(v[k], s.signs_in[lane + 32 * k]);
+#pragma unroll
+        for (int h = 1; h < 32 && h < D; h <<= 1) {
+#pragma unroll
+            for (int k = 0; k < PER_LANE; k++) {
+                float other = __shfl_xor_sync(0xffffffffu, y[k], h);
+                y[k] = (lane & h) ? __fsub_rn(other, y[k]) : __fadd_rn(y[k], other);
+            }
+        }
+#pragma unroll
+        for (int h = 1; h < PER_LANE; h <<= 1) {
+#pragma unroll
+            for (int k = 0; k < PER_LANE; k++) {
+                if ((k & h) == 0) {
+                    float lo = y[k], hi = y[k + h];
+                    y[k] = __fadd_rn(lo, hi);
+                    y[k + h] = __fsub_rn(lo, hi);
+                }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < PER_LANE; k++) y[k] = __fmul_rn(y[k], s.signs_out[lane + 32 * k]);
+    } else {
+        // Dense: y = sum_j Pi[:, j] * u_j in order of j, each product and sum rounded.
+        __syncwarp();
+#pragma unroll
+        for (int k = 0; k < PER_LANE; k++) xs[lane + 32 * k] = v[k];
+        __syncwarp();
+#pragma unroll
+        for (int k = 0; k < PER_LANE; k++) y[k] = 0.0f;
+        for (int j = 0; j < D; j++) {
+            float uj = xs[j];
+            const float *col = s.matrix_t + (i64)j * D;
+#pragma unroll
+            for (int k = 0; k < PER_LANE; k++) y[k] = __fadd_rn(y[k], __fmul_rn(col[lane + 32 * k], uj));
+        }
+    }
+    // Bucketise: the number of boundaries strictly below y (binary search over the sorted table).
+#pragma unroll
+    for (int k = 0; k < PER_LANE; k++) {
+        int lo = 0, hi = (1 << B) - 1;
+        while (lo < hi) {
+            int mid = (lo + hi) >> 1;
+            if (s.boundaries[mid] < y[k]) lo = mid + 1; else hi = mid;
+        }
+        codes[lane + 32 * k] = (u8)lo;
+    }
+    __syncwarp();
+    // Pack: byte m holds stream bits [8m, 8m+8), code i at bits [ib, ib+b), LSB first.
+    for (int m = lane; m < CB; m += 32) {
+        u32 byte = 0;
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            int bit = 8 * m + q;
+            byte |= (u32)((codes[bit / B] >> (bit % B)) & 1) << q;
+        }
+        out_codes[m] = (u8)byte;
+    }
+    if (lane == 0) {
+        float f = __double2float_rn(norm);
+        const float bf16_max = __uint_as_float(0x7f7f0000u);
+        if (f > bf16_max) f = bf16_max;
+        u32 bits = __float_as_uint(f);
+        bits += 0x7fffu + ((bits >> 16) & 1u);
+        *out_scale = (u16)(bits >> 16);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(APPEND_WARPS * 32) tq_append(const AppendParams p) {
+    __shared__ float xs_all[APPEND_WARPS][D];
+    __shared__ u8 codes_all[APPEND_WARPS][D];
+    const int warp = threadIdx.x >> 5;
+    const i64 item = (i64)blockIdx.x * APPEND_WARPS + warp;  // (token, head, K/V)
+    if (item >= p.n_tokens * p.n_kv_heads * 2) return;
+    const i64 which = item & 1;
+    const i64 th = item >> 1;
+    const i64 token = th / p.n_kv_heads, head = th % p.n_kv_heads;
+    if (which == 0) encode_vector<BITS_K>(p.k, p, token, head, xs_all[warp], codes_all[warp]);
+    else encode_vector<BITS_V>(p.v, p, token, head, xs_all[warp], codes_all[warp]);
+}

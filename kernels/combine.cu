@@ -1,0 +1,226 @@
+// Before and after the attention kernels: tq_rotate_queries turns each query head into the rotated,
+// normalised f32 vector the tensor-core kernels read (Pi_k q / ||q||, plus ||q||*scale*log2 e and the
+// centering term (q . mu_k)*scale*log2 e); tq_combine merges the split-K partials of one (query,
+// head), adds the full-precision rows (owned cache: residual window, sinks) to the same softmax in
+// the original basis, un-rotates once (Pi_v^T), adds mu_v and writes the output row.
+// tq_rotate_queries: one CTA of D threads per (query token, query head); tq_combine: one CTA of 256
+// threads per (query token, query head); grid.y = sequence.
+
+struct Rotation {
+    const float *signs_in;   // Hadamard D1, or NULL for dense
+    const float *signs_out;  // Hadamard D2/sqrt(d)
+    const float *matrix;     // dense Pi, row-major
+    const float *matrix_t;   // dense Pi^T, row-major
+};
+
+struct QueryTensor {
+    const u8 *ptr;
+    i64 seq_stride, token_stride, head_stride;  // bytes
+};
+
+struct RotateParams {
+    QueryTensor q;
+    i64 dtype, n_q, n_heads, group;
+    Rotation rot;         // K rotation
+    const float *mean_k;  // [n_kv_heads][D] or NULL
+    float scale;
+    float pad_;
+    float *q_hat;
+    float *q_coef;
+    float *q_mu;
+};
+
+struct CombineParams {
+    QueryTensor q;  // original queries (for full-precision rows)
+    i64 dtype, n_q, n_heads, group, n_kv_heads;
+    Rotation rot;   // V rotation
+    const float *mean_v;  // [n_kv_heads][D] or NULL
+    const float *partials;
+    i64 n_partials;
+    // Full-precision rows [seq][n_full][n_kv_heads][D] f32 (row stride n_kv_heads*D), their positions
+    // [seq][n_full], and the query positions [seq][n_q]; n_full = 0: none.
+    const float *full_k;
+    const float *full_v;
+    const i64 *full_pos;
+    const i64 *query_pos;
+    i64 n_full, full_seq_stride;  // rows per sequence slot
+    float scale;
+    float pad_;
+    u8 *out;
+    i64 out_seq_stride, out_token_stride, out_head_stride;
+};
+
+// Sum / max over a block of NW warps. `red` holds NW floats.
+template <int NW>
+__device__ __forceinline__ float block_sum(float v, float *red) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (int w = 0; w < NW; w++) s += red[w];
+    return s;
+}
+
+template <int NW>
+__device__ __forceinline__ float block_max(float v, float *red) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float s = NEG_INF;
+    for (int w = 0; w < NW; w++) s = fmaxf(s, red[w]);
+    return s;
+}
+
+// In-place unnormalised Walsh–Hadamard transform of buf[D] by the first D threads of the block.
+__device__ __forceinline__ void block_fwht(float *buf) {
+    const int i = threadIdx.x;
+    for (int h = 1; h < D; h <<= 1) {
+        __syncthreads();
+        if (i < D && (i & h) == 0) {
+            float a = buf[i], b = buf[i + h];
+            buf[i] = a + b;
+            buf[i + h] = a - b;
+        }
+    }
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(D) tq_rotate_queries(const RotateParams p) {
+    __shared__ float buf[D];
+    __shared__ float red[D / 32];
+    const int j = threadIdx.x;
+    const i64 row = blockIdx.x, seq = blockIdx.y;  // row = i * n_heads + hq
+    const i64 i = row / p.n_heads, hq = row % p.n_heads;
+    const float x = load_elem(p.q.ptr + seq * p.q.seq_stride + i * p.q.token_stride + hq * p.q.head_stride +
+                                  j * (p.dtype == DTYPE_F32 ? 4 : 2),
+                              p.dtype);
+    float y;
+    if (p.rot.signs_in) {
+        buf[j] = x * p.rot.signs_in[j];
+        block_fwht(buf);
+        y = buf[j] * p.rot.signs_out[j];
+    } else {
+        buf[j] = x;
+        __syncthreads();
+        y = 0.0f;
+        for (int k = 0; k < D; k++) y += p.rot.matrix_t[(i64)k * D + j] * buf[k];
+    }
+    const float norm = sqrtf(block_sum<D / 32>(y * y, red));
+    const i64 kvh = hq / p.group;
+    const float qmu = p.mean_k ? block_sum<D / 32>(x * p.mean_k[kvh * D + j], red) : 0.0f;
+    const i64 out_row = (seq * p.n_q + i) * p.n_heads + hq;
+    p.q_hat[out_row * D + j] = norm > 0.0f ? y / norm : 0.0f;
+    if (j == 0) {
+        p.q_coef[out_row] = norm * p.scale * LOG2E;
+        p.q_mu[out_row] = qmu * p.scale * LOG2E;
+    }
+}
+
+constexpr int CMB_THREADS = 256;
+constexpr int CMB_WARPS = CMB_THREADS / 32;
+
+// One CTA of CMB_THREADS per (query token, query head): the partials are merged by all warps (warp w
+// takes partials w, w + 8, ...), then the first D threads finish one output element each.
+extern "C" __global__ void __launch_bounds__(CMB_THREADS) tq_combine(const CombineParams p) {
+    // [D] rotated accumulator, [CMB_WARPS] reduction, [CMB_WARPS][D] per-warp sums,
+    // [n_partials] partial weights, [n_full] logits.
+    extern __shared__ float cmb_smem[];
+    float *buf = cmb_smem;
+    float *red = buf + D;
+    float *wsum = red + CMB_WARPS;
+    float *weight = wsum + CMB_WARPS * D;
+    float *logits = weight + p.n_partials;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int j = tid;  // output element of the first D threads
+    const i64 row = blockIdx.x, seq = blockIdx.y;
+    const i64 i = row / p.n_heads, hq = row % p.n_heads, kvh = hq / p.group;
+    const float *part = p.partials + ((seq * p.n_q + i) * p.n_heads + hq) * p.n_partials * (D + 2);
+
+    float mloc = NEG_INF;
+    for (i64 s = tid; s < p.n_partials; s += CMB_THREADS) mloc = fmaxf(mloc, part[s * (D + 2)]);
+    const float mmax = block_max<CMB_WARPS>(mloc, red);
+    float lloc = 0.0f;
+    for (i64 s = tid; s < p.n_partials; s += CMB_THREADS) {
+        const float *ps = part + s * (D + 2);
+        const float w = mmax == NEG_INF ? 0.0f : fast_exp2(ps[0] - mmax);
+        weight[s] = w;
+        lloc += w * ps[1];
+    }
+    float lc = block_sum<CMB_WARPS>(lloc, red);  // its barriers also publish weight[]
+    {
+        float acc[D / 32];
+#pragma unroll
+        for (int k = 0; k < D / 32; k++) acc[k] = 0.0f;
+#pragma unroll 4
+        for (i64 s = warp; s < p.n_partials; s += CMB_WARPS) {
+            const float w = weight[s];
+            const float *o = part + s * (D + 2) + 2;
+#pragma unroll
+            for (int k = 0; k < D / 32; k++) acc[k] += w * o[lane + 32 * k];
+        }
+#pragma unroll
+        for (int k = 0; k < D / 32; k++) wsum[warp * D + lane + 32 * k] = acc[k];
+    }
+    __syncthreads();
+    float acc = 0.0f;
+    if (j < D) {
+        for (int w = 0; w < CMB_WARPS; w++) acc += wsum[w * D + j];
+    }
+    // Full-precision rows (original basis), merged into the same softmax.
+    float lf = 0.0f, accf = 0.0f;
+    if (p.n_full > 0) {
+        const u8 *qp = p.q.ptr + seq * p.q.seq_stride + i * p.q.token_stride + hq * p.q.head_stride;
+        const i64 esz = p.dtype == DTYPE_F32 ? 4 : 2;
+        const i64 qpos = p.query_pos[seq * p.n_q + i];
+        for (i64 r = warp; r < p.n_full; r += CMB_WARPS) {
+            const float *k = p.full_k + ((seq * p.full_seq_stride + r) * p.n_kv_heads + kvh) * D;
+            float dot = 0.0f;
+            for (int e = lane; e < D; e += 32) dot += load_elem(qp + e * esz, p.dtype) * k[e];
+            for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+            if (lane == 0) {
+                const bool visible = p.full_pos[seq * p.full_seq_stride + r] <= qpos;
+                logits[r] = visible ? dot * p.scale * LOG2E : NEG_INF;
+            }
+        }
+        __syncthreads();
+        float fmax = NEG_INF;
+        for (i64 r = 0; r < p.n_full; r++) fmax = fmaxf(fmax, logits[r]);
+        const float new_m = fmaxf(mmax, fmax);
+        if (new_m != NEG_INF) {
+            const float corr = mmax == NEG_INF ? 0.0f : fast_exp2(mmax - new_m);
+            lc *= corr;
+            acc *= corr;
+            for (i64 r = 0; r < p.n_full; r++) {
+                const float pr = fast_exp2(logits[r] - new_m);
+                if (pr > 0.0f) {
+                    lf += pr;
+                    if (j < D) accf += pr * p.full_v[((seq * p.full_seq_stride + r) * p.n_kv_heads + kvh) * D + j];
+                }
+            }
+        }
+    }
+    // Un-rotate the compressed part once: Pi_v^T acc.
+    float val = 0.0f;
+    if (p.rot.signs_in) {
+        if (j < D) buf[j] = acc * p.rot.signs_out[j];
+        block_fwht(buf);
+        if (j < D) val = buf[j] * p.rot.signs_in[j];
+    } else {
+        if (j < D) buf[j] = acc;
+        __syncthreads();
+        if (j < D)
+            for (int k = 0; k < D; k++) val += p.rot.matrix[(i64)k * D + j] * buf[k];
+    }
+    if (j >= D) return;
+    const float total = lc + lf;
+    float out = 0.0f;
+    if (total > 0.0f) {
+        const float mu = p.mean_v ? p.mean_v[kvh * D + j] : 0.0f;
+        out = (val + mu * lc + accf) / total;
+    }
+    store_elem(p.out + seq * p.out_seq_stride + i * p.out_token_stride + hq * p.out_head_stride +
+                   j * (p.dtype == DTYPE_F32 ? 4 : 2),
+               p.dtype, out);
+}

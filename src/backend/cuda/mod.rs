@@ -1,0 +1,783 @@
+//! The CUDA backend: append and attention over raw device pointers on the caller's stream.
+//!
+//! * cudarc with dynamic loading: the library builds with no CUDA installed; `CudaBackend::new`
+//!   probes for libcuda and libnvrtc first (cudarc panics on a missing library) and reports
+//!   `Unavailable` with a message when either, or a device, is missing.
+//! * Kernels (`kernels/*.cu`) are compiled by NVRTC at context creation for the device's
+//!   architecture, specialised per (head_dim, bits_k, bits_v) (`compile`). Everything they need is
+//!   uploaded then: rotations, codebooks, and scratch sized by `max_batch` — so `append` and `attend`
+//!   only launch kernels on the given stream (no allocation, synchronisation or host copy) and can
+//!   be captured in a CUDA graph.
+//! * Memory passed in (stores, q/k/v/out, masks, slots, positions) is borrowed: never freed here.
+//!
+//! Attention is three launches: `tq_rotate_queries` (Π_k q/‖q‖ per query head), then
+//! `tq_decode_*` (few queries: split-K flash-decoding, GQA group per warp, tensor cores) or
+//! `tq_prefill_*` (query chunks: FlashAttention-2 over dequantised shared-memory tiles), then
+//! `tq_combine` (merge splits, full-precision rows, un-rotate, write).
+
+pub mod compile;
+pub mod params;
+
+use std::ffi::{CString, c_void};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, result, sys};
+
+use crate::codec::{Dtype, KvCodec, Strides};
+use crate::math::quantizer::QuantizerKind;
+use crate::math::rotation::{Rotation, RotationKind};
+use params::DevPtr;
+
+/// Why a CUDA call failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CudaErrorKind {
+    /// No driver, no NVRTC or no device.
+    Unavailable,
+    /// A configuration the CUDA kernels do not implement.
+    Unsupported,
+    /// An argument the call cannot take.
+    Invalid,
+    /// The driver or the compiler reported an error.
+    Backend,
+}
+
+#[derive(Clone, Debug)]
+pub struct CudaError {
+    pub kind: CudaErrorKind,
+    pub message: String,
+}
+
+impl CudaError {
+    fn new(kind: CudaErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(CudaErrorKind::Invalid, message)
+    }
+}
+
+fn driver_err(what: &str) -> impl Fn(result::DriverError) -> CudaError + '_ {
+    move |e| {
+        let name = e.error_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("{:?}", e.0));
+        let text = e.error_string().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        CudaError::new(CudaErrorKind::Backend, format!("CUDA {what} failed: {name} ({text})"))
+    }
+}
+
+/// Whether libcuda can be loaded on this machine.
+pub fn driver_available() -> bool {
+    // SAFETY: only tries to open the library.
+    unsafe { sys::is_culib_present() }
+}
+
+/// Tokens per split and launch geometry of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitPlan {
+    pub prefill: bool,
+    /// Decode through shared-memory stages (tq_decode_staged).
+    pub staged: bool,
+    pub n_splits: usize,
+    pub chunk: usize,
+    pub warps_per_head: usize,
+    pub heads_per_cta: usize,
+    pub n_partials: usize,
+}
+
+/// Device copies of one rotation and codebook (K or V of one layer).
+struct SideTables {
+    centroids: DevPtr,
+    boundaries: DevPtr,
+    signs_in: DevPtr,
+    signs_out: DevPtr,
+    matrix: DevPtr,
+    matrix_t: DevPtr,
+}
+
+struct Kernels {
+    append: sys::CUfunction,
+    decode_staged16: sys::CUfunction,
+    decode_staged8: sys::CUfunction,
+    decode_direct: sys::CUfunction,
+    prefill_aligned: sys::CUfunction,
+    prefill_unaligned: sys::CUfunction,
+    rotate: sys::CUfunction,
+    combine: sys::CUfunction,
+}
+
+/// The compressed stores an attention call reads.
+#[derive(Clone, Copy, Debug)]
+pub enum Stores {
+    /// One sequence.
+    Single { k: DevPtr, v: DevPtr },
+    /// Device arrays of `n_seqs` store pointers (16-byte aligned stores).
+    Batch { k: DevPtr, v: DevPtr },
+}
+
+/// An additive mask in device memory: element (seq, query, cell) at
+/// `ptr + (seq·seq_stride + query·row_stride + cell)·size`.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceMask {
+    pub ptr: DevPtr,
+    pub dtype: Dtype,
+    pub row_stride: usize,
+    pub seq_stride: usize,
+}
+
+/// Causal visibility by positions (device i64 arrays): cell j of sequence s is visible to query i iff
+/// `cell_pos[s·seq_stride + j] ≤ query_pos[s·n_q + i]`.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceCausal {
+    pub cell_pos: DevPtr,
+    pub seq_stride: usize,
+}
+
+/// Full-precision rows in the original basis (owned cache: residual window, sinks): f32
+/// `[seq][n_full][n_kv_heads][head_dim]` (sequence s starts at row s·seq_stride), positions
+/// `[seq][n_full]` i64; causal against `query_pos`.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceFullRows {
+    pub k: DevPtr,
+    pub v: DevPtr,
+    pub pos: DevPtr,
+    pub n_full: usize,
+    pub seq_stride: usize,
+}
+
+/// One attention call over device memory: `n_seqs` sequences of `n_q` query tokens each.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceAttend {
+    pub layer: usize,
+    pub n_seqs: usize,
+    pub n_q: usize,
+    /// q of sequence s, token i, head h at `q + s·q_seq_stride + i·q_strides.token + h·q_strides.head`.
+    pub q: DevPtr,
+    pub q_strides: Strides,
+    pub q_seq_stride: usize,
+    pub stores: Stores,
+    /// Device i64 array of cells per sequence (each ≤ max_cells), or 0: every sequence has max_cells.
+    pub seq_cells: DevPtr,
+    pub max_cells: usize,
+    pub mask: Option<DeviceMask>,
+    pub causal: Option<DeviceCausal>,
+    pub full: Option<DeviceFullRows>,
+    /// Device i64 array `[seq][n_q]` of query positions (needed by `causal` and `full`), or 0.
+    pub query_pos: DevPtr,
+    pub scale: f32,
+    pub out: DevPtr,
+    pub out_strides: Strides,
+    pub out_seq_stride: usize,
+}
+
+/// One append over device memory.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceAppend {
+    pub layer: usize,
+    pub k_store: DevPtr,
+    pub v_store: DevPtr,
+    pub n_cells: usize,
+    /// Device i64 array: token i goes to cell slots[i] (distinct, < n_cells).
+    pub slots: DevPtr,
+    pub n_tokens: usize,
+    pub k: DevPtr,
+    pub k_strides: Strides,
+    pub v: DevPtr,
+    pub v_strides: Strides,
+}
+
+/// The CUDA backend of one context.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    module: sys::CUmodule,
+    kernels: Kernels,
+    layers: Vec<(SideTables, SideTables)>,
+    allocations: Vec<DevPtr>,
+    q_hat: DevPtr,
+    q_coef: DevPtr,
+    q_mu: DevPtr,
+    partials: DevPtr,
+    /// Query rows (sequences × query tokens) the scratch holds.
+    row_capacity: usize,
+    /// f32 partial records of (D + 2) floats the scratch holds.
+    partial_capacity: usize,
+    sm_count: usize,
+    decode_smem: u32,
+    staged_smem: u32,
+    /// Cells per stage of the staged decode kernel (0: contexts that use the direct kernel).
+    stage_cells: usize,
+    /// Row alignment of the staged copies: 16 or 8 bytes.
+    stage_align: usize,
+    prefill_smem: u32,
+    head_dim: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    group: usize,
+    bits_k: u32,
+    bits_v: u32,
+    k_row_bytes: usize,
+    v_row_bytes: usize,
+    k_code_bytes: usize,
+    v_code_bytes: usize,
+    k_scale_offset: usize,
+    v_scale_offset: usize,
+    dtype: Dtype,
+    device_name: String,
+    arch: String,
+}
+
+// SAFETY: the driver handles (module, functions, device pointers) may be used from any thread once the
+// context is current there; every entry point binds the context first. Mutation happens only in
+// `new` and `drop`.
+unsafe impl Send for CudaBackend {}
+unsafe impl Sync for CudaBackend {}
+
+fn table_words(bits: u32) -> usize {
+    if bits <= 4 { (1usize << (2 * bits)) * 32 } else { (1usize << bits) / 2 }
+}
+
+/// Widest vector load (≤ 16 bytes) the kernels use for a window of `bytes` bytes.
+fn vec_width(bytes: usize) -> usize {
+    [16, 8, 4].into_iter().find(|w| bytes % w == 0).unwrap_or(1)
+}
+
+const APPEND_WARPS: usize = 4;
+const PREFILL_ROWS: usize = 128;
+const PREFILL_THREADS: u32 = 256;
+/// Shared-memory stages of the staged decode kernel (DEC_STAGES in kernels/decode.cu).
+const DECODE_STAGES: usize = 4;
+/// Warps of the combine kernel (CMB_WARPS in kernels/combine.cu).
+const COMBINE_WARPS: usize = 8;
+/// At most this many partials per (query, head): the combine kernel keeps their weights in shared memory.
+const MAX_PARTIALS: usize = 4096;
+const PREFILL_TILE: usize = 64;
+/// Decode is used while query columns (query tokens × group) fit this many 8-wide column blocks.
+const DECODE_MAX_COLUMNS: usize = 16;
+/// Partial records per (query row, head) the scratch is sized for at max_batch rows.
+const PARTIALS_PER_ROW: usize = 8;
+
+impl CudaBackend {
+    /// Compile the kernels for the device and upload the codec's tables; allocate scratch for
+    /// `max_batch` query rows.
+    pub fn new(codec: &KvCodec, dtype: Dtype, device: i32, max_batch: usize) -> Result<Self, CudaError> {
+        let cfg = &codec.config;
+        if cfg.key_mode == QuantizerKind::Prod {
+            return Err(CudaError::new(
+                CudaErrorKind::Unsupported,
+                "params->key_mode is TQ_KEY_MODE_PROD: the CUDA backend implements MSE keys only",
+            ));
+        }
+        if cfg.centering {
+            return Err(CudaError::new(
+                CudaErrorKind::Unsupported,
+                "params->centering is true: the CUDA backend does not implement centering yet",
+            ));
+        }
+        let variant = compile::Variant { head_dim: cfg.head_dim, bits_k: cfg.bits_k, bits_v: cfg.bits_v };
+        variant.check().map_err(|m| CudaError::new(CudaErrorKind::Unsupported, format!("params: {m}")))?;
+        if max_batch == 0 {
+            return Err(CudaError::invalid("params->max_batch is 0: must be ≥ 1"));
+        }
+        if !driver_available() {
+            return Err(CudaError::new(
+                CudaErrorKind::Unavailable,
+                "TQ_BACKEND_CUDA: the CUDA driver library (libcuda.so) was not found on this machine",
+            ));
+        }
+        if !compile::nvrtc_available() {
+            return Err(CudaError::new(
+                CudaErrorKind::Unavailable,
+                "TQ_BACKEND_CUDA: the NVRTC library (libnvrtc.so, CUDA 12.x/13.x) was not found; install the CUDA \
+                 toolkit or the nvidia-cuda-nvrtc wheel and put its lib directory on LD_LIBRARY_PATH",
+            ));
+        }
+        result::init().map_err(|e| {
+            CudaError::new(CudaErrorKind::Unavailable, format!("TQ_BACKEND_CUDA: cuInit failed ({e:?}): no usable CUDA device"))
+        })?;
+        let count = result::device::get_count().map_err(driver_err("device count"))?;
+        if device < 0 || device >= count {
+            return Err(CudaError::new(
+                CudaErrorKind::Unavailable,
+                format!("params->device is {device}: this machine has {count} CUDA device(s)"),
+            ));
+        }
+        let ctx = CudaContext::new(device as usize).map_err(driver_err("context creation"))?;
+        let (major, minor) = ctx.compute_capability().map_err(driver_err("device query"))?;
+        if major < 8 {
+            return Err(CudaError::new(
+                CudaErrorKind::Unsupported,
+                format!("CUDA device {device} has compute capability {major}.{minor}: the kernels need 8.0 or newer"),
+            ));
+        }
+        let arch = format!("sm_{major}{minor}");
+        let compiled = compile::compile_cached(variant, &arch).map_err(|m| CudaError::new(CudaErrorKind::Backend, m))?;
+        let device_name = ctx.name().unwrap_or_else(|_| "unknown".into());
+        let sm_count = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(driver_err("device query"))? as usize;
+        let smem_optin = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(driver_err("device query"))? as usize;
+
+        // SAFETY: the cubin comes from NVRTC for this device; functions are looked up by their names.
+        let module = unsafe { result::module::load_data(compiled.cubin.as_ptr() as *const c_void) }
+            .map_err(driver_err("module load"))?;
+        let get = |name: &str| -> Result<sys::CUfunction, CudaError> {
+            unsafe { result::module::get_function(module, CString::new(name).unwrap()) }.map_err(driver_err("kernel lookup"))
+        };
+        let kernels = Kernels {
+            append: get("tq_append")?,
+            decode_staged16: get("tq_decode_staged16")?,
+            decode_staged8: get("tq_decode_staged8")?,
+            decode_direct: get("tq_decode_direct")?,
+            prefill_aligned: get("tq_prefill_aligned")?,
+            prefill_unaligned: get("tq_prefill_unaligned")?,
+            rotate: get("tq_rotate_queries")?,
+            combine: get("tq_combine")?,
+        };
+        check_layout(module)?;
+        let d = cfg.head_dim;
+        let tables = if cfg.bits_k == cfg.bits_v { table_words(cfg.bits_k) } else { table_words(cfg.bits_k) + table_words(cfg.bits_v) };
+        let decode_smem = tables * 4;
+        let prefill_smem = tables * 4 + (PREFILL_ROWS + 2 * PREFILL_TILE) * (d + 8) * 2 + 2 * PREFILL_TILE * 4;
+        // Staged decode: a ring of DECODE_STAGES stages of stage_cells whole rows (K and V) in shared
+        // memory, for contexts whose kv heads fit one CTA and whose rows are 16-byte multiples.
+        let (k_row_bytes, v_row_bytes) = (codec.k_layout.row_bytes(), codec.v_layout.row_bytes());
+        let heads_per_cta = cfg.n_kv_heads.min(8);
+        let warps_per_head = (8 / heads_per_cta).max(1);
+        let unit = 16 * warps_per_head;
+        // Two CTAs per multiprocessor up to head_dim 128 (DEC_MIN_CTAS in kernels/decode.cu).
+        let per_cta = if d <= 128 { 228 * 1024 / 2 - 1024 } else { 200 * 1024 };
+        let budget = smem_optin.min(per_cta).saturating_sub(decode_smem);
+        let fit = budget / (DECODE_STAGES * unit * (k_row_bytes + v_row_bytes));
+        let stage_align = if k_row_bytes % 16 == 0 && v_row_bytes % 16 == 0 { 16 } else { 8 };
+        let stage_cells = if cfg.n_kv_heads <= 8 && k_row_bytes % 8 == 0 && v_row_bytes % 8 == 0 && fit >= 1 {
+            unit * fit.min((128 / unit).max(1))
+        } else {
+            0
+        };
+        let staged_smem = decode_smem + DECODE_STAGES * stage_cells * (k_row_bytes + v_row_bytes);
+        if prefill_smem > smem_optin {
+            return Err(CudaError::new(
+                CudaErrorKind::Unsupported,
+                format!("head_dim {d} with bits ({}, {}) needs {prefill_smem} bytes of shared memory; the device allows {smem_optin}",
+                    cfg.bits_k, cfg.bits_v),
+            ));
+        }
+        for (f, bytes) in [
+            (kernels.decode_staged16, staged_smem.max(decode_smem)),
+            (kernels.decode_staged8, staged_smem.max(decode_smem)),
+            (kernels.decode_direct, decode_smem),
+            (kernels.prefill_aligned, prefill_smem),
+            (kernels.prefill_unaligned, prefill_smem),
+        ] {
+            // SAFETY: f is a live function of the loaded module.
+            unsafe {
+                result::function::set_function_attribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                )
+            }
+            .map_err(driver_err("kernel attribute"))?;
+        }
+
+        let mut me = Self {
+            ctx,
+            module,
+            kernels,
+            layers: Vec::new(),
+            allocations: Vec::new(),
+            q_hat: 0,
+            q_coef: 0,
+            q_mu: 0,
+            partials: 0,
+            row_capacity: max_batch,
+            partial_capacity: max_batch * cfg.n_heads * PARTIALS_PER_ROW,
+            sm_count,
+            decode_smem: decode_smem as u32,
+            staged_smem: staged_smem as u32,
+            stage_cells,
+            stage_align,
+            prefill_smem: prefill_smem as u32,
+            head_dim: d,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            group: codec.group_size(),
+            bits_k: cfg.bits_k,
+            bits_v: cfg.bits_v,
+            k_row_bytes: codec.k_layout.row_bytes(),
+            v_row_bytes: codec.v_layout.row_bytes(),
+            k_code_bytes: codec.k_layout.code_bytes(),
+            v_code_bytes: codec.v_layout.code_bytes(),
+            k_scale_offset: codec.k_layout.scale_offset(0),
+            v_scale_offset: codec.v_layout.scale_offset(0),
+            dtype,
+            device_name,
+            arch,
+        };
+        for layer in &codec.layers {
+            let k = layer.key.mse_stage().expect("MSE keys have an MSE stage");
+            let kt = me.upload_side(k.rotation(), &k.codebook().centroids_f32, &k.codebook().boundaries_f32)?;
+            let v = &layer.value;
+            let vt = me.upload_side(v.rotation(), &v.codebook().centroids_f32, &v.codebook().boundaries_f32)?;
+            me.layers.push((kt, vt));
+        }
+        let rows = max_batch * cfg.n_heads;
+        me.q_hat = me.alloc(rows * d * 4)?;
+        me.q_coef = me.alloc(rows * 4)?;
+        me.q_mu = me.alloc(rows * 4)?;
+        me.partials = me.alloc(me.partial_capacity * (d + 2) * 4)?;
+        Ok(me)
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    fn alloc(&mut self, bytes: usize) -> Result<DevPtr, CudaError> {
+        // SAFETY: a plain allocation in the current context; freed in Drop.
+        let p = unsafe { result::malloc_sync(bytes.max(4)) }.map_err(|e| {
+            let mut err = driver_err("allocation")(e);
+            err.message = format!("{} ({bytes} bytes)", err.message);
+            err
+        })?;
+        self.allocations.push(p);
+        Ok(p)
+    }
+
+    fn upload<T: Copy>(&mut self, data: &[T]) -> Result<DevPtr, CudaError> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let p = self.alloc(std::mem::size_of_val(data))?;
+        // SAFETY: p holds size_of_val(data) bytes.
+        unsafe { result::memcpy_htod_sync(p, data) }.map_err(driver_err("upload"))?;
+        Ok(p)
+    }
+
+    fn upload_side(&mut self, rot: &Rotation, centroids: &[f32], boundaries: &[f32]) -> Result<SideTables, CudaError> {
+        let d = rot.dim();
+        let (signs_in, signs_out, matrix, matrix_t) = match rot.kind() {
+            RotationKind::Hadamard => {
+                let (s1, s2) = rot.hadamard_signs();
+                (self.upload(s1)?, self.upload(s2)?, 0, 0)
+            }
+            RotationKind::Dense => {
+                let m = rot.matrix();
+                let mut t = vec![0.0f32; d * d];
+                for i in 0..d {
+                    for j in 0..d {
+                        t[j * d + i] = m[i * d + j];
+                    }
+                }
+                (0, 0, self.upload(m)?, self.upload(&t)?)
+            }
+        };
+        Ok(SideTables { centroids: self.upload(centroids)?, boundaries: self.upload(boundaries)?, signs_in, signs_out, matrix, matrix_t })
+    }
+
+    fn bind(&self) -> Result<(), CudaError> {
+        self.ctx.bind_to_thread().map_err(driver_err("context bind"))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &self,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        stream: sys::CUstream,
+        params_ptr: *mut c_void,
+        what: &str,
+    ) -> Result<(), CudaError> {
+        let mut args = [params_ptr];
+        // SAFETY: the kernel takes one by-value struct whose layout is checked at compile time
+        // (params::layout_asserts); pointers inside it are the caller's device memory or ours.
+        unsafe { result::launch_kernel(f, grid, (block, 1, 1), smem, stream, &mut args) }.map_err(driver_err(what))
+    }
+
+    /// Encode `a.n_tokens` tokens into rows (same bytes as the CPU backend). Graph-capture safe.
+    /// Slots are not range-checked here (they are device memory); the kernel skips out-of-range slots.
+    pub fn append(&self, a: &DeviceAppend, stream: sys::CUstream) -> Result<(), CudaError> {
+        if a.n_tokens == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        let (kt, vt) = &self.layers[a.layer];
+        let side = |store, input, strides: Strides, row_bytes, scale_offset, t: &SideTables| params::EncodeSide {
+            store,
+            input,
+            token_stride: strides.token as i64,
+            head_stride: strides.head as i64,
+            row_bytes: row_bytes as i64,
+            scale_offset: scale_offset as i64,
+            boundaries: t.boundaries,
+            signs_in: t.signs_in,
+            signs_out: t.signs_out,
+            matrix_t: t.matrix_t,
+            mean: 0,
+        };
+        let mut p = params::AppendParams {
+            k: side(a.k_store, a.k, a.k_strides, self.k_row_bytes, self.k_scale_offset, kt),
+            v: side(a.v_store, a.v, a.v_strides, self.v_row_bytes, self.v_scale_offset, vt),
+            slots: a.slots,
+            n_tokens: a.n_tokens as i64,
+            n_cells: a.n_cells as i64,
+            n_kv_heads: self.n_kv_heads as i64,
+            dtype: dtype_code(self.dtype),
+        };
+        let items = a.n_tokens * self.n_kv_heads * 2;
+        let blocks = items.div_ceil(APPEND_WARPS) as u32;
+        let ptr = &mut p as *mut _ as *mut c_void;
+        self.launch(self.kernels.append, (blocks, 1, 1), (APPEND_WARPS * 32) as u32, 0, stream, ptr, "append launch")
+    }
+
+    /// The split-K plan of an attention call.
+    pub fn plan(&self, n_seqs: usize, n_q: usize, max_cells: usize, staged: bool) -> SplitPlan {
+        let cols = n_q * self.group;
+        let rows = n_seqs * n_q;
+        let target_ctas = 4 * self.sm_count;
+        let max_partials = (self.partial_capacity / (rows * self.n_heads).max(1)).clamp(1, MAX_PARTIALS);
+        if cols <= DECODE_MAX_COLUMNS {
+            let heads_per_cta = self.n_kv_heads.min(8);
+            let head_blocks = self.n_kv_heads.div_ceil(heads_per_cta);
+            let warps_per_head = (8 / heads_per_cta).max(1);
+            let step = if staged { self.stage_cells } else { 16 * warps_per_head };
+            let base = n_seqs * head_blocks * cols.div_ceil(8);
+            // At least 128 cells per warp: fewer makes the partials a sizeable share of the traffic.
+            let by_len = max_cells.div_ceil(128 * warps_per_head).max(1);
+            let by_scratch = (max_partials / warps_per_head).max(1);
+            let want = target_ctas.div_ceil(base.max(1)).clamp(1, by_len.min(by_scratch));
+            let chunk = max_cells.div_ceil(want).max(1).next_multiple_of(step);
+            let n_splits = max_cells.div_ceil(chunk).max(1);
+            SplitPlan { prefill: false, staged, n_splits, chunk, warps_per_head, heads_per_cta, n_partials: n_splits * warps_per_head }
+        } else {
+            let base = n_seqs * self.n_kv_heads * cols.div_ceil(PREFILL_ROWS);
+            let by_len = max_cells.div_ceil(4 * PREFILL_TILE).max(1);
+            let want = target_ctas.div_ceil(base.max(1)).clamp(1, by_len.min(max_partials));
+            let chunk = max_cells.div_ceil(want).max(1).next_multiple_of(PREFILL_TILE);
+            let n_splits = max_cells.div_ceil(chunk).max(1);
+            SplitPlan { prefill: true, staged: false, n_splits, chunk, warps_per_head: 1, heads_per_cta: 1, n_partials: n_splits }
+        }
+    }
+
+    /// Whether rows and pointers allow the vector-load prefill kernel.
+    fn aligned(&self, stores: &Stores) -> bool {
+        let d = self.head_dim;
+        let (bk, bv) = (self.bits_k as usize, self.bits_v as usize);
+        // The prefill kernel's windows: half a head's codes per lane.
+        let need = vec_width(d * bk / 16).max(vec_width(d * bv / 16));
+        let rows_ok = [self.k_row_bytes, self.v_row_bytes, self.k_code_bytes, self.v_code_bytes].iter().all(|x| x % need == 0);
+        let ptrs_ok = match *stores {
+            Stores::Single { k, v } => k as usize % need == 0 && v as usize % need == 0,
+            Stores::Batch { .. } => true,
+        };
+        rows_ok && ptrs_ok
+    }
+
+    /// Whether the stores are aligned to `align` bytes (batch: 16-byte alignment is the caller's
+    /// documented duty).
+    fn stores_aligned(&self, stores: &Stores, align: u64) -> bool {
+        match *stores {
+            Stores::Single { k, v } => k % align == 0 && v % align == 0,
+            Stores::Batch { .. } => true,
+        }
+    }
+
+    /// Attention over compressed rows (and optional full-precision rows). Graph-capture safe.
+    pub fn attend(&self, a: &DeviceAttend, stream: sys::CUstream) -> Result<(), CudaError> {
+        let rows = a.n_seqs * a.n_q;
+        if rows == 0 {
+            return Ok(());
+        }
+        if rows > self.row_capacity {
+            return Err(CudaError::invalid(format!(
+                "n_q × sequences is {rows}: the context's scratch holds {} query tokens (params->max_batch)",
+                self.row_capacity
+            )));
+        }
+        if (a.causal.is_some() || a.full.is_some()) && a.query_pos == 0 {
+            return Err(CudaError::invalid("query positions are needed for causal masking and full-precision rows"));
+        }
+        if a.n_seqs > 65535 {
+            return Err(CudaError::invalid(format!("{} sequences: at most 65535 per call", a.n_seqs)));
+        }
+        self.bind()?;
+        let (kt, vt) = &self.layers[a.layer];
+        let d = self.head_dim;
+        let q = params::QueryTensor {
+            ptr: a.q,
+            seq_stride: a.q_seq_stride as i64,
+            token_stride: a.q_strides.token as i64,
+            head_stride: a.q_strides.head as i64,
+        };
+        let mut rp = params::RotateParams {
+            q,
+            dtype: dtype_code(self.dtype),
+            n_q: a.n_q as i64,
+            n_heads: self.n_heads as i64,
+            group: self.group as i64,
+            rot: params::Rotation { signs_in: kt.signs_in, signs_out: kt.signs_out, matrix: kt.matrix, matrix_t: kt.matrix_t },
+            mean_k: 0,
+            scale: a.scale,
+            pad_: 0.0,
+            q_hat: self.q_hat,
+            q_coef: self.q_coef,
+            q_mu: self.q_mu,
+        };
+        let grid_rows = (a.n_q * self.n_heads) as u32;
+        let ptr = &mut rp as *mut _ as *mut c_void;
+        self.launch(self.kernels.rotate, (grid_rows, a.n_seqs as u32, 1), d as u32, 0, stream, ptr, "query rotation launch")?;
+
+        let aligned = self.aligned(&a.stores);
+        let staged = self.stage_cells > 0 && self.stores_aligned(&a.stores, self.stage_align as u64);
+        let plan = self.plan(a.n_seqs, a.n_q, a.max_cells, staged);
+        let (k_stores, v_stores, k_store, v_store) = match a.stores {
+            Stores::Single { k, v } => (0, 0, k, v),
+            Stores::Batch { k, v } => (k, v, 0, 0),
+        };
+        let mut ap = params::AttendParams {
+            k_stores,
+            v_stores,
+            k_store,
+            v_store,
+            seq_cells: a.seq_cells,
+            max_cells: a.max_cells as i64,
+            n_seqs: a.n_seqs as i64,
+            n_q: a.n_q as i64,
+            n_heads: self.n_heads as i64,
+            n_kv_heads: self.n_kv_heads as i64,
+            group: self.group as i64,
+            k_row_bytes: self.k_row_bytes as i64,
+            v_row_bytes: self.v_row_bytes as i64,
+            k_scale_offset: self.k_scale_offset as i64,
+            v_scale_offset: self.v_scale_offset as i64,
+            q_hat: self.q_hat,
+            q_coef: self.q_coef,
+            q_mu: self.q_mu,
+            mask: a.mask.map_or(0, |m| m.ptr),
+            mask_dtype: a.mask.map_or(0, |m| dtype_code(m.dtype)),
+            mask_row_stride: a.mask.map_or(0, |m| m.row_stride as i64),
+            mask_seq_stride: a.mask.map_or(0, |m| m.seq_stride as i64),
+            cell_pos: a.causal.map_or(0, |c| c.cell_pos),
+            cell_pos_seq_stride: a.causal.map_or(0, |c| c.seq_stride as i64),
+            query_pos: a.query_pos,
+            chunk: plan.chunk as i64,
+            n_splits: plan.n_splits as i64,
+            warps_per_head: plan.warps_per_head as i64,
+            heads_per_cta: plan.heads_per_cta as i64,
+            n_partials: plan.n_partials as i64,
+            stage_cells: self.stage_cells as i64,
+            partials: self.partials,
+            k_centroids: kt.centroids,
+            v_centroids: vt.centroids,
+        };
+        let ptr = &mut ap as *mut _ as *mut c_void;
+        if plan.prefill {
+            let row_blocks = (a.n_q * self.group).div_ceil(PREFILL_ROWS);
+            let f = if aligned { self.kernels.prefill_aligned } else { self.kernels.prefill_unaligned };
+            let grid = (plan.n_splits as u32, (self.n_kv_heads * row_blocks) as u32, a.n_seqs as u32);
+            self.launch(f, grid, PREFILL_THREADS, self.prefill_smem, stream, ptr, "prefill attention launch")?;
+        } else {
+            let col_blocks = (a.n_q * self.group).div_ceil(8);
+            let head_blocks = self.n_kv_heads.div_ceil(plan.heads_per_cta);
+            let (f, smem) = if plan.staged {
+                let f = if self.stage_align == 16 { self.kernels.decode_staged16 } else { self.kernels.decode_staged8 };
+                (f, self.staged_smem)
+            } else {
+                (self.kernels.decode_direct, self.decode_smem)
+            };
+            let grid = (plan.n_splits as u32, (head_blocks * col_blocks) as u32, a.n_seqs as u32);
+            let threads = (32 * plan.heads_per_cta * plan.warps_per_head) as u32;
+            self.launch(f, grid, threads, smem, stream, ptr, "decode attention launch")?;
+        }
+
+        let full = a.full;
+        let mut cp = params::CombineParams {
+            q,
+            dtype: dtype_code(self.dtype),
+            n_q: a.n_q as i64,
+            n_heads: self.n_heads as i64,
+            group: self.group as i64,
+            n_kv_heads: self.n_kv_heads as i64,
+            rot: params::Rotation { signs_in: vt.signs_in, signs_out: vt.signs_out, matrix: vt.matrix, matrix_t: vt.matrix_t },
+            mean_v: 0,
+            partials: self.partials,
+            n_partials: plan.n_partials as i64,
+            full_k: full.map_or(0, |f| f.k),
+            full_v: full.map_or(0, |f| f.v),
+            full_pos: full.map_or(0, |f| f.pos),
+            query_pos: a.query_pos,
+            n_full: full.map_or(0, |f| f.n_full as i64),
+            full_seq_stride: full.map_or(0, |f| f.seq_stride as i64),
+            scale: a.scale,
+            pad_: 0.0,
+            out: a.out,
+            out_seq_stride: a.out_seq_stride as i64,
+            out_token_stride: a.out_strides.token as i64,
+            out_head_stride: a.out_strides.head as i64,
+        };
+        let n_full = full.map_or(0, |f| f.n_full);
+        let floats = d + COMBINE_WARPS + COMBINE_WARPS * d + plan.n_partials + n_full;
+        let smem = (floats * 4) as u32;
+        if smem > 48 * 1024 {
+            return Err(CudaError::invalid(format!(
+                "{n_full} full-precision rows with {} partials: at most {} rows per call",
+                plan.n_partials,
+                (48usize * 1024 / 4).saturating_sub(floats - n_full)
+            )));
+        }
+        let ptr = &mut cp as *mut _ as *mut c_void;
+        self.launch(self.kernels.combine, (grid_rows, a.n_seqs as u32, 1), (COMBINE_WARPS * 32) as u32, smem, stream, ptr, "combine launch")
+    }
+}
+
+/// Run `tq_layout_probe` once and compare the CUDA struct field offsets with the Rust ones.
+fn check_layout(module: sys::CUmodule) -> Result<(), CudaError> {
+    let expected = params::layout().1;
+    // SAFETY: a one-off launch on the default stream into a buffer allocated and freed here.
+    unsafe {
+        let f = result::module::get_function(module, CString::new("tq_layout_probe").unwrap()).map_err(driver_err("kernel lookup"))?;
+        let buf = result::malloc_sync(expected.len() * 8).map_err(driver_err("allocation"))?;
+        let mut ptr = buf;
+        let mut args = [&mut ptr as *mut u64 as *mut c_void];
+        let launched = result::launch_kernel(f, (1, 1, 1), (1, 1, 1), 0, std::ptr::null_mut(), &mut args);
+        let mut got = vec![0i64; expected.len()];
+        let copied = launched.and_then(|_| result::memcpy_dtoh_sync(&mut got, buf));
+        let _ = result::free_sync(buf);
+        copied.map_err(driver_err("layout probe"))?;
+        if got != expected {
+            return Err(CudaError::new(
+                CudaErrorKind::Backend,
+                format!("kernel argument layout differs from src/backend/cuda/params.rs: CUDA {got:?}, Rust {expected:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn dtype_code(d: Dtype) -> i64 {
+    match d {
+        Dtype::F32 => 0,
+        Dtype::F16 => 1,
+        Dtype::Bf16 => 2,
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_err() {
+            return;
+        }
+        for &p in &self.allocations {
+            // SAFETY: allocated by this backend in this context; nothing else frees it.
+            let _ = unsafe { result::free_sync(p) };
+        }
+        // SAFETY: the module was loaded by this backend and no launch can follow.
+        let _ = unsafe { result::module::unload(self.module) };
+    }
+}
