@@ -660,6 +660,11 @@ enum tq_status tq_context_state_load(struct tq_context *ctx, const uint8_t *buf,
  * device memory on CUDA). Slots must be distinct and < n_cells; K and V must be finite; everything is
  * checked before any row is written. With centering, the first append to a layer fixes its means.
  * CPU: uses the context's n_threads; `stream` is ignored. n_tokens = 0 is a no-op.
+ * CUDA: `slots`, `k`, `v` and the stores are device memory; the rows are the same bytes the CPU
+ * backend writes. The call only enqueues one kernel on `stream` (a CUstream/cudaStream_t; NULL = the
+ * default stream): no allocation, synchronisation or host copy, so it can be captured in a CUDA
+ * graph. Device data is not inspected on the host: slots outside 0..n_cells are skipped by the
+ * kernel, duplicate slots race, and non-finite K/V are encoded as they are (not rejected).
  * Concurrent calls on one context must write distinct cells (appends to distinct layers are safe).
  *
  * # Safety
@@ -709,6 +714,10 @@ enum tq_status tq_append_kv_part(struct tq_context *ctx,
  * written by tq_append_kv() with this context (cells never written hold whatever the buffer held:
  * mask them). The cache is never dequantized to memory. CPU: uses n_threads; `stream` is ignored.
  * Thread-safe with other attends on the same context.
+ * CUDA: q, stores, mask and out are device memory; the call enqueues three kernels on `stream`
+ * (graph-capture safe: no allocation, synchronisation or host copy). q·k uses f16 tensor-core
+ * operands (relative error ~1e-3 against the exact attention over the dequantised rows). Attends on
+ * one CUDA context share its scratch: issue them on one stream (or serialise them). n_q ≤ max_batch.
  *
  * # Safety
  * Pointers cover what the sizes say.
@@ -753,6 +762,42 @@ enum tq_status tq_attend_part(const struct tq_context *ctx,
                               const struct tq_strides *out_strides,
                               uint32_t ith,
                               uint32_t nth);
+
+/**
+ * Decode attention of `n_seqs` sequences in one call (CUDA contexts): sequence s has `n_q` query
+ * tokens at `q + s·q_seq_stride` bytes ([n_q][n_heads][head_dim], `q_strides` or NULL for packed),
+ * its compressed stores `k_stores[s]`/`v_stores[s]` and `n_cells[s]` cells, and writes
+ * `out + s·out_seq_stride`. `k_stores`, `v_stores` (arrays of n_seqs device pointers, each store
+ * 16-byte aligned) and `n_cells` (n_seqs int64) are DEVICE arrays, so the call is graph-capture safe
+ * with per-step lengths; `max_cells` (host) bounds every n_cells[s] and sizes the launch. `mask`
+ * (optional) is additive: element (s, i, j) at mask[s·mask_seq_stride + i·mask_row_stride + j].
+ * n_seqs × n_q ≤ max_batch. Same semantics as tq_attend per sequence; the sequences share one
+ * launch of each kernel. CPU contexts: TQ_STATUS_UNSUPPORTED (call tq_attend per sequence).
+ * Attends on one context share its scratch: issue them on one stream.
+ *
+ * # Safety
+ * Device pointers cover what the sizes say.
+ */
+enum tq_status tq_attend_batch(const struct tq_context *ctx,
+                               uint32_t layer,
+                               size_t n_seqs,
+                               const void *q,
+                               size_t n_q,
+                               const struct tq_strides *q_strides,
+                               size_t q_seq_stride,
+                               const void *const *k_stores,
+                               const void *const *v_stores,
+                               const int64_t *n_cells,
+                               size_t max_cells,
+                               const void *mask,
+                               uint32_t mask_dtype,
+                               size_t mask_row_stride,
+                               size_t mask_seq_stride,
+                               float scale,
+                               void *out,
+                               const struct tq_strides *out_strides,
+                               size_t out_seq_stride,
+                               void *stream);
 
 /**
  * Default parameters: dim 128, 4 bits, MSE, AUTO rotation, all cores, seed 0. Thread-safe.
