@@ -154,6 +154,11 @@ PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "tq_attend_part": (_status, [ContextHandle, c_uint32, c_void_p, c_size_t, _strides_p,
                                  c_void_p, c_void_p, c_size_t, c_void_p, c_uint32, c_size_t,
                                  c_float, c_void_p, _strides_p, c_uint32, c_uint32]),
+    # CUDA contexts only: several sequences in one launch (device pointer arrays).
+    "tq_attend_batch": (_status, [ContextHandle, c_uint32, c_size_t, c_void_p, c_size_t, _strides_p,
+                                  c_size_t, c_void_p, c_void_p, POINTER(c_int64), c_size_t,
+                                  c_void_p, c_uint32, c_size_t, c_size_t, c_float, c_void_p,
+                                  _strides_p, c_size_t, c_void_p]),
     # owned cache
     "tq_cache_default_params": (CacheParams, []),
     "tq_cache_params_size": (c_size_t, []),
