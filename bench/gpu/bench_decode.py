@@ -9,7 +9,7 @@ Per case: median time per call from CUDA-graph replays (each graph runs the call
 distinct buffer sets, so the working set exceeds the L2 cache), achieved GB/s of compressed bytes,
 the device-to-device copy bandwidth measured in the same run, and the speed-up over FP16 SDPA.
 """
-import argparse, ctypes, json, math, statistics, sys, time
+import argparse, ctypes, json, math, os, statistics, sys, time
 import torch
 import torch.nn.functional as F
 
@@ -18,8 +18,15 @@ p.add_argument("lib")
 p.add_argument("--quick", action="store_true")
 p.add_argument("--out", default=None)
 p.add_argument("--budget-s", type=float, default=420.0)
+p.add_argument("--kernels", default="fast",
+               help="decode kernels to time, comma-separated: fast (the default choice of the library), staged "
+                    "(the general kernels: TQ_CUDA_DECODE=staged)")
+p.add_argument("--breakdown", action="store_true", help="per-kernel GPU times of one call (torch profiler)")
+p.add_argument("--decode-only", action="store_true")
 p.add_argument("--profile-one", action="store_true",
                help="one eager decode call (32q/8kv, d=128, batch 16, 32K, 4 bits) for ncu, then exit")
+p.add_argument("--profile-batch", type=int, default=16)
+p.add_argument("--profile-kv", type=int, default=8)
 args = p.parse_args()
 T_START = time.time()
 
@@ -63,7 +70,11 @@ def stream():
     return ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
 
 
-def context(hq, hkv, d, bits, max_batch):
+def context(hq, hkv, d, bits, max_batch, kernel="fast"):
+    if kernel == "staged":
+        os.environ["TQ_CUDA_DECODE"] = "staged"
+    else:
+        os.environ.pop("TQ_CUDA_DECODE", None)
     prm = lib.tq_context_default_params()
     prm.n_layers, prm.n_heads, prm.n_kv_heads, prm.head_dim = 1, hq, hkv, d
     prm.bits_k = prm.bits_v = bits
@@ -111,6 +122,24 @@ def copy_bandwidth():
     return 2 * n / t
 
 
+def breakdown(fn, n=20):
+    """Average GPU time per call of each kernel fn launches (torch profiler, eager calls)."""
+    from torch.profiler import profile, ProfilerActivity
+    fn(0)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn(0)
+        torch.cuda.synchronize()
+    tot = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            t = getattr(e, "device_time", None)
+            t = e.cuda_time if t is None else t
+            tot[e.name] = tot.get(e.name, 0.0) + t / n
+    print("    per call: " + ", ".join(f"{k} {v:.1f} us" for k, v in sorted(tot.items(), key=lambda kv: -kv[1])), flush=True)
+
+
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
@@ -129,11 +158,11 @@ def run_decode(hq, hkv, d, batch, ctxlen, bits_list, copy_bw, results):
     qs = [torch.randn(batch, hq, 1, d, device="cuda", dtype=torch.float16) for _ in range(n_sets_f)]
     ref = sdpa(qs[0], ks[0], vs[0], scale)
     t_fp16, spread_f = graph_time(lambda i: sdpa(qs[i], ks[i], vs[i], scale), n_sets_f)
-    for bits in bits_list:
+    for bits, kernel in [(b, k) for b in bits_list for k in args.kernels.split(",")]:
         if time.time() - T_START > args.budget_s:
             print("budget exhausted; stopping", flush=True)
             return False
-        ctx, kr, vr = context(hq, hkv, d, bits, 2048)
+        ctx, kr, vr = context(hq, hkv, d, bits, 2048, kernel)
         comp = batch * ctxlen * (kr + vr)
         n_sets = max(1, min(8, math.ceil(L2 / comp)))
         slots = torch.arange(ctxlen, device="cuda", dtype=torch.int64)
@@ -174,13 +203,15 @@ def run_decode(hq, hkv, d, batch, ctxlen, bits_list, copy_bw, results):
         r = ref[:, :, 0, :].float()
         err = ((out0 - r).norm() / r.norm()).item()
         t, spread = graph_time(ours, n_sets)
-        row = dict(q_heads=hq, kv_heads=hkv, d=d, batch=batch, context=ctxlen, bits=bits, t_us=t * 1e6,
+        if args.breakdown:
+            breakdown(ours)
+        row = dict(kernel=kernel, q_heads=hq, kv_heads=hkv, d=d, batch=batch, context=ctxlen, bits=bits, t_us=t * 1e6,
                    t_fp16_us=t_fp16 * 1e6, speedup=t_fp16 / t, comp_bytes=comp, gbps=comp / t / 1e9,
                    frac_copy=comp / t / copy_bw, fp16_gbps=fp16_bytes / t_fp16 / 1e9, spread=spread,
                    spread_fp16=spread_f, rel_err_vs_fp16=err, buffer_sets=n_sets,
                    append_vectors_per_s=(ctxlen * hkv * 2 / t_app) if t_app else None)
         results.append(row)
-        print(f"{hq:>3}q/{hkv}kv d={d} B={batch:<3} ctx={ctxlen:<6} {bits}b: {t*1e6:9.1f} us  fp16 {t_fp16*1e6:9.1f} us"
+        print(f"{kernel:>6} {hq:>3}q/{hkv}kv d={d} B={batch:<3} ctx={ctxlen:<6} {bits}b: {t*1e6:9.1f} us  fp16 {t_fp16*1e6:9.1f} us"
               f"  x{t_fp16/t:5.2f}  {comp/t/1e9:7.0f} GB/s ({100*comp/t/copy_bw:4.0f}% copy)  err-vs-fp16 {err:.3f}"
               f"  append {row['append_vectors_per_s']/1e6 if t_app else 0:.0f} M vec/s", flush=True)
         del sets
@@ -226,8 +257,8 @@ def run_prefill(hq, hkv, d, n_q, prefix, bits, results):
 
 torch.manual_seed(0)
 if args.profile_one:
-    hq, hkv, d, batch, ctxlen = 32, 8, 128, 16, 32768
-    ctx, kr, vr = context(hq, hkv, d, 4, 64)
+    hq, hkv, d, batch, ctxlen = 32, args.profile_kv, 128, args.profile_batch, 32768
+    ctx, kr, vr = context(hq, hkv, d, 4, 2048, args.kernels.split(",")[0])
     k = torch.randn(batch, hkv, ctxlen, d, device="cuda", dtype=torch.float16)
     v = torch.randn_like(k)
     q = torch.randn(batch, hq, d, device="cuda", dtype=torch.float16)
@@ -254,7 +285,8 @@ copy_bw = copy_bandwidth()
 print(f"device {dev}; torch {torch.__version__}; device-to-device copy {copy_bw/1e9:.0f} GB/s (read+write)", flush=True)
 results = []
 if args.quick:
-    decode = [(32, 8, 128, 16, 32768, [4]), (32, 8, 128, 1, 32768, [4])]
+    decode = [(32, 8, 128, 16, 32768, [4]), (32, 8, 128, 1, 32768, [4]), (32, 4, 128, 1, 32768, [4]),
+              (32, 4, 128, 64, 32768, [4]), (32, 8, 128, 64, 32768, [2])]
     prefill = [(32, 8, 128, 2048, 32768, 4)]
 else:
     decode = [(32, 8, 128, 16, 32768, [4, 3, 2]), (32, 8, 128, 1, 32768, [4, 3, 2])]
@@ -264,7 +296,7 @@ else:
                 decode.append((32, 8, 128, b, L, [4, 3, 2]))
     decode += [(32, 4, 128, 1, 32768, [4, 3, 2]), (32, 4, 128, 64, 32768, [4, 3, 2])]
     prefill = [(32, 8, 128, 512, 32768, 4), (32, 8, 128, 2048, 32768, 4)]
-for pf in prefill:
+for pf in [] if args.decode_only else prefill:
     run_prefill(*pf, results)
 for case in decode:
     if not run_decode(*case, copy_bw, results):

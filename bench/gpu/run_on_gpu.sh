@@ -9,7 +9,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --f
 for step in "$@"; do
   case $step in
     tests)
-      timeout 240 "$HERE/gpu_kernels" --test-threads=2 --nocapture 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "test result|^test |rel err|SKIPPED|panicked|identical|replayed|cases|ok$" ;;
+      timeout 240 "$HERE/gpu_kernels" --test-threads=2 --nocapture 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "test result|^test |rel err|SKIPPED|panicked|identical|replayed|cases|ok$"
+      # Again with the general decode kernels (the ones contexts use where tq_decode_fast does not apply).
+      echo "--- TQ_CUDA_DECODE=staged"
+      TQ_CUDA_DECODE=staged timeout 240 "$HERE/gpu_kernels" --test-threads=2 --nocapture 2>&1 | tee "$OUT/gpu_tests_staged.log" | grep -E "test result|panicked|cases" ;;
     sanitize)
       for tool in memcheck racecheck; do
         TQ_GPU_QUICK=1 timeout 100 compute-sanitizer --tool $tool --error-exitcode 3 "$HERE/gpu_kernels" --test-threads=1 \
@@ -17,6 +20,15 @@ for step in "$@"; do
       done ;;
     bench)
       PYTHONUNBUFFERED=1 timeout 480 python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" ;;
+    ncufast)
+      # Hardware counters of the fast decode kernel at batch 16 and batch 1 (32K, 32q/8kv, d=128, 4 bits).
+      for b in 16 1; do
+        timeout 200 ncu --clock-control none --kernel-name regex:tq_decode --launch-skip 1 --launch-count 1 \
+          --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis \
+          --section MemoryWorkloadAnalysis --section LaunchStats --section SchedulerStats --section InstructionStats \
+          python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --profile-one --profile-batch $b > "$OUT/ncu_fast_b$b.txt" 2>&1
+        echo "ncu batch $b: exit $?"; grep -E "Duration|Throughput|Pipe|Stall|Issue|Eligible|Active Warps|Warp Cycles|Registers|Shared Memory|Bank|Executed Ipc|Block Limit|Grid Size|Waves" "$OUT/ncu_fast_b$b.txt" | head -60
+      done ;;
     ncu)
       # Hardware counters of the decode kernel (B=16, 32K, 32q/8kv, d=128, 4 bits): what bounds it.
       timeout 240 ncu --clock-control none --kernel-name regex:tq_decode --launch-skip 1 --launch-count 1 \
@@ -24,6 +36,10 @@ for step in "$@"; do
         --section MemoryWorkloadAnalysis --section LaunchStats --section SchedulerStats \
         python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --profile-one > "$OUT/ncu_decode.txt" 2>&1
       echo "ncu: exit $?"; grep -E "Throughput|Duration|Occupancy|Registers|Stall|Issue|Eligible|Warp Cycles|Pipe|Bank|L1|L2|DRAM|Shared" "$OUT/ncu_decode.txt" | head -70 ;;
+    compare)
+      # The fast and the general decode kernels side by side, with per-kernel times.
+      PYTHONUNBUFFERED=1 timeout 200 python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --quick --decode-only \
+        --kernels fast,staged --breakdown --out "$OUT/bench_compare.json" 2>&1 | tee "$OUT/bench_compare.log" ;;
     quickbench)
       PYTHONUNBUFFERED=1 timeout 150 python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --quick --out "$OUT/bench_quick.json" 2>&1 | tee "$OUT/bench_quick.log" ;;
   esac

@@ -19,6 +19,7 @@ pub fn kernel_source() -> String {
         include_str!("../../../kernels/common.cuh"),
         include_str!("../../../kernels/append.cu"),
         include_str!("../../../kernels/decode.cu"),
+        include_str!("../../../kernels/decode_fast.cu"),
         include_str!("../../../kernels/prefill.cu"),
         include_str!("../../../kernels/combine.cu"),
     ];

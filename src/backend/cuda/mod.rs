@@ -76,6 +76,9 @@ pub struct SplitPlan {
     pub prefill: bool,
     /// Decode through shared-memory stages (tq_decode_staged).
     pub staged: bool,
+    /// The persistent fast decode kernel (tq_decode_fast): `grid` CTAs walk the work items.
+    pub fast: bool,
+    pub grid: usize,
     pub n_splits: usize,
     pub chunk: usize,
     pub warps_per_head: usize,
@@ -98,6 +101,9 @@ struct Kernels {
     decode_staged16: sys::CUfunction,
     decode_staged8: sys::CUfunction,
     decode_direct: sys::CUfunction,
+    /// tq_decode_fast16 / tq_decode_fast8: compiled for codes of ≤ 4 bits and head_dim ≤ 128
+    /// (`fast_variant`).
+    decode_fast: Option<(sys::CUfunction, sys::CUfunction)>,
     prefill_aligned: sys::CUfunction,
     prefill_unaligned: sys::CUfunction,
     rotate: sys::CUfunction,
@@ -206,6 +212,11 @@ pub struct CudaBackend {
     stage_cells: usize,
     /// Row alignment of the staged copies: 16 or 8 bytes.
     stage_align: usize,
+    /// Cells per stage of tq_decode_fast (0: not usable for this context), its shared memory and
+    /// warps per kv head.
+    fast_stage_cells: usize,
+    fast_smem: u32,
+    fast_warps_per_head: usize,
     prefill_smem: u32,
     head_dim: usize,
     n_heads: usize,
@@ -244,6 +255,33 @@ const PREFILL_ROWS: usize = 128;
 const PREFILL_THREADS: u32 = 256;
 /// Shared-memory stages of the staged decode kernel (DEC_STAGES in kernels/decode.cu).
 const DECODE_STAGES: usize = 4;
+/// Stages and threads of tq_decode_fast (FD_STAGES, FD_THREADS in kernels/decode_fast.cu).
+const FAST_STAGES: usize = 4;
+const FAST_THREADS: usize = 512;
+
+/// Whether kernels/decode_fast.cu compiles tq_decode_fast for this specialisation (its `#if`).
+fn fast_variant(d: usize, bits_k: u32, bits_v: u32) -> bool {
+    bits_k <= 4 && bits_v <= 4 && d <= 128 && (d / 16 * 2 * bits_v as usize) % 8 == 0
+}
+
+/// Split count of the fast decode kernel for `base` (sequence, column block) pairs of `len` cells on
+/// `ctas` persistent CTAs: the one that minimises the longest CTA's work — items per CTA times (cells
+/// per item + a fixed cost per item) — preferring fewer splits (fewer partials to merge).
+fn fast_splits(base: usize, len: usize, ctas: usize, max_splits: usize) -> usize {
+    const ITEM_COST: usize = 64;
+    let mut best = (usize::MAX, 1);
+    for s in 1..=max_splits.max(1) {
+        let chunk = len.div_ceil(s).next_multiple_of(16);
+        if s > 1 && len.div_ceil(chunk) < s {
+            continue;
+        }
+        let cost = (base * s).div_ceil(ctas) * (chunk + ITEM_COST);
+        if cost < best.0 {
+            best = (cost, s);
+        }
+    }
+    best.1
+}
 /// Warps of the combine kernel (CMB_WARPS in kernels/combine.cu).
 const COMBINE_WARPS: usize = 8;
 /// At most this many partials per (query, head): the combine kernel keeps their weights in shared memory.
@@ -328,6 +366,11 @@ impl CudaBackend {
             decode_staged16: get("tq_decode_staged16")?,
             decode_staged8: get("tq_decode_staged8")?,
             decode_direct: get("tq_decode_direct")?,
+            decode_fast: if fast_variant(cfg.head_dim, cfg.bits_k, cfg.bits_v) {
+                Some((get("tq_decode_fast16")?, get("tq_decode_fast8")?))
+            } else {
+                None
+            },
             prefill_aligned: get("tq_prefill_aligned")?,
             prefill_unaligned: get("tq_prefill_unaligned")?,
             rotate: get("tq_rotate_queries")?,
@@ -355,6 +398,28 @@ impl CudaBackend {
             0
         };
         let staged_smem = decode_smem + DECODE_STAGES * stage_cells * (k_row_bytes + v_row_bytes);
+        // Fast decode: one persistent CTA of 512 threads per multiprocessor, all kv heads, a table of
+        // 256 bytes per pair code, FAST_STAGES stages of whole 16-byte-multiple rows.
+        let fast_warps_per_head = FAST_THREADS / 32 / cfg.n_kv_heads.clamp(1, 16);
+        let (fast_stage_cells, fast_smem) = match kernels.decode_fast {
+            // TQ_CUDA_DECODE=staged turns it off (tests and benchmarks of the general kernels).
+            Some(_) if cfg.n_kv_heads <= 8
+                && k_row_bytes % 8 == 0
+                && v_row_bytes % 8 == 0
+                && std::env::var("TQ_CUDA_DECODE").map_or(true, |v| v != "staged") =>
+            {
+                let table = 256usize << (2 * cfg.bits_k.max(cfg.bits_v));
+                let unit = 16 * fast_warps_per_head;
+                let fit = smem_optin.saturating_sub(table) / (FAST_STAGES * unit * (k_row_bytes + v_row_bytes));
+                if fit >= 1 {
+                    let cells = unit * fit.min((64 / unit).max(1));
+                    (cells, table + FAST_STAGES * cells * (k_row_bytes + v_row_bytes))
+                } else {
+                    (0, 0)
+                }
+            }
+            _ => (0, 0),
+        };
         if prefill_smem > smem_optin {
             return Err(CudaError::new(
                 CudaErrorKind::Unsupported,
@@ -368,7 +433,10 @@ impl CudaBackend {
             (kernels.decode_direct, decode_smem),
             (kernels.prefill_aligned, prefill_smem),
             (kernels.prefill_unaligned, prefill_smem),
-        ] {
+        ]
+        .into_iter()
+        .chain(kernels.decode_fast.filter(|_| fast_stage_cells > 0).into_iter().flat_map(|(a, b)| [(a, fast_smem), (b, fast_smem)]))
+        {
             // SAFETY: f is a live function of the loaded module.
             unsafe {
                 result::function::set_function_attribute(
@@ -397,6 +465,9 @@ impl CudaBackend {
             staged_smem: staged_smem as u32,
             stage_cells,
             stage_align,
+            fast_stage_cells,
+            fast_smem: fast_smem as u32,
+            fast_warps_per_head,
             prefill_smem: prefill_smem as u32,
             head_dim: d,
             n_heads: cfg.n_heads,
@@ -537,11 +608,31 @@ impl CudaBackend {
     }
 
     /// The split-K plan of an attention call.
-    pub fn plan(&self, n_seqs: usize, n_q: usize, max_cells: usize, staged: bool) -> SplitPlan {
+    pub fn plan(&self, n_seqs: usize, n_q: usize, max_cells: usize, staged: bool, fast: bool) -> SplitPlan {
         let cols = n_q * self.group;
         let rows = n_seqs * n_q;
         let target_ctas = 4 * self.sm_count;
         let max_partials = (self.partial_capacity / (rows * self.n_heads).max(1)).clamp(1, MAX_PARTIALS);
+        if cols <= DECODE_MAX_COLUMNS && fast && self.fast_stage_cells > 0 {
+            let warps_per_head = self.fast_warps_per_head;
+            let base = n_seqs * cols.div_ceil(8);
+            let max_splits = (max_partials / warps_per_head).max(1).min(max_cells.div_ceil(16).max(1));
+            let n_splits = fast_splits(base, max_cells, self.sm_count, max_splits);
+            let chunk = max_cells.div_ceil(n_splits).max(1).next_multiple_of(16);
+            let n_splits = max_cells.div_ceil(chunk).max(1);
+            let grid = (base * n_splits).min(self.sm_count);
+            return SplitPlan {
+                prefill: false,
+                staged: true,
+                fast: true,
+                grid,
+                n_splits,
+                chunk,
+                warps_per_head,
+                heads_per_cta: self.n_kv_heads,
+                n_partials: n_splits * warps_per_head,
+            };
+        }
         if cols <= DECODE_MAX_COLUMNS {
             let heads_per_cta = self.n_kv_heads.min(8);
             let head_blocks = self.n_kv_heads.div_ceil(heads_per_cta);
@@ -554,14 +645,34 @@ impl CudaBackend {
             let want = target_ctas.div_ceil(base.max(1)).clamp(1, by_len.min(by_scratch));
             let chunk = max_cells.div_ceil(want).max(1).next_multiple_of(step);
             let n_splits = max_cells.div_ceil(chunk).max(1);
-            SplitPlan { prefill: false, staged, n_splits, chunk, warps_per_head, heads_per_cta, n_partials: n_splits * warps_per_head }
+            SplitPlan {
+                prefill: false,
+                staged,
+                fast: false,
+                grid: 0,
+                n_splits,
+                chunk,
+                warps_per_head,
+                heads_per_cta,
+                n_partials: n_splits * warps_per_head,
+            }
         } else {
             let base = n_seqs * self.n_kv_heads * cols.div_ceil(PREFILL_ROWS);
             let by_len = max_cells.div_ceil(4 * PREFILL_TILE).max(1);
             let want = target_ctas.div_ceil(base.max(1)).clamp(1, by_len.min(max_partials));
             let chunk = max_cells.div_ceil(want).max(1).next_multiple_of(PREFILL_TILE);
             let n_splits = max_cells.div_ceil(chunk).max(1);
-            SplitPlan { prefill: true, staged: false, n_splits, chunk, warps_per_head: 1, heads_per_cta: 1, n_partials: n_splits }
+            SplitPlan {
+                prefill: true,
+                staged: false,
+                fast: false,
+                grid: 0,
+                n_splits,
+                chunk,
+                warps_per_head: 1,
+                heads_per_cta: 1,
+                n_partials: n_splits,
+            }
         }
     }
 
@@ -635,7 +746,8 @@ impl CudaBackend {
 
         let aligned = self.aligned(&a.stores);
         let staged = self.stage_cells > 0 && self.stores_aligned(&a.stores, self.stage_align as u64);
-        let plan = self.plan(a.n_seqs, a.n_q, a.max_cells, staged);
+        let fast = self.fast_stage_cells > 0 && self.stores_aligned(&a.stores, self.stage_align as u64);
+        let plan = self.plan(a.n_seqs, a.n_q, a.max_cells, staged, fast);
         let (k_stores, v_stores, k_store, v_store) = match a.stores {
             Stores::Single { k, v } => (0, 0, k, v),
             Stores::Batch { k, v } => (k, v, 0, 0),
@@ -671,7 +783,7 @@ impl CudaBackend {
             warps_per_head: plan.warps_per_head as i64,
             heads_per_cta: plan.heads_per_cta as i64,
             n_partials: plan.n_partials as i64,
-            stage_cells: self.stage_cells as i64,
+            stage_cells: if plan.fast { self.fast_stage_cells as i64 } else { self.stage_cells as i64 },
             partials: self.partials,
             k_centroids: kt.centroids,
             v_centroids: vt.centroids,
@@ -685,13 +797,20 @@ impl CudaBackend {
         } else {
             let col_blocks = (a.n_q * self.group).div_ceil(8);
             let head_blocks = self.n_kv_heads.div_ceil(plan.heads_per_cta);
-            let (f, smem) = if plan.staged {
+            let (f, smem) = if plan.fast {
+                let (f16, f8) = self.kernels.decode_fast.expect("plan.fast implies the kernel");
+                (if self.stage_align == 16 { f16 } else { f8 }, self.fast_smem)
+            } else if plan.staged {
                 let f = if self.stage_align == 16 { self.kernels.decode_staged16 } else { self.kernels.decode_staged8 };
                 (f, self.staged_smem)
             } else {
                 (self.kernels.decode_direct, self.decode_smem)
             };
-            let grid = (plan.n_splits as u32, (head_blocks * col_blocks) as u32, a.n_seqs as u32);
+            let grid = if plan.fast {
+                (plan.grid as u32, 1, 1)
+            } else {
+                (plan.n_splits as u32, (head_blocks * col_blocks) as u32, a.n_seqs as u32)
+            };
             let threads = (32 * plan.heads_per_cta * plan.warps_per_head) as u32;
             self.launch(f, grid, threads, smem, stream, ptr, "decode attention launch")?;
         }

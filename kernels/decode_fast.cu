@@ -1,0 +1,377 @@
+// Fast decode attention (v4): the common case — codes of at most 4 bits on both sides, head_dim at
+// most 128, rows that are 16- (tq_decode_fast16) or 8-byte (tq_decode_fast8) multiples in stores
+// aligned alike, at most 8 kv heads (all in one CTA).
+//
+// Same mathematics and fragment layouts as tq_decode_staged (decode.cu: one warp = one kv head x 8
+// columns, mma m16n8k16 for scores and values, online softmax in the log2 domain, partials merged by
+// tq_combine), with three changes that cut the integer work per dequantised pair from ~4 instructions
+// to 1-2 and keep the memory pipe busy:
+//
+//  * Table layout: entry e (the 2b bits of a pair) occupies 256 bytes: 32 words for K (column = lane)
+//    then 32 words for V. The byte offset of a lookup is (e << 8) | column*4 (+128 for V), so for
+//    4-bit codes — where a pair is exactly one byte of the window — one PRMT forms the whole shared
+//    address from the window word and a per-lane constant; other widths need a shift and a LOP3. The
+//    table base sits in a uniform register (LDS [R+UR]).
+//  * Persistent CTAs: the grid is at most one CTA per multiprocessor (512 threads, 128 registers, the
+//    table is 64 KB for 4 bits), each CTA walks the work items (sequence, column block, split)
+//    blockIdx.x, blockIdx.x + gridDim.x, ... while one cp.async ring of FD_STAGES stages streams the
+//    tiles of all its items back to back — the table is filled once and the pipeline never drains
+//    between items.
+//  * 32-bit shared-memory offsets, precomputed per lane; no 64-bit arithmetic in the inner loop.
+
+#if BITS_K <= 4 && BITS_V <= 4 && HEAD_DIM <= 128 && (HEAD_DIM / 16 * 2 * BITS_V) % 8 == 0
+
+constexpr int FD_BMAX = BITS_K > BITS_V ? BITS_K : BITS_V;
+constexpr int FD_TABLE_BYTES = (1 << (2 * FD_BMAX)) * 256;
+constexpr int FD_STAGES = 4;  // FAST_STAGES in src/backend/cuda/mod.rs
+constexpr int FD_THREADS = 512;
+
+// Byte offset in the table of pair `p` of a window: ((2b bits) << 8) | col4.
+template <int B, int NBITS>
+__device__ __forceinline__ u32 fd_offset(const Window<NBITS> &win, int p, u32 col4) {
+    constexpr int n = 2 * B;
+    const int pos = p * n;
+    const int wi = pos >> 5, off = pos & 31;
+    if (B == 4) {
+        // byte (off/8) of the word into byte 1, col4 into byte 0, zeros above.
+        return __byte_perm(win.w[wi], col4, 0x5504 | ((off >> 3) << 4));
+    } else {
+        u32 x;
+        int o;
+        if (off + n > 32) {
+            x = __funnelshift_r(win.w[wi], win.w[wi + 1], off);
+            o = 0;
+        } else {
+            x = win.w[wi];
+            o = off;
+        }
+        const u32 sh = o >= 8 ? (x >> (o - 8)) : (x << (8 - o));
+        return (sh & (((1u << n) - 1) << 8)) | col4;
+    }
+}
+
+// Shared-memory loads at 32-bit shared-window addresses (LDS [R+UR]: the base stays in a uniform
+// register). Volatile: they must not move above the barriers that publish the stages.
+__device__ __forceinline__ u32 fd_lds(u32 a) {
+    u32 v;
+    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(a));
+    return v;
+}
+__device__ __forceinline__ u32 fd_lds16(u32 a) {
+    unsigned short v;
+    asm volatile("ld.shared.u16 %0, [%1];" : "=h"(v) : "r"(a));
+    return v;
+}
+// A window of NBITS (a multiple of 8) bits at a byte address aligned to the widest load (at most SW
+// bytes: the row alignment) dividing it.
+template <int NBITS, int SW>
+__device__ __forceinline__ void fd_window(Window<NBITS> &win, u32 a) {
+    constexpr int NB = NBITS / 8;
+    static_assert(NBITS % 8 == 0, "fast decode windows are whole bytes");
+    if (NB % 16 == 0 && SW >= 16) {
+#pragma unroll
+        for (int i = 0; i < NB / 16; i++)
+            asm volatile("ld.shared.v4.b32 {%0,%1,%2,%3}, [%4];"
+                         : "=r"(win.w[4 * i]), "=r"(win.w[4 * i + 1]), "=r"(win.w[4 * i + 2]), "=r"(win.w[4 * i + 3])
+                         : "r"(a + 16 * i));
+    } else if (NB % 8 == 0) {
+#pragma unroll
+        for (int i = 0; i < NB / 8; i++)
+            asm volatile("ld.shared.v2.b32 {%0,%1}, [%2];" : "=r"(win.w[2 * i]), "=r"(win.w[2 * i + 1]) : "r"(a + 8 * i));
+    } else if (NB % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < NB / 4; i++) win.w[i] = fd_lds(a + 4 * i);
+    } else {
+#pragma unroll
+        for (int i = 0; i < Window<NBITS>::WORDS; i++) win.w[i] = 0;
+#pragma unroll
+        for (int i = 0; i < NB; i++) {
+            unsigned short b;
+            asm volatile("ld.shared.u8 %0, [%1];" : "=h"(b) : "r"(a + i));
+            win.w[i >> 2] |= (u32)b << (8 * (i & 3));
+        }
+    }
+    win.w[Window<NBITS>::WORDS] = 0;
+}
+
+// Fill the table: word w = entry * 64 + side * 32 + column; both sides from their own centroids.
+__device__ __forceinline__ void fd_fill_table(u8 *smem, const float *kc, const float *vc) {
+    uint4 *t = reinterpret_cast<uint4 *>(smem);
+    for (int q = threadIdx.x; q < FD_TABLE_BYTES / 16; q += blockDim.x) {
+        const int e = q >> 4, side = (q >> 3) & 1;  // 16 uint4 per entry, 8 per side
+        const int b = side ? BITS_V : BITS_K;
+        const float *c = side ? vc : kc;
+        u32 v = 0;
+        if (e < (1 << (2 * b))) v = pack_half2(c[e & ((1 << b) - 1)], c[e >> b]);
+        t[q] = make_uint4(v, v, v, v);
+    }
+}
+
+// Per-warp, per-item state.
+struct FdWarp {
+    u32 bq[D / 16][2];
+    float coef[2], qmu[2], m[2], l[2];
+    i64 qi[2], hq[2];
+    float o[D / 16][4];
+};
+
+// One 16-row step at stage offsets ko (K rows) and vo (V rows) of smem; `valid` rows r0+g (+8) < rows.
+template <bool MASKED, int SW>
+__device__ __forceinline__ void fd_step(FdWarp &w, u32 tab, u32 ko, u32 vo, const u32 (&koff)[2],
+                                        const u32 (&kso)[2], const u32 (&vso)[2], const u32 (&voff)[4], bool va, bool vb,
+                                        u32 kcol, u32 vcol, const AttendParams &p, i64 seq, i64 row0, int g) {
+    Window<DEC_KBITS> ka, kb;
+    fd_window<DEC_KBITS, SW>(ka, ko + koff[0]);
+    fd_window<DEC_KBITS, SW>(kb, ko + koff[1]);
+    Window<DEC_VBITS> v[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) fd_window<DEC_VBITS, SW>(v[j], vo + voff[j]);
+    const float ksa = bf16_bits_to_float(fd_lds16(ko + kso[0])), ksb = bf16_bits_to_float(fd_lds16(ko + kso[1]));
+    const float vsa = bf16_bits_to_float(fd_lds16(vo + vso[0])), vsb = bf16_bits_to_float(fd_lds16(vo + vso[1]));
+
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int kt = 0; kt < D / 16; kt++) {
+        u32 a[4];
+        a[0] = fd_lds(tab + fd_offset<BITS_K>(ka, 2 * kt, kcol));
+        a[1] = fd_lds(tab + fd_offset<BITS_K>(kb, 2 * kt, kcol));
+        a[2] = fd_lds(tab + fd_offset<BITS_K>(ka, 2 * kt + 1, kcol));
+        a[3] = fd_lds(tab + fd_offset<BITS_K>(kb, 2 * kt + 1, kcol));
+        mma_16816(s, a, w.bq[kt]);
+    }
+    // s[0] (row g, col 0), s[1] (g, col 1), s[2] (g+8, col 0), s[3] (g+8, col 1), log2 domain.
+    const float ks[2] = {ksa, ksb};
+    const bool vr[2] = {va, vb};
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            float &x = s[2 * r + j];
+            float bias = vr[r] ? 0.0f : NEG_INF;
+            if (MASKED && vr[r] && w.qi[j] >= 0) bias = cell_bias(p, seq, w.qi[j], row0 + g + 8 * r);
+            x = bias == NEG_INF ? NEG_INF : w.coef[j] * ks[r] * x + w.qmu[j] + bias;
+        }
+    }
+    float mx[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        mx[j] = fmaxf(s[j], s[2 + j]);
+        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 4));
+        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 8));
+        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 16));
+    }
+    const bool grow = mx[0] > w.m[0] || mx[1] > w.m[1];
+    if (__any_sync(0xffffffffu, grow)) {
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const float new_m = fmaxf(w.m[j], mx[j]);
+            const float corr = new_m == NEG_INF ? 1.0f : fast_exp2(w.m[j] - new_m);
+            w.m[j] = new_m;
+            w.l[j] *= corr;
+#pragma unroll
+            for (int mt = 0; mt < D / 16; mt++) {
+                w.o[mt][j] *= corr;
+                w.o[mt][2 + j] *= corr;
+            }
+        }
+    }
+    float pv[4];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const bool none = w.m[j] == NEG_INF;
+        pv[j] = none ? 0.0f : fast_exp2(s[j] - w.m[j]);
+        pv[2 + j] = none ? 0.0f : fast_exp2(s[2 + j] - w.m[j]);
+        w.l[j] += pv[j] + pv[2 + j];
+    }
+    // Weights times the V scale as f16; a zero weight stays zero whatever the (maybe stale) cell holds.
+    u32 b[2];
+    b[0] = movmatrix_trans(pack_half2(pv[0] > 0.0f ? pv[0] * vsa : 0.0f, pv[1] > 0.0f ? pv[1] * vsa : 0.0f));
+    b[1] = movmatrix_trans(pack_half2(pv[2] > 0.0f ? pv[2] * vsb : 0.0f, pv[3] > 0.0f ? pv[3] * vsb : 0.0f));
+#pragma unroll
+    for (int mt = 0; mt < D / 16; mt++) {
+        const u32 h0 = fd_lds(tab + fd_offset<BITS_V>(v[0], mt, vcol));
+        const u32 h1 = fd_lds(tab + fd_offset<BITS_V>(v[1], mt, vcol));
+        const u32 h2 = fd_lds(tab + fd_offset<BITS_V>(v[2], mt, vcol));
+        const u32 h3 = fd_lds(tab + fd_offset<BITS_V>(v[3], mt, vcol));
+        u32 a[4] = {__byte_perm(h0, h1, 0x5410), __byte_perm(h0, h1, 0x7632), __byte_perm(h2, h3, 0x5410),
+                    __byte_perm(h2, h3, 0x7632)};
+        mma_16816(w.o[mt], a, b);
+    }
+}
+
+// Work item -> (sequence, column block, split) and its cell range.
+struct FdItem {
+    i64 seq, cb, split, begin, end;
+    int n_tiles;
+};
+
+__device__ __forceinline__ FdItem fd_item(const AttendParams &p, i64 item, i64 n_colblocks, i64 sc) {
+    FdItem it;
+    it.split = item % p.n_splits;
+    const i64 rest = item / p.n_splits;
+    it.cb = rest % n_colblocks;
+    it.seq = rest / n_colblocks;
+    const i64 len = seq_cells_of(p, it.seq);
+    it.begin = it.split * p.chunk;
+    it.end = min(it.begin + p.chunk, len);
+    it.n_tiles = it.end > it.begin ? (int)((it.end - it.begin + sc - 1) / sc) : 0;
+    return it;
+}
+
+// SW: row and store alignment, 16 or 8 bytes (the width of the cp.async copies and of the widest
+// window load).
+template <int SW>
+__device__ __forceinline__ void fd_body(const AttendParams &p) {
+    extern __shared__ __align__(16) u32 smem_words[];
+    u8 *smem = reinterpret_cast<u8 *>(smem_words);
+    const u32 sbase = (u32)__cvta_generic_to_shared(smem);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int kRB = (int)p.k_row_bytes, vRB = (int)p.v_row_bytes;
+    const int sc = (int)p.stage_cells;
+    const u32 kbytes = (u32)(sc * kRB), stage_bytes = kbytes + (u32)(sc * vRB);
+    const i64 n_cols = p.n_q * p.group;
+    const i64 n_colblocks = (n_cols + 7) / 8;
+    const i64 n_items = p.n_seqs * n_colblocks * p.n_splits;
+    const int hl = warp % (int)p.heads_per_cta, sub = warp / (int)p.heads_per_cta;
+    const int wph = (int)p.warps_per_head;
+    const int h = hl;  // all kv heads in one CTA
+    const bool masked = p.mask != nullptr || p.cell_pos != nullptr;
+    constexpr int CBK = Codes<BITS_K>::BYTES, CBV = Codes<BITS_V>::BYTES;
+
+    // ---- producer: a cursor over this CTA's (item, tile) sequence --------------------------------
+    i64 ic_item = blockIdx.x;
+    FdItem ic = ic_item < n_items ? fd_item(p, ic_item, n_colblocks, sc) : FdItem{};
+    int ic_tile = 0;
+    u32 issued = 0;
+    auto issue = [&]() {
+        while (ic_item < n_items && ic_tile >= ic.n_tiles) {
+            ic_item += gridDim.x;
+            ic_tile = 0;
+            if (ic_item < n_items) ic = fd_item(p, ic_item, n_colblocks, sc);
+        }
+        if (ic_item < n_items) {
+            const i64 t0 = ic.begin + (i64)ic_tile * sc;
+            const int rows = (int)min((i64)sc, ic.end - t0);
+            const u8 *ks = p.k_stores ? reinterpret_cast<const u8 *>(p.k_stores[ic.seq]) : p.k_store;
+            const u8 *vs = p.v_stores ? reinterpret_cast<const u8 *>(p.v_stores[ic.seq]) : p.v_store;
+            const u8 *ksrc = ks + t0 * p.k_row_bytes, *vsrc = vs + t0 * p.v_row_bytes;
+            u8 *dst = smem + FD_TABLE_BYTES + (issued % FD_STAGES) * stage_bytes;
+            const int kc = rows * kRB / SW, vc = rows * vRB / SW;
+            for (int c = threadIdx.x; c < kc; c += blockDim.x) {
+                if (SW == 16) cp_async16(dst + 16 * c, ksrc + 16 * c); else cp_async8(dst + 8 * c, ksrc + 8 * c);
+            }
+            for (int c = threadIdx.x; c < vc; c += blockDim.x) {
+                if (SW == 16) cp_async16(dst + kbytes + 16 * c, vsrc + 16 * c);
+                else cp_async8(dst + kbytes + 8 * c, vsrc + 8 * c);
+            }
+            ic_tile++;
+        }
+        issued++;
+        cp_async_commit();
+    };
+#pragma unroll 1
+    for (int s = 0; s < FD_STAGES - 1; s++) issue();
+    fd_fill_table(smem, p.k_centroids, p.v_centroids);
+    // (the first wait + barrier of the loop below orders the table writes before any lookup)
+
+    // Per-lane constant offsets inside a stage, relative to the step's first row.
+    const u32 koff[2] = {(u32)(g * kRB + h * CBK + t * (DEC_KBITS / 8)), (u32)((g + 8) * kRB + h * CBK + t * (DEC_KBITS / 8))};
+    const u32 kso[2] = {(u32)(g * kRB + (int)p.k_scale_offset + 2 * h), (u32)((g + 8) * kRB + (int)p.k_scale_offset + 2 * h)};
+    const u32 vso[2] = {(u32)(g * vRB + (int)p.v_scale_offset + 2 * h), (u32)((g + 8) * vRB + (int)p.v_scale_offset + 2 * h)};
+    u32 voff[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int tok = 2 * t + (j & 1) + 8 * (j >> 1);
+        voff[j] = (u32)(tok * vRB + h * CBV + g * (DEC_VBITS / 8));
+    }
+    const u32 kcol = 4u * lane, vcol = 128u + 4u * lane;
+
+    u32 consumed = 0;
+#pragma unroll 1
+    for (i64 item = blockIdx.x; item < n_items; item += gridDim.x) {
+        const FdItem it = fd_item(p, item, n_colblocks, sc);
+        const i64 seq = it.seq;
+        FdWarp w;
+        {
+            const i64 c = it.cb * 8 + g;
+            const float *q = nullptr;
+            if (c < n_cols) {
+                const i64 i = c / p.group, hq = h * p.group + c % p.group;
+                q = p.q_hat + ((seq * p.n_q + i) * p.n_heads + hq) * D;
+            }
+#pragma unroll
+            for (int kt = 0; kt < D / 16; kt++) {
+#pragma unroll
+                for (int s = 0; s < 2; s++) {
+                    const int pair = t * DEC_PK + 2 * kt + s;
+                    w.bq[kt][s] = q ? pack_half2(q[2 * pair], q[2 * pair + 1]) : 0u;
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const i64 col = it.cb * 8 + 2 * t + j;
+            w.qi[j] = col < n_cols ? col / p.group : -1;
+            w.hq[j] = h * p.group + col % p.group;
+            const i64 qidx = (seq * p.n_q + w.qi[j]) * p.n_heads + w.hq[j];
+            w.coef[j] = w.qi[j] >= 0 ? p.q_coef[qidx] : 0.0f;
+            w.qmu[j] = w.qi[j] >= 0 ? p.q_mu[qidx] : 0.0f;
+            w.m[j] = NEG_INF;
+            w.l[j] = 0.0f;
+        }
+#pragma unroll
+        for (int mt = 0; mt < D / 16; mt++) w.o[mt][0] = w.o[mt][1] = w.o[mt][2] = w.o[mt][3] = 0.0f;
+
+#pragma unroll 1
+        for (int tile = 0; tile < it.n_tiles; tile++) {
+            cp_async_wait<FD_STAGES - 2>();
+            __syncthreads();
+            issue();
+            const i64 t0 = it.begin + (i64)tile * sc;
+            const int rows = (int)min((i64)sc, it.end - t0);
+            const u32 sk = sbase + FD_TABLE_BYTES + (consumed % FD_STAGES) * stage_bytes, sv = sk + kbytes;
+            consumed++;
+            if (masked) {
+#pragma unroll 1
+                for (int r0 = 16 * sub; r0 < rows; r0 += 16 * wph)
+                    fd_step<true, SW>(w, sbase, sk + (u32)(r0 * kRB), sv + (u32)(r0 * vRB), koff, kso, vso, voff, r0 + g < rows,
+                                  r0 + g + 8 < rows, kcol, vcol, p, seq, t0 + r0, g);
+            } else {
+#pragma unroll 1
+                for (int r0 = 16 * sub; r0 < rows; r0 += 16 * wph)
+                    fd_step<false, SW>(w, sbase, sk + (u32)(r0 * kRB), sv + (u32)(r0 * vRB), koff, kso, vso, voff, r0 + g < rows,
+                                   r0 + g + 8 < rows, kcol, vcol, p, seq, t0 + r0, g);
+            }
+        }
+        // Partials (m, l, O) per column of this warp.
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            w.l[j] += __shfl_xor_sync(0xffffffffu, w.l[j], 4);
+            w.l[j] += __shfl_xor_sync(0xffffffffu, w.l[j], 8);
+            w.l[j] += __shfl_xor_sync(0xffffffffu, w.l[j], 16);
+        }
+        const i64 part = it.split * wph + sub;
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            if (w.qi[j] < 0) continue;
+            float *dst = partial_at(p, seq, w.qi[j], w.hq[j], part);
+            if (g == 0) {
+                dst[0] = w.m[j];
+                dst[1] = w.l[j];
+            }
+#pragma unroll
+            for (int mt = 0; mt < D / 16; mt++) {
+                const int pair = g * DEC_PV + mt;
+                dst[2 + 2 * pair] = w.o[mt][j];
+                dst[2 + 2 * pair + 1] = w.o[mt][2 + j];
+            }
+        }
+    }
+    cp_async_wait<0>();
+}
+
+extern "C" __global__ void __launch_bounds__(FD_THREADS, 1) tq_decode_fast16(const AttendParams p) { fd_body<16>(p); }
+extern "C" __global__ void __launch_bounds__(FD_THREADS, 1) tq_decode_fast8(const AttendParams p) { fd_body<8>(p); }
+
+#endif
