@@ -121,52 +121,76 @@ extern "C" __global__ void __launch_bounds__(D) tq_rotate_queries(const RotatePa
 constexpr int CMB_THREADS = 256;
 constexpr int CMB_WARPS = CMB_THREADS / 32;
 
-// One CTA of CMB_THREADS per (query token, query head): the partials are merged by all warps (warp w
-// takes partials w, w + 8, ...), then the first D threads finish one output element each.
+constexpr int CMB_BATCH = 8;  // partials a warp loads before merging them (loads in flight)
+
+// One CTA of CMB_THREADS per (query token, query head): warp w merges partials w, w + 8, ... in one
+// pass with its own running maximum (CMB_BATCH partials loaded at a time), the warps' results are
+// merged through shared memory, then the first D threads finish one output element each.
 extern "C" __global__ void __launch_bounds__(CMB_THREADS) tq_combine(const CombineParams p) {
-    // [D] rotated accumulator, [CMB_WARPS] reduction, [CMB_WARPS][D] per-warp sums,
-    // [n_partials] partial weights, [n_full] logits.
+    // [D] rotated accumulator, [CMB_WARPS] warp maxima, [CMB_WARPS] warp sums, [CMB_WARPS][D] warp
+    // accumulators, [n_full] logits.
     extern __shared__ float cmb_smem[];
     float *buf = cmb_smem;
     float *red = buf + D;
-    float *wsum = red + CMB_WARPS;
-    float *weight = wsum + CMB_WARPS * D;
-    float *logits = weight + p.n_partials;
+    float *wl = red + CMB_WARPS;
+    float *wsum = wl + CMB_WARPS;
+    float *logits = wsum + CMB_WARPS * D;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int j = tid;  // output element of the first D threads
     const i64 row = blockIdx.x, seq = blockIdx.y;
     const i64 i = row / p.n_heads, hq = row % p.n_heads, kvh = hq / p.group;
-    const float *part = p.partials + ((seq * p.n_q + i) * p.n_heads + hq) * p.n_partials * (D + 2);
+    const float *part = p.partials + ((seq * p.n_q + i) * p.n_heads + hq) * p.n_partials * PART_STRIDE;
 
-    float mloc = NEG_INF;
-    for (i64 s = tid; s < p.n_partials; s += CMB_THREADS) mloc = fmaxf(mloc, part[s * (D + 2)]);
-    const float mmax = block_max<CMB_WARPS>(mloc, red);
-    float lloc = 0.0f;
-    for (i64 s = tid; s < p.n_partials; s += CMB_THREADS) {
-        const float *ps = part + s * (D + 2);
-        const float w = mmax == NEG_INF ? 0.0f : fast_exp2(ps[0] - mmax);
-        weight[s] = w;
-        lloc += w * ps[1];
-    }
-    float lc = block_sum<CMB_WARPS>(lloc, red);  // its barriers also publish weight[]
     {
-        float acc[D / 32];
+        float mw = NEG_INF, lw = 0.0f, accw[D / 32];
 #pragma unroll
-        for (int k = 0; k < D / 32; k++) acc[k] = 0.0f;
-#pragma unroll 4
-        for (i64 s = warp; s < p.n_partials; s += CMB_WARPS) {
-            const float w = weight[s];
-            const float *o = part + s * (D + 2) + 2;
+        for (int k = 0; k < D / 32; k++) accw[k] = 0.0f;
+        for (i64 s0 = warp; s0 < p.n_partials; s0 += CMB_WARPS * CMB_BATCH) {
+            float m[CMB_BATCH], l[CMB_BATCH], o[CMB_BATCH][D / 32];
 #pragma unroll
-            for (int k = 0; k < D / 32; k++) acc[k] += w * o[lane + 32 * k];
+            for (int b = 0; b < CMB_BATCH; b++) {
+                const i64 s = s0 + (i64)b * CMB_WARPS;
+                const float *ps = part + s * PART_STRIDE;
+                const bool in = s < p.n_partials;
+                m[b] = in ? ps[0] : NEG_INF;
+                l[b] = in ? ps[1] : 0.0f;
+#pragma unroll
+                for (int k = 0; k < D / 32; k++) o[b][k] = in ? ps[PART_O + lane + 32 * k] : 0.0f;
+            }
+            float bm = mw;
+#pragma unroll
+            for (int b = 0; b < CMB_BATCH; b++) bm = fmaxf(bm, m[b]);
+            if (bm == NEG_INF) continue;
+            const float c = mw == NEG_INF ? 0.0f : fast_exp2(mw - bm);
+            lw *= c;
+#pragma unroll
+            for (int k = 0; k < D / 32; k++) accw[k] *= c;
+#pragma unroll
+            for (int b = 0; b < CMB_BATCH; b++) {
+                const float wgt = m[b] == NEG_INF ? 0.0f : fast_exp2(m[b] - bm);
+                lw += wgt * l[b];
+#pragma unroll
+                for (int k = 0; k < D / 32; k++) accw[k] += wgt * o[b][k];
+            }
+            mw = bm;
+        }
+        if (lane == 0) {
+            red[warp] = mw;
+            wl[warp] = lw;
         }
 #pragma unroll
-        for (int k = 0; k < D / 32; k++) wsum[warp * D + lane + 32 * k] = acc[k];
+        for (int k = 0; k < D / 32; k++) wsum[warp * D + lane + 32 * k] = accw[k];
     }
     __syncthreads();
-    float acc = 0.0f;
-    if (j < D) {
-        for (int w = 0; w < CMB_WARPS; w++) acc += wsum[w * D + j];
+    float mmax = NEG_INF;
+    for (int w = 0; w < CMB_WARPS; w++) mmax = fmaxf(mmax, red[w]);
+    float lc = 0.0f, acc = 0.0f;
+    if (mmax != NEG_INF) {
+        for (int w = 0; w < CMB_WARPS; w++) {
+            const float c = red[w] == NEG_INF ? 0.0f : fast_exp2(red[w] - mmax);
+            lc += c * wl[w];
+            if (j < D) acc += c * wsum[w * D + j];
+        }
     }
     // Full-precision rows (original basis), merged into the same softmax.
     float lf = 0.0f, accf = 0.0f;

@@ -290,8 +290,12 @@ __device__ __forceinline__ i64 seq_cells_of(const AttendParams &p, i64 seq) {
     return p.seq_cells ? min(p.seq_cells[seq], p.max_cells) : p.max_cells;
 }
 
+// A partial record: [m, l, 0, 0, O[D]] f32 — O starts 16 bytes in, so records are 16-byte aligned
+// and O can be written with 16-byte stores.
+constexpr int PART_STRIDE = D + 4;
+constexpr int PART_O = 4;
 __device__ __forceinline__ float *partial_at(const AttendParams &p, i64 seq, i64 i, i64 hq, i64 s) {
-    return p.partials + (((seq * p.n_q + i) * p.n_heads + hq) * p.n_partials + s) * (D + 2);
+    return p.partials + (((seq * p.n_q + i) * p.n_heads + hq) * p.n_partials + s) * PART_STRIDE;
 }
 
 // Visibility (log2-domain additive term) of cell j for query i of seq (no mask and no positions: 0).

@@ -268,8 +268,8 @@ __device__ __forceinline__ void decode_body(const AttendParams &p, const u32 *ta
 #pragma unroll
         for (int mt = 0; mt < D / 16; mt++) {
             const int pair = g * DEC_PV + mt;
-            dst[2 + 2 * pair] = w.o[mt][j];
-            dst[2 + 2 * pair + 1] = w.o[mt][2 + j];
+            dst[PART_O + 2 * pair] = w.o[mt][j];
+            dst[PART_O + 2 * pair + 1] = w.o[mt][2 + j];
         }
     }
 }

@@ -1,6 +1,6 @@
 // Fast decode attention (v4): the common case — codes of at most 4 bits on both sides, head_dim at
-// most 128, rows that are 16- (tq_decode_fast16) or 8-byte (tq_decode_fast8) multiples in stores
-// aligned alike, at most 8 kv heads (all in one CTA).
+// most 128, rows that are 16- (tq_decode_fast16) or 8-byte (tq_decode_fast8, tq_decode_fast8c)
+// multiples, at most 8 kv heads (all in one CTA).
 //
 // Same mathematics and fragment layouts as tq_decode_staged (decode.cu: one warp = one kv head x 8
 // columns, mma m16n8k16 for scores and values, online softmax in the log2 domain, partials merged by
@@ -129,7 +129,8 @@ __device__ __forceinline__ void fd_step(FdWarp &w, u32 tab, u32 ko, u32 vo, cons
     const float ksa = bf16_bits_to_float(fd_lds16(ko + kso[0])), ksb = bf16_bits_to_float(fd_lds16(ko + kso[1]));
     const float vsa = bf16_bits_to_float(fd_lds16(vo + vso[0])), vsb = bf16_bits_to_float(fd_lds16(vo + vso[1]));
 
-    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    // Two accumulator chains (even and odd k-tiles) halve the dependent-mma latency.
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s2[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int kt = 0; kt < D / 16; kt++) {
         u32 a[4];
@@ -137,8 +138,10 @@ __device__ __forceinline__ void fd_step(FdWarp &w, u32 tab, u32 ko, u32 vo, cons
         a[1] = fd_lds(tab + fd_offset<BITS_K>(kb, 2 * kt, kcol));
         a[2] = fd_lds(tab + fd_offset<BITS_K>(ka, 2 * kt + 1, kcol));
         a[3] = fd_lds(tab + fd_offset<BITS_K>(kb, 2 * kt + 1, kcol));
-        mma_16816(s, a, w.bq[kt]);
+        mma_16816(kt & 1 ? s2 : s, a, w.bq[kt]);
     }
+#pragma unroll
+    for (int r = 0; r < 4; r++) s[r] += s2[r];
     // s[0] (row g, col 0), s[1] (g, col 1), s[2] (g+8, col 0), s[3] (g+8, col 1), log2 domain.
     const float ks[2] = {ksa, ksb};
     const bool vr[2] = {va, vb};
@@ -199,81 +202,170 @@ __device__ __forceinline__ void fd_step(FdWarp &w, u32 tab, u32 ko, u32 vo, cons
     }
 }
 
-// Work item -> (sequence, column block, split) and its cell range.
+// Work item -> (sequence, column block, split) and its cell range (32-bit: cells < 2^31).
 struct FdItem {
-    i64 seq, cb, split, begin, end;
-    int n_tiles;
+    int seq, cb, split, begin, end, n_tiles;
 };
 
-__device__ __forceinline__ FdItem fd_item(const AttendParams &p, i64 item, i64 n_colblocks, i64 sc) {
+__device__ __forceinline__ FdItem fd_item(const AttendParams &p, int item, int n_colblocks, int sc) {
     FdItem it;
-    it.split = item % p.n_splits;
-    const i64 rest = item / p.n_splits;
+    const int n_splits = (int)p.n_splits;
+    it.split = item % n_splits;
+    const int rest = item / n_splits;
     it.cb = rest % n_colblocks;
     it.seq = rest / n_colblocks;
-    const i64 len = seq_cells_of(p, it.seq);
-    it.begin = it.split * p.chunk;
-    it.end = min(it.begin + p.chunk, len);
-    it.n_tiles = it.end > it.begin ? (int)((it.end - it.begin + sc - 1) / sc) : 0;
+    const int len = (int)seq_cells_of(p, it.seq);
+    it.begin = it.split * (int)p.chunk;
+    it.end = min(it.begin + (int)p.chunk, len);
+    it.n_tiles = it.end > it.begin ? (it.end - it.begin + sc - 1) / sc : 0;
     return it;
 }
 
-// SW: row and store alignment, 16 or 8 bytes (the width of the cp.async copies and of the widest
-// window load).
-template <int SW>
+// The producer's cursor over this CTA's (item, tile) sequence. Every thread keeps an identical copy
+// and advances it once per consumed tile, so whichever thread issues a copy knows what to copy.
+struct FdCursor {
+    int item, tile;
+    FdItem it;
+    // Move to the next tile to copy; false when the CTA has none left.
+    __device__ __forceinline__ bool next(const AttendParams &p, int n_items, int n_colblocks, int sc) {
+        while (item < n_items && tile >= it.n_tiles) {
+            item += gridDim.x;
+            tile = 0;
+            if (item < n_items) it = fd_item(p, item, n_colblocks, sc);
+        }
+        return item < n_items;
+    }
+};
+
+// ---- Hopper: bulk copies (TMA, one thread) completing on per-stage mbarriers -------------------------
+#if __CUDA_ARCH__ >= 900
+#define FD_BULK_ARCH 1
+__device__ __forceinline__ void fd_mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void fd_mbar_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void fd_mbar_wait(u32 bar, u32 parity) {
+    asm volatile(
+        "{\n"
+        ".reg .pred done;\n"
+        "WAIT_%=:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra WAIT_%=;\n"
+        "}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+}
+__device__ __forceinline__ void fd_bulk_copy(u32 dst, const void *src, u32 bytes, u32 bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
+#else
+#define FD_BULK_ARCH 0
+#endif
+
+// SW: row alignment, 16 or 8 bytes (the widest window load; without BULK also the width of the
+// cp.async copies and the store alignment). BULK (sm_90, 16-byte aligned stores): one thread per CTA copies each stage with two bulk copies that
+// complete on the stage's mbarrier; consumers wait only for their data, and the last warp to finish
+// a stage (a shared counter) refills it — no CTA-wide barrier per tile. Otherwise every thread
+// issues 8/16-byte cp.async copies and the CTA synchronises once per tile.
+template <int SW, bool BULK>
 __device__ __forceinline__ void fd_body(const AttendParams &p) {
     extern __shared__ __align__(16) u32 smem_words[];
     u8 *smem = reinterpret_cast<u8 *>(smem_words);
     const u32 sbase = (u32)__cvta_generic_to_shared(smem);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int kRB = (int)p.k_row_bytes, vRB = (int)p.v_row_bytes;
     const int sc = (int)p.stage_cells;
     const u32 kbytes = (u32)(sc * kRB), stage_bytes = kbytes + (u32)(sc * vRB);
-    const i64 n_cols = p.n_q * p.group;
-    const i64 n_colblocks = (n_cols + 7) / 8;
-    const i64 n_items = p.n_seqs * n_colblocks * p.n_splits;
+    const int n_cols = (int)(p.n_q * p.group);
+    const int n_colblocks = (n_cols + 7) / 8;
+    const int n_items = (int)p.n_seqs * n_colblocks * (int)p.n_splits;
     const int hl = warp % (int)p.heads_per_cta, sub = warp / (int)p.heads_per_cta;
     const int wph = (int)p.warps_per_head;
     const int h = hl;  // all kv heads in one CTA
     const bool masked = p.mask != nullptr || p.cell_pos != nullptr;
     constexpr int CBK = Codes<BITS_K>::BYTES, CBV = Codes<BITS_V>::BYTES;
+    const u32 stages = sbase + FD_TABLE_BYTES;
+    // After the stages: FD_STAGES mbarriers (8 bytes each), then FD_STAGES release counters.
+    const u32 bars = stages + FD_STAGES * stage_bytes;
+    int *counters = reinterpret_cast<int *>(smem + FD_TABLE_BYTES + FD_STAGES * stage_bytes + 8 * FD_STAGES);
 
-    // ---- producer: a cursor over this CTA's (item, tile) sequence --------------------------------
-    i64 ic_item = blockIdx.x;
-    FdItem ic = ic_item < n_items ? fd_item(p, ic_item, n_colblocks, sc) : FdItem{};
-    int ic_tile = 0;
+    FdCursor cur;
+    cur.item = blockIdx.x;
+    cur.tile = 0;
+    cur.it = cur.item < n_items ? fd_item(p, cur.item, n_colblocks, sc) : FdItem{0, 0, 0, 0, 0, 0};
     u32 issued = 0;
-    auto issue = [&]() {
-        while (ic_item < n_items && ic_tile >= ic.n_tiles) {
-            ic_item += gridDim.x;
-            ic_tile = 0;
-            if (ic_item < n_items) ic = fd_item(p, ic_item, n_colblocks, sc);
-        }
-        if (ic_item < n_items) {
-            const i64 t0 = ic.begin + (i64)ic_tile * sc;
-            const int rows = (int)min((i64)sc, ic.end - t0);
-            const u8 *ks = p.k_stores ? reinterpret_cast<const u8 *>(p.k_stores[ic.seq]) : p.k_store;
-            const u8 *vs = p.v_stores ? reinterpret_cast<const u8 *>(p.v_stores[ic.seq]) : p.v_store;
-            const u8 *ksrc = ks + t0 * p.k_row_bytes, *vsrc = vs + t0 * p.v_row_bytes;
-            u8 *dst = smem + FD_TABLE_BYTES + (issued % FD_STAGES) * stage_bytes;
+    // Copy the cursor's tile into stage (issued % FD_STAGES); BULK: the calling thread alone.
+    auto copy_tile = [&]() {
+        const int t0 = cur.it.begin + cur.tile * sc;
+        const int rows = min(sc, cur.it.end - t0);
+        const u8 *ks = p.k_stores ? reinterpret_cast<const u8 *>(p.k_stores[cur.it.seq]) : p.k_store;
+        const u8 *vs = p.v_stores ? reinterpret_cast<const u8 *>(p.v_stores[cur.it.seq]) : p.v_store;
+        const u8 *ksrc = ks + (i64)t0 * kRB, *vsrc = vs + (i64)t0 * vRB;
+        const u32 slot = issued % FD_STAGES;
+        const u32 dst = stages + slot * stage_bytes;
+#if FD_BULK_ARCH
+        if (BULK) {
+            // Bulk sizes are multiples of 16 bytes: rows of 8-byte multiples can leave 8 bytes, copied
+            // here before the arrive (whose release orders them before the consumers' wait).
+            const u32 bar = bars + 8 * slot;
+            const u32 kb = (u32)(rows * kRB), vb = (u32)(rows * vRB);
+            const u32 kmain = kb & ~15u, vmain = vb & ~15u;
+            if (kb != kmain) *reinterpret_cast<uint2 *>(smem + (dst - sbase) + kmain) = *reinterpret_cast<const uint2 *>(ksrc + kmain);
+            if (vb != vmain)
+                *reinterpret_cast<uint2 *>(smem + (dst - sbase) + kbytes + vmain) = *reinterpret_cast<const uint2 *>(vsrc + vmain);
+            fd_mbar_expect_tx(bar, kmain + vmain);
+            if (kmain) fd_bulk_copy(dst, ksrc, kmain, bar);
+            if (vmain) fd_bulk_copy(dst + kbytes, vsrc, vmain, bar);
+        } else
+#endif
+        {
+            u8 *d = smem + (dst - sbase);
             const int kc = rows * kRB / SW, vc = rows * vRB / SW;
             for (int c = threadIdx.x; c < kc; c += blockDim.x) {
-                if (SW == 16) cp_async16(dst + 16 * c, ksrc + 16 * c); else cp_async8(dst + 8 * c, ksrc + 8 * c);
+                if (SW == 16) cp_async16(d + 16 * c, ksrc + 16 * c); else cp_async8(d + 8 * c, ksrc + 8 * c);
             }
             for (int c = threadIdx.x; c < vc; c += blockDim.x) {
-                if (SW == 16) cp_async16(dst + kbytes + 16 * c, vsrc + 16 * c);
-                else cp_async8(dst + kbytes + 8 * c, vsrc + 8 * c);
+                if (SW == 16) cp_async16(d + kbytes + 16 * c, vsrc + 16 * c);
+                else cp_async8(d + kbytes + 8 * c, vsrc + 8 * c);
             }
-            ic_tile++;
         }
-        issued++;
-        cp_async_commit();
+        cur.tile++;
     };
+
+    if (BULK) {
+#if FD_BULK_ARCH
+        if (threadIdx.x == 0) {
+            for (int s = 0; s < FD_STAGES; s++) {
+                fd_mbar_init(bars + 8 * s, 1);
+                counters[s] = 0;
+            }
+            asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        }
+#endif
+        __syncthreads();
+        // Fill every stage; all threads advance their cursors alike.
 #pragma unroll 1
-    for (int s = 0; s < FD_STAGES - 1; s++) issue();
+        for (int s = 0; s < FD_STAGES; s++) {
+            if (cur.next(p, n_items, n_colblocks, sc)) {
+                if (threadIdx.x == 0) copy_tile(); else cur.tile++;
+            }
+            issued++;
+        }
+    } else {
+#pragma unroll 1
+        for (int s = 0; s < FD_STAGES - 1; s++) {
+            if (cur.next(p, n_items, n_colblocks, sc)) copy_tile();
+            issued++;
+            cp_async_commit();
+        }
+    }
     fd_fill_table(smem, p.k_centroids, p.v_centroids);
-    // (the first wait + barrier of the loop below orders the table writes before any lookup)
+    __syncthreads();
 
     // Per-lane constant offsets inside a stage, relative to the step's first row.
     const u32 koff[2] = {(u32)(g * kRB + h * CBK + t * (DEC_KBITS / 8)), (u32)((g + 8) * kRB + h * CBK + t * (DEC_KBITS / 8))};
@@ -289,24 +381,26 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
 
     u32 consumed = 0;
 #pragma unroll 1
-    for (i64 item = blockIdx.x; item < n_items; item += gridDim.x) {
+    for (int item = blockIdx.x; item < n_items; item += gridDim.x) {
         const FdItem it = fd_item(p, item, n_colblocks, sc);
         const i64 seq = it.seq;
         FdWarp w;
         {
-            const i64 c = it.cb * 8 + g;
-            const float *q = nullptr;
+            // Column g's pairs t*DEC_PK .. +DEC_PK: 2*DEC_PK contiguous floats, read 16 bytes at a time.
+            const int c = it.cb * 8 + g;
             if (c < n_cols) {
                 const i64 i = c / p.group, hq = h * p.group + c % p.group;
-                q = p.q_hat + ((seq * p.n_q + i) * p.n_heads + hq) * D;
-            }
+                const float4 *q4 = reinterpret_cast<const float4 *>(p.q_hat + ((seq * p.n_q + i) * p.n_heads + hq) * D +
+                                                                    2 * t * DEC_PK);
 #pragma unroll
-            for (int kt = 0; kt < D / 16; kt++) {
-#pragma unroll
-                for (int s = 0; s < 2; s++) {
-                    const int pair = t * DEC_PK + 2 * kt + s;
-                    w.bq[kt][s] = q ? pack_half2(q[2 * pair], q[2 * pair + 1]) : 0u;
+                for (int kt = 0; kt < D / 16; kt++) {
+                    const float4 v = q4[kt];  // pairs 2kt, 2kt+1 of this lane's block
+                    w.bq[kt][0] = pack_half2(v.x, v.y);
+                    w.bq[kt][1] = pack_half2(v.z, v.w);
                 }
+            } else {
+#pragma unroll
+                for (int kt = 0; kt < D / 16; kt++) w.bq[kt][0] = w.bq[kt][1] = 0u;
             }
         }
 #pragma unroll
@@ -325,23 +419,52 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
 
 #pragma unroll 1
         for (int tile = 0; tile < it.n_tiles; tile++) {
-            cp_async_wait<FD_STAGES - 2>();
-            __syncthreads();
-            issue();
-            const i64 t0 = it.begin + (i64)tile * sc;
-            const int rows = (int)min((i64)sc, it.end - t0);
-            const u32 sk = sbase + FD_TABLE_BYTES + (consumed % FD_STAGES) * stage_bytes, sv = sk + kbytes;
+            const u32 slot = consumed % FD_STAGES;
+            if (BULK) {
+#if FD_BULK_ARCH
+                fd_mbar_wait(bars + 8 * slot, (consumed / FD_STAGES) & 1);
+#endif
+            } else {
+                cp_async_wait<FD_STAGES - 2>();
+                __syncthreads();
+                if (cur.next(p, n_items, n_colblocks, sc)) copy_tile();
+                issued++;
+                cp_async_commit();
+            }
+            const int t0 = it.begin + tile * sc;
+            const int rows = min(sc, it.end - t0);
+            const u32 sk = stages + slot * stage_bytes, sv = sk + kbytes;
             consumed++;
             if (masked) {
 #pragma unroll 1
                 for (int r0 = 16 * sub; r0 < rows; r0 += 16 * wph)
                     fd_step<true, SW>(w, sbase, sk + (u32)(r0 * kRB), sv + (u32)(r0 * vRB), koff, kso, vso, voff, r0 + g < rows,
-                                  r0 + g + 8 < rows, kcol, vcol, p, seq, t0 + r0, g);
+                                      r0 + g + 8 < rows, kcol, vcol, p, seq, (i64)(t0 + r0), g);
             } else {
 #pragma unroll 1
                 for (int r0 = 16 * sub; r0 < rows; r0 += 16 * wph)
                     fd_step<false, SW>(w, sbase, sk + (u32)(r0 * kRB), sv + (u32)(r0 * vRB), koff, kso, vso, voff, r0 + g < rows,
-                                   r0 + g + 8 < rows, kcol, vcol, p, seq, t0 + r0, g);
+                                       r0 + g + 8 < rows, kcol, vcol, p, seq, (i64)(t0 + r0), g);
+            }
+            if (BULK) {
+                // Release the stage; the last warp out refills it with the tile FD_STAGES ahead.
+                const bool more = cur.next(p, n_items, n_colblocks, sc);
+                __syncwarp();
+                if (lane == 0) {
+                    __threadfence_block();
+                    if (atomicAdd(&counters[slot], 1) == n_warps - 1) {
+                        counters[slot] = 0;
+                        if (more) {
+                            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+                            copy_tile();
+                        }
+                    } else if (more) {
+                        cur.tile++;
+                    }
+                } else if (more) {
+                    cur.tile++;
+                }
+                issued++;
             }
         }
         // Partials (m, l, O) per column of this warp.
@@ -351,7 +474,7 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
             w.l[j] += __shfl_xor_sync(0xffffffffu, w.l[j], 8);
             w.l[j] += __shfl_xor_sync(0xffffffffu, w.l[j], 16);
         }
-        const i64 part = it.split * wph + sub;
+        const i64 part = (i64)it.split * wph + sub;
 #pragma unroll
         for (int j = 0; j < 2; j++) {
             if (w.qi[j] < 0) continue;
@@ -360,18 +483,24 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
                 dst[0] = w.m[j];
                 dst[1] = w.l[j];
             }
+            // This lane holds O[2*g*DEC_PV .. +2*DEC_PV) of the column: 16-byte stores.
+            float4 *o4 = reinterpret_cast<float4 *>(dst + PART_O + 2 * g * DEC_PV);
 #pragma unroll
-            for (int mt = 0; mt < D / 16; mt++) {
-                const int pair = g * DEC_PV + mt;
-                dst[2 + 2 * pair] = w.o[mt][j];
-                dst[2 + 2 * pair + 1] = w.o[mt][2 + j];
-            }
+            for (int mt = 0; mt < D / 16; mt += 2)
+                o4[mt / 2] = make_float4(w.o[mt][j], w.o[mt][2 + j], w.o[mt + 1][j], w.o[mt + 1][2 + j]);
         }
     }
-    cp_async_wait<0>();
+    if (!BULK) cp_async_wait<0>();
 }
 
-extern "C" __global__ void __launch_bounds__(FD_THREADS, 1) tq_decode_fast16(const AttendParams p) { fd_body<16>(p); }
-extern "C" __global__ void __launch_bounds__(FD_THREADS, 1) tq_decode_fast8(const AttendParams p) { fd_body<8>(p); }
+// fast16 / fast8: rows of 16- / 8-byte multiples in 16-byte aligned stores, bulk copies where the
+// architecture has them (sm_90+), cp.async otherwise. fast8c: 8-byte aligned stores, cp.async.
+extern "C" __global__ void __launch_bounds__(FD_THREADS, 1) tq_decode_fast16(const AttendParams p) {
+    fd_body<16, FD_BULK_ARCH != 0>(p);
+}
+extern "C" __global__ void __launch_bounds__(FD_THREADS, 1) tq_decode_fast8(const AttendParams p) {
+    fd_body<8, FD_BULK_ARCH != 0>(p);
+}
+extern "C" __global__ void __launch_bounds__(FD_THREADS, 1) tq_decode_fast8c(const AttendParams p) { fd_body<8, false>(p); }
 
 #endif

@@ -201,8 +201,8 @@ __device__ __forceinline__ void prefill_body(const AttendParams &p, u8 *smem_bas
         }
 #pragma unroll
         for (int n = 0; n < D / 8; n++) {
-            dst[2 + n * 8 + 2 * t] = o[n][2 * r];
-            dst[2 + n * 8 + 2 * t + 1] = o[n][2 * r + 1];
+            dst[PART_O + n * 8 + 2 * t] = o[n][2 * r];
+            dst[PART_O + n * 8 + 2 * t + 1] = o[n][2 * r + 1];
         }
     }
 }

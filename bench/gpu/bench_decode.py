@@ -23,6 +23,7 @@ p.add_argument("--kernels", default="fast",
                     "(the general kernels: TQ_CUDA_DECODE=staged)")
 p.add_argument("--breakdown", action="store_true", help="per-kernel GPU times of one call (torch profiler)")
 p.add_argument("--decode-only", action="store_true")
+p.add_argument("--cases", default=None, help="decode cases hq/hkv/d/batch/context/bits;... instead of the standard set")
 p.add_argument("--profile-one", action="store_true",
                help="one eager decode call (32q/8kv, d=128, batch 16, 32K, 4 bits) for ncu, then exit")
 p.add_argument("--profile-batch", type=int, default=16)
@@ -296,6 +297,11 @@ else:
                 decode.append((32, 8, 128, b, L, [4, 3, 2]))
     decode += [(32, 4, 128, 1, 32768, [4, 3, 2]), (32, 4, 128, 64, 32768, [4, 3, 2])]
     prefill = [(32, 8, 128, 512, 32768, 4), (32, 8, 128, 2048, 32768, 4)]
+if args.cases:
+    decode = []
+    for c in args.cases.split(";"):
+        hq_, hkv_, d_, b_, L_, bits_ = (int(x) for x in c.split("/"))
+        decode.append((hq_, hkv_, d_, b_, L_, [bits_]))
 for pf in [] if args.decode_only else prefill:
     run_prefill(*pf, results)
 for case in decode:

@@ -29,6 +29,25 @@ for step in "$@"; do
           python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --profile-one --profile-batch $b > "$OUT/ncu_fast_b$b.txt" 2>&1
         echo "ncu batch $b: exit $?"; grep -E "Duration|Throughput|Pipe|Stall|Issue|Eligible|Active Warps|Warp Cycles|Registers|Shared Memory|Bank|Executed Ipc|Block Limit|Grid Size|Waves" "$OUT/ncu_fast_b$b.txt" | head -60
       done ;;
+    sweep)
+      # Batch 1 over context lengths (fixed cost = intercept), per-kernel times.
+      PYTHONUNBUFFERED=1 timeout 200 python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --decode-only --breakdown \
+        --cases "32/8/128/1/8192/4;32/8/128/1/32768/4;32/8/128/1/131072/4;32/8/128/4/32768/4" --out "$OUT/bench_sweep.json" 2>&1 \
+        | grep -vE "UserWarning|_warn_once" | tee "$OUT/bench_sweep.log" ;;
+    ncustall)
+      # Stall reasons of the fast decode kernel, batch 1 and 16.
+      for b in 1 16; do
+        timeout 200 ncu --clock-control none --kernel-name regex:tq_decode --launch-skip 1 --launch-count 1 \
+          --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,smsp__inst_executed.sum,sm__cycles_elapsed.avg,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,gpu__time_duration.sum \
+          python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --profile-one --profile-batch $b > "$OUT/ncu_stall_b$b.txt" 2>&1
+        echo "ncu stall batch $b: exit $?"; grep -E "stalled|inst_executed|cycles|wavefronts|conflicts|duration" "$OUT/ncu_stall_b$b.txt" | awk '$NF+0 > 0.05 || /inst|cycles|wave|confl|duration/' | head -40
+      done ;;
+    ncusrc)
+      # Where the batch-1 fast decode kernel's warps stall (sampling, SASS offsets).
+      timeout 200 ncu --clock-control none --kernel-name regex:tq_decode --launch-skip 1 --launch-count 1 \
+        --section SourceCounters --section WarpStateStats --print-details all \
+        python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --profile-one --profile-batch 1 > "$OUT/ncu_src_b1.txt" 2>&1
+      echo "ncu src: exit $?"; grep -iE "stall|sampl|0x[0-9a-f]+" "$OUT/ncu_src_b1.txt" | head -60 ;;
     ncu)
       # Hardware counters of the decode kernel (B=16, 32K, 32q/8kv, d=128, 4 bits): what bounds it.
       timeout 240 ncu --clock-control none --kernel-name regex:tq_decode --launch-skip 1 --launch-count 1 \

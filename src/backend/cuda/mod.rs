@@ -101,9 +101,9 @@ struct Kernels {
     decode_staged16: sys::CUfunction,
     decode_staged8: sys::CUfunction,
     decode_direct: sys::CUfunction,
-    /// tq_decode_fast16 / tq_decode_fast8: compiled for codes of ≤ 4 bits and head_dim ≤ 128
+    /// tq_decode_fast16 / fast8 / fast8c: compiled for codes of ≤ 4 bits and head_dim ≤ 128
     /// (`fast_variant`).
-    decode_fast: Option<(sys::CUfunction, sys::CUfunction)>,
+    decode_fast: Option<[sys::CUfunction; 3]>,
     prefill_aligned: sys::CUfunction,
     prefill_unaligned: sys::CUfunction,
     rotate: sys::CUfunction,
@@ -203,7 +203,7 @@ pub struct CudaBackend {
     partials: DevPtr,
     /// Query rows (sequences × query tokens) the scratch holds.
     row_capacity: usize,
-    /// f32 partial records of (D + 2) floats the scratch holds.
+    /// f32 partial records of (D + 4) floats (PART_STRIDE in kernels/common.cuh) the scratch holds.
     partial_capacity: usize,
     sm_count: usize,
     decode_smem: u32,
@@ -367,7 +367,7 @@ impl CudaBackend {
             decode_staged8: get("tq_decode_staged8")?,
             decode_direct: get("tq_decode_direct")?,
             decode_fast: if fast_variant(cfg.head_dim, cfg.bits_k, cfg.bits_v) {
-                Some((get("tq_decode_fast16")?, get("tq_decode_fast8")?))
+                Some([get("tq_decode_fast16")?, get("tq_decode_fast8")?, get("tq_decode_fast8c")?])
             } else {
                 None
             },
@@ -410,10 +410,12 @@ impl CudaBackend {
             {
                 let table = 256usize << (2 * cfg.bits_k.max(cfg.bits_v));
                 let unit = 16 * fast_warps_per_head;
-                let fit = smem_optin.saturating_sub(table) / (FAST_STAGES * unit * (k_row_bytes + v_row_bytes));
+                // After the stages: an mbarrier (8 bytes) and a release counter (4) per stage.
+                let sync = 16 * FAST_STAGES;
+                let fit = smem_optin.saturating_sub(table + sync) / (FAST_STAGES * unit * (k_row_bytes + v_row_bytes));
                 if fit >= 1 {
                     let cells = unit * fit.min((64 / unit).max(1));
-                    (cells, table + FAST_STAGES * cells * (k_row_bytes + v_row_bytes))
+                    (cells, table + FAST_STAGES * cells * (k_row_bytes + v_row_bytes) + sync)
                 } else {
                     (0, 0)
                 }
@@ -435,7 +437,7 @@ impl CudaBackend {
             (kernels.prefill_unaligned, prefill_smem),
         ]
         .into_iter()
-        .chain(kernels.decode_fast.filter(|_| fast_stage_cells > 0).into_iter().flat_map(|(a, b)| [(a, fast_smem), (b, fast_smem)]))
+        .chain(kernels.decode_fast.filter(|_| fast_stage_cells > 0).into_iter().flatten().map(|f| (f, fast_smem)))
         {
             // SAFETY: f is a live function of the loaded module.
             unsafe {
@@ -496,7 +498,7 @@ impl CudaBackend {
         me.q_hat = me.alloc(rows * d * 4)?;
         me.q_coef = me.alloc(rows * 4)?;
         me.q_mu = me.alloc(rows * 4)?;
-        me.partials = me.alloc(me.partial_capacity * (d + 2) * 4)?;
+        me.partials = me.alloc(me.partial_capacity * (d + 4) * 4)?;
         Ok(me)
     }
 
@@ -798,8 +800,16 @@ impl CudaBackend {
             let col_blocks = (a.n_q * self.group).div_ceil(8);
             let head_blocks = self.n_kv_heads.div_ceil(plan.heads_per_cta);
             let (f, smem) = if plan.fast {
-                let (f16, f8) = self.kernels.decode_fast.expect("plan.fast implies the kernel");
-                (if self.stage_align == 16 { f16 } else { f8 }, self.fast_smem)
+                let [f16, f8, f8c] = self.kernels.decode_fast.expect("plan.fast implies the kernel");
+                // Bulk copies (fast16, fast8 on sm_90) need 16-byte aligned stores.
+                let f = if !self.stores_aligned(&a.stores, 16) {
+                    f8c
+                } else if self.stage_align == 16 {
+                    f16
+                } else {
+                    f8
+                };
+                (f, self.fast_smem)
             } else if plan.staged {
                 let f = if self.stage_align == 16 { self.kernels.decode_staged16 } else { self.kernels.decode_staged8 };
                 (f, self.staged_smem)
@@ -841,12 +851,11 @@ impl CudaBackend {
             out_head_stride: a.out_strides.head as i64,
         };
         let n_full = full.map_or(0, |f| f.n_full);
-        let floats = d + COMBINE_WARPS + COMBINE_WARPS * d + plan.n_partials + n_full;
+        let floats = d + 2 * COMBINE_WARPS + COMBINE_WARPS * d + n_full;
         let smem = (floats * 4) as u32;
         if smem > 48 * 1024 {
             return Err(CudaError::invalid(format!(
-                "{n_full} full-precision rows with {} partials: at most {} rows per call",
-                plan.n_partials,
+                "{n_full} full-precision rows: at most {} per call",
                 (48usize * 1024 / 4).saturating_sub(floats - n_full)
             )));
         }
