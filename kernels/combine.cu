@@ -88,6 +88,7 @@ __device__ __forceinline__ void block_fwht(float *buf) {
 }
 
 extern "C" __global__ void __launch_bounds__(D) tq_rotate_queries(const RotateParams p) {
+    grid_launch_dependents();  // the attention kernel may start its prologue now
     __shared__ float buf[D];
     __shared__ float red[D / 32];
     const int j = threadIdx.x;
@@ -140,6 +141,7 @@ extern "C" __global__ void __launch_bounds__(CMB_THREADS) tq_combine(const Combi
     const i64 row = blockIdx.x, seq = blockIdx.y;
     const i64 i = row / p.n_heads, hq = row % p.n_heads, kvh = hq / p.group;
     const float *part = p.partials + ((seq * p.n_q + i) * p.n_heads + hq) * p.n_partials * PART_STRIDE;
+    grid_dependency_wait();  // the partials come from the attention kernel
 
     {
         float mw = NEG_INF, lw = 0.0f, accw[D / 32];

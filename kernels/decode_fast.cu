@@ -366,6 +366,10 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
     }
     fd_fill_table(smem, p.k_centroids, p.v_centroids);
     __syncthreads();
+    // Launched as a dependent of tq_rotate_queries: everything above overlapped it; the queries are
+    // read below. The combine kernel may be scheduled from here on (it waits for this grid).
+    grid_dependency_wait();
+    grid_launch_dependents();
 
     // Per-lane constant offsets inside a stage, relative to the step's first row.
     const u32 koff[2] = {(u32)(g * kRB + h * CBK + t * (DEC_KBITS / 8)), (u32)((g + 8) * kRB + h * CBK + t * (DEC_KBITS / 8))};

@@ -29,7 +29,7 @@ p.add_argument("--profile-one", action="store_true",
 p.add_argument("--profile-batch", type=int, default=16)
 p.add_argument("--profile-kv", type=int, default=8)
 args = p.parse_args()
-T_START = time.time()
+T_START = time.monotonic()
 
 lib = ctypes.CDLL(args.lib)
 
@@ -160,7 +160,7 @@ def run_decode(hq, hkv, d, batch, ctxlen, bits_list, copy_bw, results):
     ref = sdpa(qs[0], ks[0], vs[0], scale)
     t_fp16, spread_f = graph_time(lambda i: sdpa(qs[i], ks[i], vs[i], scale), n_sets_f)
     for bits, kernel in [(b, k) for b in bits_list for k in args.kernels.split(",")]:
-        if time.time() - T_START > args.budget_s:
+        if time.monotonic() - T_START > args.budget_s:
             print("budget exhausted; stopping", flush=True)
             return False
         ctx, kr, vr = context(hq, hkv, d, bits, 2048, kernel)
@@ -311,4 +311,4 @@ meta = dict(device=dev, torch=torch.__version__, copy_gbps=copy_bw / 1e9, date=t
             command="bench_decode.py " + " ".join(a.rsplit("/", 1)[-1] for a in sys.argv[1:]))
 if args.out:
     json.dump(dict(meta=meta, results=results), open(args.out, "w"), indent=1)
-print("done in %.0f s" % (time.time() - T_START), flush=True)
+print("done in %.0f s" % (time.monotonic() - T_START), flush=True)

@@ -215,6 +215,8 @@ pub struct CudaBackend {
     /// Cells per stage of tq_decode_fast (0: not usable for this context), its shared memory and
     /// warps per kv head.
     fast_stage_cells: usize,
+    /// Programmatic dependent launches (sm_90+) for the fast decode and combine kernels.
+    pdl: bool,
     fast_smem: u32,
     fast_warps_per_head: usize,
     prefill_smem: u32,
@@ -468,6 +470,7 @@ impl CudaBackend {
             stage_cells,
             stage_align,
             fast_stage_cells,
+            pdl: major >= 9,
             fast_smem: fast_smem as u32,
             fast_warps_per_head,
             prefill_smem: prefill_smem as u32,
@@ -571,6 +574,46 @@ impl CudaBackend {
         // SAFETY: the kernel takes one by-value struct whose layout is checked at compile time
         // (params::layout_asserts); pointers inside it are the caller's device memory or ours.
         unsafe { result::launch_kernel(f, grid, (block, 1, 1), smem, stream, &mut args) }.map_err(driver_err(what))
+    }
+
+    /// `launch` as a programmatic dependent launch (sm_90+): the kernel may be scheduled while the
+    /// previous kernel on the stream is still running, and waits for it (`griddepcontrol.wait` in
+    /// the kernel) before touching what that kernel writes. Elsewhere a plain launch.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_dependent(
+        &self,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        stream: sys::CUstream,
+        params_ptr: *mut c_void,
+        what: &str,
+    ) -> Result<(), CudaError> {
+        if !self.pdl {
+            return self.launch(f, grid, block, smem, stream, params_ptr, what);
+        }
+        let mut args = [params_ptr];
+        // SAFETY: an all-zero launch attribute is a valid value to fill in.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem,
+            hStream: stream,
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: as in `launch`; the config and its attribute outlive the call.
+        unsafe { sys::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()) }
+            .result()
+            .map_err(driver_err(what))
     }
 
     /// Encode `a.n_tokens` tokens into rows (same bytes as the CPU backend). Graph-capture safe.
@@ -822,7 +865,11 @@ impl CudaBackend {
                 (plan.n_splits as u32, (head_blocks * col_blocks) as u32, a.n_seqs as u32)
             };
             let threads = (32 * plan.heads_per_cta * plan.warps_per_head) as u32;
-            self.launch(f, grid, threads, smem, stream, ptr, "decode attention launch")?;
+            if plan.fast {
+                self.launch_dependent(f, grid, threads, smem, stream, ptr, "decode attention launch")?;
+            } else {
+                self.launch(f, grid, threads, smem, stream, ptr, "decode attention launch")?;
+            }
         }
 
         let full = a.full;
@@ -860,7 +907,7 @@ impl CudaBackend {
             )));
         }
         let ptr = &mut cp as *mut _ as *mut c_void;
-        self.launch(self.kernels.combine, (grid_rows, a.n_seqs as u32, 1), (COMBINE_WARPS * 32) as u32, smem, stream, ptr, "combine launch")
+        self.launch_dependent(self.kernels.combine, (grid_rows, a.n_seqs as u32, 1), (COMBINE_WARPS * 32) as u32, smem, stream, ptr, "combine launch")
     }
 }
 
