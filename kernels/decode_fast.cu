@@ -190,15 +190,37 @@ __device__ __forceinline__ void fd_step(FdWarp &w, u32 tab, u32 ko, u32 vo, cons
     u32 b[2];
     b[0] = movmatrix_trans(pack_half2(pv[0] > 0.0f ? pv[0] * vsa : 0.0f, pv[1] > 0.0f ? pv[1] * vsa : 0.0f));
     b[1] = movmatrix_trans(pack_half2(pv[2] > 0.0f ? pv[2] * vsb : 0.0f, pv[3] > 0.0f ? pv[3] * vsb : 0.0f));
+    if (BITS_V == 4) {
+        // The A fragment pairs two tokens of one dimension. The pair table does not care which two
+        // codes form an entry, so interleave the nibbles of two tokens' windows — entry
+        // (code of token 2t, code of token 2t+1) of one dimension — and each lookup yields a fragment
+        // register directly (no transposition of dimension pairs).
 #pragma unroll
-    for (int mt = 0; mt < D / 16; mt++) {
-        const u32 h0 = fd_lds(tab + fd_offset<BITS_V>(v[0], mt, vcol));
-        const u32 h1 = fd_lds(tab + fd_offset<BITS_V>(v[1], mt, vcol));
-        const u32 h2 = fd_lds(tab + fd_offset<BITS_V>(v[2], mt, vcol));
-        const u32 h3 = fd_lds(tab + fd_offset<BITS_V>(v[3], mt, vcol));
-        u32 a[4] = {__byte_perm(h0, h1, 0x5410), __byte_perm(h0, h1, 0x7632), __byte_perm(h2, h3, 0x5410),
-                    __byte_perm(h2, h3, 0x7632)};
-        mma_16816(w.o[mt], a, b);
+        for (int wi = 0; wi < DEC_VBITS / 32; wi++) {
+            const u32 lo01 = (v[0].w[wi] & 0x0F0F0F0Fu) | ((v[1].w[wi] << 4) & 0xF0F0F0F0u);
+            const u32 hi01 = ((v[0].w[wi] >> 4) & 0x0F0F0F0Fu) | (v[1].w[wi] & 0xF0F0F0F0u);
+            const u32 lo23 = (v[2].w[wi] & 0x0F0F0F0Fu) | ((v[3].w[wi] << 4) & 0xF0F0F0F0u);
+            const u32 hi23 = ((v[2].w[wi] >> 4) & 0x0F0F0F0Fu) | (v[3].w[wi] & 0xF0F0F0F0u);
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int mt = 4 * wi + k;
+                const u32 sel = 0x5504 | (k << 4);
+                u32 a[4] = {fd_lds(tab + __byte_perm(lo01, vcol, sel)), fd_lds(tab + __byte_perm(hi01, vcol, sel)),
+                            fd_lds(tab + __byte_perm(lo23, vcol, sel)), fd_lds(tab + __byte_perm(hi23, vcol, sel))};
+                mma_16816(w.o[mt], a, b);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int mt = 0; mt < D / 16; mt++) {
+            const u32 h0 = fd_lds(tab + fd_offset<BITS_V>(v[0], mt, vcol));
+            const u32 h1 = fd_lds(tab + fd_offset<BITS_V>(v[1], mt, vcol));
+            const u32 h2 = fd_lds(tab + fd_offset<BITS_V>(v[2], mt, vcol));
+            const u32 h3 = fd_lds(tab + fd_offset<BITS_V>(v[3], mt, vcol));
+            u32 a[4] = {__byte_perm(h0, h1, 0x5410), __byte_perm(h0, h1, 0x7632), __byte_perm(h2, h3, 0x5410),
+                        __byte_perm(h2, h3, 0x7632)};
+            mma_16816(w.o[mt], a, b);
+        }
     }
 }
 

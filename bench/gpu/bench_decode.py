@@ -141,6 +141,17 @@ def breakdown(fn, n=20):
     print("    per call: " + ", ".join(f"{k} {v:.1f} us" for k, v in sorted(tot.items(), key=lambda kv: -kv[1])), flush=True)
 
 
+def read_bandwidth():
+    """Bytes read per second by a streaming reduction over 2 GiB (torch sum of f32): a read-only ceiling."""
+    x = torch.empty(1 << 29, dtype=torch.float32, device="cuda")
+    x.uniform_()
+    out = torch.empty((), dtype=torch.float32, device="cuda")
+    for _ in range(20):
+        torch.sum(x, out=out)
+    t, _ = graph_time(lambda i: torch.sum(x, out=out), 1)
+    return x.numel() * 4 / t
+
+
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
@@ -208,12 +219,12 @@ def run_decode(hq, hkv, d, batch, ctxlen, bits_list, copy_bw, results):
             breakdown(ours)
         row = dict(kernel=kernel, q_heads=hq, kv_heads=hkv, d=d, batch=batch, context=ctxlen, bits=bits, t_us=t * 1e6,
                    t_fp16_us=t_fp16 * 1e6, speedup=t_fp16 / t, comp_bytes=comp, gbps=comp / t / 1e9,
-                   frac_copy=comp / t / copy_bw, fp16_gbps=fp16_bytes / t_fp16 / 1e9, spread=spread,
+                   frac_copy=comp / t / copy_bw, frac_read=comp / t / read_bw, fp16_gbps=fp16_bytes / t_fp16 / 1e9, spread=spread,
                    spread_fp16=spread_f, rel_err_vs_fp16=err, buffer_sets=n_sets,
                    append_vectors_per_s=(ctxlen * hkv * 2 / t_app) if t_app else None)
         results.append(row)
         print(f"{kernel:>6} {hq:>3}q/{hkv}kv d={d} B={batch:<3} ctx={ctxlen:<6} {bits}b: {t*1e6:9.1f} us  fp16 {t_fp16*1e6:9.1f} us"
-              f"  x{t_fp16/t:5.2f}  {comp/t/1e9:7.0f} GB/s ({100*comp/t/copy_bw:4.0f}% copy)  err-vs-fp16 {err:.3f}"
+              f"  x{t_fp16/t:5.2f}  {comp/t/1e9:7.0f} GB/s ({100*comp/t/copy_bw:4.0f}% copy, {100*comp/t/read_bw:4.0f}% read)  err-vs-fp16 {err:.3f}"
               f"  append {row['append_vectors_per_s']/1e6 if t_app else 0:.0f} M vec/s", flush=True)
         del sets
         lib.tq_context_free(ctx)
@@ -283,7 +294,9 @@ if args.profile_one:
     sys.exit(0)
 dev = torch.cuda.get_device_name()
 copy_bw = copy_bandwidth()
-print(f"device {dev}; torch {torch.__version__}; device-to-device copy {copy_bw/1e9:.0f} GB/s (read+write)", flush=True)
+read_bw = read_bandwidth()
+print(f"device {dev}; torch {torch.__version__}; device-to-device copy {copy_bw/1e9:.0f} GB/s (read+write); "
+      f"streaming read (torch.sum) {read_bw/1e9:.0f} GB/s", flush=True)
 results = []
 if args.quick:
     decode = [(32, 8, 128, 16, 32768, [4]), (32, 8, 128, 1, 32768, [4]), (32, 4, 128, 1, 32768, [4]),
@@ -307,7 +320,7 @@ for pf in [] if args.decode_only else prefill:
 for case in decode:
     if not run_decode(*case, copy_bw, results):
         break
-meta = dict(device=dev, torch=torch.__version__, copy_gbps=copy_bw / 1e9, date=time.strftime("%Y-%m-%d"),
+meta = dict(device=dev, torch=torch.__version__, copy_gbps=copy_bw / 1e9, read_gbps=read_bw / 1e9, date=time.strftime("%Y-%m-%d"),
             command="bench_decode.py " + " ".join(a.rsplit("/", 1)[-1] for a in sys.argv[1:]))
 if args.out:
     json.dump(dict(meta=meta, results=results), open(args.out, "w"), indent=1)
