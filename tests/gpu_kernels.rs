@@ -442,7 +442,10 @@ fn cuda_graph_capture_and_replay() {
     let (ks_g, vs_g, kp_g, vp_g, ld_g) = make_stores();
     unsafe { result::stream::synchronize(stream) }.unwrap();
     let out_g = Dev::filled(hq * d * 2, 0xFF);
-    unsafe { result::stream::begin_capture(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL) }.unwrap();
+    // Thread-local capture: the other test threads keep allocating while this one captures (global
+    // mode would fail their allocations and invalidate this capture); every call this thread makes
+    // into the library during the capture is still checked.
+    unsafe { result::stream::begin_capture(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL) }.unwrap();
     run(&ks_g, &vs_g, &out_g, &kp_g, &vp_g, &ld_g);
     let graph = unsafe { result::stream::end_capture(stream) }.expect("capture ended cleanly");
     let exec = unsafe { result::graph::instantiate(graph, sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH) }

@@ -19,7 +19,7 @@ for step in "$@"; do
           > "$OUT/sanitizer_$tool.log" 2>&1; echo "compute-sanitizer $tool: exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result" "$OUT/sanitizer_$tool.log"
       done ;;
     bench)
-      PYTHONUNBUFFERED=1 timeout 480 python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" ;;
+      PYTHONUNBUFFERED=1 timeout 420 python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --budget-s ${BENCH_BUDGET_S:-420} --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" ;;
     ncufast)
       # Hardware counters of the fast decode kernel at batch 16 and batch 1 (32K, 32q/8kv, d=128, 4 bits).
       for b in 16 1; do
