@@ -147,8 +147,8 @@ def read_bandwidth():
     x.uniform_()
     out = torch.empty((), dtype=torch.float32, device="cuda")
     for _ in range(20):
-        torch.sum(x, out=out)
-    t, _ = graph_time(lambda i: torch.sum(x, out=out), 1)
+        torch.sum(x, dim=0, out=out)
+    t, _ = graph_time(lambda i: torch.sum(x, dim=0, out=out), 1)
     return x.numel() * 4 / t
 
 
