@@ -13,7 +13,11 @@
 //! Attention is three launches: `tq_rotate_queries` (Π_k q/‖q‖ per query head), then
 //! `tq_decode_*` (few queries: split-K flash-decoding, GQA group per warp, tensor cores) or
 //! `tq_prefill_*` (query chunks: FlashAttention-2 over dequantised shared-memory tiles), then
-//! `tq_combine` (merge splits, full-precision rows, un-rotate, write).
+//! `tq_combine` (merge splits, full-precision rows, un-rotate, write). Decode takes
+//! `tq_decode_fast*` (persistent CTAs, bulk copies, PRMT-addressed pair table) where the shape allows
+//! (`fast_variant`, ≤ 8 kv heads, 8-byte rows), else the general `tq_decode_staged*`/`direct`;
+//! `TQ_CUDA_DECODE=staged` at context creation forces the general ones. On sm_90 the fast decode and
+//! the combine are programmatic dependent launches (each waits in-kernel for its predecessor).
 
 pub mod compile;
 pub mod params;
