@@ -116,7 +116,8 @@ struct FdWarp {
 };
 
 // One 16-row step at stage offsets ko (K rows) and vo (V rows) of smem; `valid` rows r0+g (+8) < rows.
-template <bool MASKED, int SW>
+// FULL: no mask and all 16 rows valid — every score is finite, so the -inf guards drop out.
+template <bool MASKED, bool FULL, int SW>
 __device__ __forceinline__ void fd_step(FdWarp &w, u32 tab, u32 ko, u32 vo, const u32 (&koff)[2],
                                         const u32 (&kso)[2], const u32 (&vso)[2], const u32 (&voff)[4], bool va, bool vb,
                                         u32 kcol, u32 vcol, const AttendParams &p, i64 seq, i64 row0, int g) {
@@ -150,9 +151,13 @@ __device__ __forceinline__ void fd_step(FdWarp &w, u32 tab, u32 ko, u32 vo, cons
 #pragma unroll
         for (int j = 0; j < 2; j++) {
             float &x = s[2 * r + j];
-            float bias = vr[r] ? 0.0f : NEG_INF;
-            if (MASKED && vr[r] && w.qi[j] >= 0) bias = cell_bias(p, seq, w.qi[j], row0 + g + 8 * r);
-            x = bias == NEG_INF ? NEG_INF : w.coef[j] * ks[r] * x + w.qmu[j] + bias;
+            if (FULL) {
+                x = w.coef[j] * ks[r] * x + w.qmu[j];
+            } else {
+                float bias = vr[r] ? 0.0f : NEG_INF;
+                if (MASKED && vr[r] && w.qi[j] >= 0) bias = cell_bias(p, seq, w.qi[j], row0 + g + 8 * r);
+                x = bias == NEG_INF ? NEG_INF : w.coef[j] * ks[r] * x + w.qmu[j] + bias;
+            }
         }
     }
     float mx[2];
@@ -181,15 +186,20 @@ __device__ __forceinline__ void fd_step(FdWarp &w, u32 tab, u32 ko, u32 vo, cons
     float pv[4];
 #pragma unroll
     for (int j = 0; j < 2; j++) {
-        const bool none = w.m[j] == NEG_INF;
+        const bool none = !FULL && w.m[j] == NEG_INF;
         pv[j] = none ? 0.0f : fast_exp2(s[j] - w.m[j]);
         pv[2 + j] = none ? 0.0f : fast_exp2(s[2 + j] - w.m[j]);
         w.l[j] += pv[j] + pv[2 + j];
     }
     // Weights times the V scale as f16; a zero weight stays zero whatever the (maybe stale) cell holds.
     u32 b[2];
-    b[0] = movmatrix_trans(pack_half2(pv[0] > 0.0f ? pv[0] * vsa : 0.0f, pv[1] > 0.0f ? pv[1] * vsa : 0.0f));
-    b[1] = movmatrix_trans(pack_half2(pv[2] > 0.0f ? pv[2] * vsb : 0.0f, pv[3] > 0.0f ? pv[3] * vsb : 0.0f));
+    if (FULL) {
+        b[0] = movmatrix_trans(pack_half2(pv[0] * vsa, pv[1] * vsa));
+        b[1] = movmatrix_trans(pack_half2(pv[2] * vsb, pv[3] * vsb));
+    } else {
+        b[0] = movmatrix_trans(pack_half2(pv[0] > 0.0f ? pv[0] * vsa : 0.0f, pv[1] > 0.0f ? pv[1] * vsa : 0.0f));
+        b[1] = movmatrix_trans(pack_half2(pv[2] > 0.0f ? pv[2] * vsb : 0.0f, pv[3] > 0.0f ? pv[3] * vsb : 0.0f));
+    }
     if (BITS_V == 4) {
         // The A fragment pairs two tokens of one dimension. The pair table does not care which two
         // codes form an entry, so interleave the nibbles of two tokens' windows — entry
@@ -464,13 +474,18 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
             if (masked) {
 #pragma unroll 1
                 for (int r0 = 16 * sub; r0 < rows; r0 += 16 * wph)
-                    fd_step<true, SW>(w, sbase, sk + (u32)(r0 * kRB), sv + (u32)(r0 * vRB), koff, kso, vso, voff, r0 + g < rows,
+                    fd_step<true, false, SW>(w, sbase, sk + (u32)(r0 * kRB), sv + (u32)(r0 * vRB), koff, kso, vso, voff, r0 + g < rows,
                                       r0 + g + 8 < rows, kcol, vcol, p, seq, (i64)(t0 + r0), g);
             } else {
 #pragma unroll 1
-                for (int r0 = 16 * sub; r0 < rows; r0 += 16 * wph)
-                    fd_step<false, SW>(w, sbase, sk + (u32)(r0 * kRB), sv + (u32)(r0 * vRB), koff, kso, vso, voff, r0 + g < rows,
-                                       r0 + g + 8 < rows, kcol, vcol, p, seq, (i64)(t0 + r0), g);
+                for (int r0 = 16 * sub; r0 < rows; r0 += 16 * wph) {
+                    if (r0 + 16 <= rows)
+                        fd_step<false, true, SW>(w, sbase, sk + (u32)(r0 * kRB), sv + (u32)(r0 * vRB), koff, kso, vso, voff, true,
+                                                 true, kcol, vcol, p, seq, (i64)(t0 + r0), g);
+                    else
+                        fd_step<false, false, SW>(w, sbase, sk + (u32)(r0 * kRB), sv + (u32)(r0 * vRB), koff, kso, vso, voff,
+                                                  r0 + g < rows, r0 + g + 8 < rows, kcol, vcol, p, seq, (i64)(t0 + r0), g);
+                }
             }
             if (BULK) {
                 // Release the stage; the last warp out refills it with the tile FD_STAGES ahead.

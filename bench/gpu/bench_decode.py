@@ -23,6 +23,8 @@ p.add_argument("--kernels", default="fast",
                     "(the general kernels: TQ_CUDA_DECODE=staged)")
 p.add_argument("--breakdown", action="store_true", help="per-kernel GPU times of one call (torch profiler)")
 p.add_argument("--decode-only", action="store_true")
+p.add_argument("--same-store", action="store_true",
+               help="every sequence reads sequence 0's rows (they stay in L2): the kernel without HBM traffic")
 p.add_argument("--cases", default=None, help="decode cases hq/hkv/d/batch/context/bits;... instead of the standard set")
 p.add_argument("--profile-one", action="store_true",
                help="one eager decode call (32q/8kv, d=128, batch 16, 32K, 4 bits) for ncu, then exit")
@@ -197,8 +199,9 @@ def run_decode(hq, hkv, d, batch, ctxlen, bits_list, copy_bw, results):
                     t_app = a.elapsed_time(e) / 1e3
                 else:
                     app()
-            kp = torch.tensor([kst[b].data_ptr() for b in range(batch)], dtype=torch.int64, device="cuda")
-            vpp = torch.tensor([vst[b].data_ptr() for b in range(batch)], dtype=torch.int64, device="cuda")
+            sel = [0] * batch if args.same_store else list(range(batch))
+            kp = torch.tensor([kst[b].data_ptr() for b in sel], dtype=torch.int64, device="cuda")
+            vpp = torch.tensor([vst[b].data_ptr() for b in sel], dtype=torch.int64, device="cuda")
             lens = torch.full((batch,), ctxlen, dtype=torch.int64, device="cuda")
             out = torch.empty(batch, hq, d, dtype=torch.float16, device="cuda")
             sets.append((kst, vst, kp, vpp, lens, out, qs[src]))
