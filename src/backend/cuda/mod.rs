@@ -265,16 +265,19 @@ const DECODE_STAGES: usize = 4;
 const FAST_STAGES: usize = 4;
 const FAST_THREADS: usize = 512;
 
-/// Whether kernels/decode_fast.cu compiles tq_decode_fast for this specialisation (its `#if`).
-fn fast_variant(d: usize, bits_k: u32, bits_v: u32) -> bool {
+/// Fixed cost of one work item of tq_decode_fast*, in cells (query fragments, partial stores).
+pub const FAST_ITEM_COST: usize = 64;
+
+/// Whether kernels/decode_fast.cu compiles tq_decode_fast* for this specialisation (its `#if`).
+pub fn fast_variant(d: usize, bits_k: u32, bits_v: u32) -> bool {
     bits_k <= 4 && bits_v <= 4 && d <= 128 && (d / 16 * 2 * bits_v as usize) % 8 == 0
 }
 
 /// Split count of the fast decode kernel for `base` (sequence, column block) pairs of `len` cells on
 /// `ctas` persistent CTAs: the one that minimises the longest CTA's work — items per CTA times (cells
 /// per item + a fixed cost per item) — preferring fewer splits (fewer partials to merge).
-fn fast_splits(base: usize, len: usize, ctas: usize, max_splits: usize) -> usize {
-    const ITEM_COST: usize = 64;
+pub fn fast_splits(base: usize, len: usize, ctas: usize, max_splits: usize) -> usize {
+    const ITEM_COST: usize = FAST_ITEM_COST;
     let mut best = (usize::MAX, 1);
     for s in 1..=max_splits.max(1) {
         let chunk = len.div_ceil(s).next_multiple_of(16);
