@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Run on the GPU machine from a folder holding: libturboquant.so, gpu_kernels (test binary),
-# bench_decode.py. Writes logs and results under $OUT (or ./out). Usage: run_on_gpu.sh [tests|sanitize|bench|quickbench|all]...
+# bench_decode.py. Writes logs and results under $OUT (or ./out).
+# Usage: run_on_gpu.sh STEP...  with STEP one of
+#   tests      GPU tests (fast decode kernels, then TQ_CUDA_DECODE=staged)
+#   sanitize   compute-sanitizer memcheck and racecheck over the quick GPU tests
+#   bench      the full decode/prefill table (BENCH_BUDGET_S caps its seconds)
+#   quickbench, compare (fast vs general kernels with per-kernel times), sweep (batch 1 over context)
+#   ncu, ncufast, ncustall, ncusrc   hardware counters / stall reasons / stall locations of decode
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-$HERE/out}
