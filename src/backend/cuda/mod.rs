@@ -266,7 +266,12 @@ const FAST_STAGES: usize = 4;
 const FAST_THREADS: usize = 512;
 
 /// Fixed cost of one work item of tq_decode_fast*, in cells (query fragments, partial stores).
-pub const FAST_ITEM_COST: usize = 64;
+const FAST_ITEM_COST: usize = 64;
+
+/// `FAST_ITEM_COST` for tests (a function: public constants would land in the C header).
+pub fn fast_item_cost() -> usize {
+    FAST_ITEM_COST
+}
 
 /// Whether kernels/decode_fast.cu compiles tq_decode_fast* for this specialisation (its `#if`).
 pub fn fast_variant(d: usize, bits_k: u32, bits_v: u32) -> bool {
