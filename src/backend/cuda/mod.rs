@@ -281,20 +281,28 @@ pub fn fast_variant(d: usize, bits_k: u32, bits_v: u32) -> bool {
 /// Split count of the fast decode kernel for `base` (sequence, column block) pairs of `len` cells on
 /// `ctas` persistent CTAs: the one that minimises the longest CTA's work — items per CTA times (cells
 /// per item + a fixed cost per item) — preferring fewer splits (fewer partials to merge).
+///
+/// Runs on every attention call, so it does not try every split count: for each number of waves w
+/// (items per CTA) the best candidate is the most splits that still fit w waves (the smallest chunk),
+/// reduced to the splits that chunk really needs; no later w can win once w items of the smallest
+/// chunk (16 cells) cost more than the best so far.
 pub fn fast_splits(base: usize, len: usize, ctas: usize, max_splits: usize) -> usize {
-    const ITEM_COST: usize = FAST_ITEM_COST;
+    let (base, max_splits) = (base.max(1), max_splits.max(1));
     let mut best = (usize::MAX, 1);
-    for s in 1..=max_splits.max(1) {
+    let mut w = base.div_ceil(ctas).max(1);
+    loop {
+        let s = (w * ctas / base).clamp(1, max_splits);
         let chunk = len.div_ceil(s).next_multiple_of(16);
-        if s > 1 && len.div_ceil(chunk) < s {
-            continue;
+        let n = len.div_ceil(chunk).max(1);
+        let cost = (base * n).div_ceil(ctas) * (chunk + FAST_ITEM_COST);
+        if cost < best.0 || (cost == best.0 && n < best.1) {
+            best = (cost, n);
         }
-        let cost = (base * s).div_ceil(ctas) * (chunk + ITEM_COST);
-        if cost < best.0 {
-            best = (cost, s);
+        if s == max_splits || w * (16 + FAST_ITEM_COST) >= best.0 {
+            return best.1;
         }
+        w += 1;
     }
-    best.1
 }
 /// Warps of the combine kernel (CMB_WARPS in kernels/combine.cu).
 const COMBINE_WARPS: usize = 8;
