@@ -579,6 +579,10 @@ impl CudaBackend {
         self.ctx.bind_to_thread().map_err(driver_err("context bind"))
     }
 
+    /// Launch `f` with its one by-value parameter struct. `dependent`: as a programmatic dependent
+    /// launch where the device has them (sm_90+) — the kernel may be scheduled while the previous
+    /// kernel on the stream still runs, and waits for it (`griddepcontrol.wait` in the kernel) before
+    /// touching what that kernel writes; elsewhere, and when false, a plain launch.
     #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
@@ -588,32 +592,15 @@ impl CudaBackend {
         smem: u32,
         stream: sys::CUstream,
         params_ptr: *mut c_void,
+        dependent: bool,
         what: &str,
     ) -> Result<(), CudaError> {
         let mut args = [params_ptr];
-        // SAFETY: the kernel takes one by-value struct whose layout is checked at compile time
-        // (params::layout_asserts); pointers inside it are the caller's device memory or ours.
-        unsafe { result::launch_kernel(f, grid, (block, 1, 1), smem, stream, &mut args) }.map_err(driver_err(what))
-    }
-
-    /// `launch` as a programmatic dependent launch (sm_90+): the kernel may be scheduled while the
-    /// previous kernel on the stream is still running, and waits for it (`griddepcontrol.wait` in
-    /// the kernel) before touching what that kernel writes. Elsewhere a plain launch.
-    #[allow(clippy::too_many_arguments)]
-    fn launch_dependent(
-        &self,
-        f: sys::CUfunction,
-        grid: (u32, u32, u32),
-        block: u32,
-        smem: u32,
-        stream: sys::CUstream,
-        params_ptr: *mut c_void,
-        what: &str,
-    ) -> Result<(), CudaError> {
-        if !self.pdl {
-            return self.launch(f, grid, block, smem, stream, params_ptr, what);
+        if !(dependent && self.pdl) {
+            // SAFETY: the kernel takes one by-value struct whose layout is checked at compile time
+            // (params::layout_asserts); pointers inside it are the caller's device memory or ours.
+            return unsafe { result::launch_kernel(f, grid, (block, 1, 1), smem, stream, &mut args) }.map_err(driver_err(what));
         }
-        let mut args = [params_ptr];
         // SAFETY: an all-zero launch attribute is a valid value to fill in.
         let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
         attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
@@ -630,7 +617,7 @@ impl CudaBackend {
             attrs: &mut attr,
             numAttrs: 1,
         };
-        // SAFETY: as in `launch`; the config and its attribute outlive the call.
+        // SAFETY: as above; the config and its attribute outlive the call.
         unsafe { sys::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()) }
             .result()
             .map_err(driver_err(what))
@@ -669,7 +656,7 @@ impl CudaBackend {
         let items = a.n_tokens * self.n_kv_heads * 2;
         let blocks = items.div_ceil(APPEND_WARPS) as u32;
         let ptr = &mut p as *mut _ as *mut c_void;
-        self.launch(self.kernels.append, (blocks, 1, 1), (APPEND_WARPS * 32) as u32, 0, stream, ptr, "append launch")
+        self.launch(self.kernels.append, (blocks, 1, 1), (APPEND_WARPS * 32) as u32, 0, stream, ptr, false, "append launch")
     }
 
     /// The split-K plan of an attention call.
@@ -807,7 +794,7 @@ impl CudaBackend {
         };
         let grid_rows = (a.n_q * self.n_heads) as u32;
         let ptr = &mut rp as *mut _ as *mut c_void;
-        self.launch(self.kernels.rotate, (grid_rows, a.n_seqs as u32, 1), d as u32, 0, stream, ptr, "query rotation launch")?;
+        self.launch(self.kernels.rotate, (grid_rows, a.n_seqs as u32, 1), d as u32, 0, stream, ptr, false, "query rotation launch")?;
 
         let aligned = self.aligned(&a.stores);
         let staged = self.stage_cells > 0 && self.stores_aligned(&a.stores, self.stage_align as u64);
@@ -858,7 +845,7 @@ impl CudaBackend {
             let row_blocks = (a.n_q * self.group).div_ceil(PREFILL_ROWS);
             let f = if aligned { self.kernels.prefill_aligned } else { self.kernels.prefill_unaligned };
             let grid = (plan.n_splits as u32, (self.n_kv_heads * row_blocks) as u32, a.n_seqs as u32);
-            self.launch(f, grid, PREFILL_THREADS, self.prefill_smem, stream, ptr, "prefill attention launch")?;
+            self.launch(f, grid, PREFILL_THREADS, self.prefill_smem, stream, ptr, false, "prefill attention launch")?;
         } else {
             let col_blocks = (a.n_q * self.group).div_ceil(8);
             let head_blocks = self.n_kv_heads.div_ceil(plan.heads_per_cta);
@@ -885,11 +872,7 @@ impl CudaBackend {
                 (plan.n_splits as u32, (head_blocks * col_blocks) as u32, a.n_seqs as u32)
             };
             let threads = (32 * plan.heads_per_cta * plan.warps_per_head) as u32;
-            if plan.fast {
-                self.launch_dependent(f, grid, threads, smem, stream, ptr, "decode attention launch")?;
-            } else {
-                self.launch(f, grid, threads, smem, stream, ptr, "decode attention launch")?;
-            }
+            self.launch(f, grid, threads, smem, stream, ptr, plan.fast, "decode attention launch")?;
         }
 
         let full = a.full;
@@ -927,7 +910,7 @@ impl CudaBackend {
             )));
         }
         let ptr = &mut cp as *mut _ as *mut c_void;
-        self.launch_dependent(self.kernels.combine, (grid_rows, a.n_seqs as u32, 1), (COMBINE_WARPS * 32) as u32, smem, stream, ptr, "combine launch")
+        self.launch(self.kernels.combine, (grid_rows, a.n_seqs as u32, 1), (COMBINE_WARPS * 32) as u32, smem, stream, ptr, true, "combine launch")
     }
 }
 
