@@ -3,8 +3,8 @@
 // centering term (q . mu_k)*scale*log2 e); tq_combine merges the split-K partials of one (query,
 // head), adds the full-precision rows (owned cache: residual window, sinks) to the same softmax in
 // the original basis, un-rotates once (Pi_v^T), adds mu_v and writes the output row.
-// tq_rotate_queries: one CTA of D threads per (query token, query head); tq_combine: one CTA of 256
-// threads per (query token, query head); grid.y = sequence.
+// tq_rotate_queries: one CTA of D threads per (query token, query head); tq_combine: one CTA of D
+// to 512 threads per (query token, query head); grid.y = sequence.
 
 struct Rotation {
     const float *signs_in;   // Hadamard D1, or NULL for dense
@@ -119,23 +119,24 @@ extern "C" __global__ void __launch_bounds__(D) tq_rotate_queries(const RotatePa
     }
 }
 
-constexpr int CMB_THREADS = 256;
-constexpr int CMB_WARPS = CMB_THREADS / 32;
+constexpr int CMB_MAX_THREADS = 512;  // COMBINE_MAX_WARPS * 32 in src/backend/cuda/mod.rs
 
-constexpr int CMB_BATCH = 8;  // partials a warp loads before merging them (loads in flight)
+constexpr int CMB_BATCH = 8;  // partials a warp loads before merging them (loads in flight); COMBINE_BATCH
 
-// One CTA of CMB_THREADS per (query token, query head): warp w merges partials w, w + 8, ... in one
+// One CTA per (query token, query head), of D to CMB_MAX_THREADS threads (more warps where there
+// are many partials: fewer dependent load rounds; fewer where there are few: more CTAs resident): warp w of nw merges partials w, w + nw, ... in one
 // pass with its own running maximum (CMB_BATCH partials loaded at a time), the warps' results are
 // merged through shared memory, then the first D threads finish one output element each.
-extern "C" __global__ void __launch_bounds__(CMB_THREADS) tq_combine(const CombineParams p) {
-    // [D] rotated accumulator, [CMB_WARPS] warp maxima, [CMB_WARPS] warp sums, [CMB_WARPS][D] warp
+extern "C" __global__ void __launch_bounds__(CMB_MAX_THREADS) tq_combine(const CombineParams p) {
+    // [D] rotated accumulator, [nw] warp maxima, [nw] warp sums, [nw][D] warp
     // accumulators, [n_full] logits.
     extern __shared__ float cmb_smem[];
     float *buf = cmb_smem;
     float *red = buf + D;
-    float *wl = red + CMB_WARPS;
-    float *wsum = wl + CMB_WARPS;
-    float *logits = wsum + CMB_WARPS * D;
+    const int nw = blockDim.x >> 5;
+    float *wl = red + nw;
+    float *wsum = wl + nw;
+    float *logits = wsum + nw * D;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int j = tid;  // output element of the first D threads
     const i64 row = blockIdx.x, seq = blockIdx.y;
@@ -147,11 +148,11 @@ extern "C" __global__ void __launch_bounds__(CMB_THREADS) tq_combine(const Combi
         float mw = NEG_INF, lw = 0.0f, accw[D / 32];
 #pragma unroll
         for (int k = 0; k < D / 32; k++) accw[k] = 0.0f;
-        for (i64 s0 = warp; s0 < p.n_partials; s0 += CMB_WARPS * CMB_BATCH) {
+        for (i64 s0 = warp; s0 < p.n_partials; s0 += nw * CMB_BATCH) {
             float m[CMB_BATCH], l[CMB_BATCH], o[CMB_BATCH][D / 32];
 #pragma unroll
             for (int b = 0; b < CMB_BATCH; b++) {
-                const i64 s = s0 + (i64)b * CMB_WARPS;
+                const i64 s = s0 + (i64)b * nw;
                 const float *ps = part + s * PART_STRIDE;
                 const bool in = s < p.n_partials;
                 m[b] = in ? ps[0] : NEG_INF;
@@ -185,10 +186,10 @@ extern "C" __global__ void __launch_bounds__(CMB_THREADS) tq_combine(const Combi
     }
     __syncthreads();
     float mmax = NEG_INF;
-    for (int w = 0; w < CMB_WARPS; w++) mmax = fmaxf(mmax, red[w]);
+    for (int w = 0; w < nw; w++) mmax = fmaxf(mmax, red[w]);
     float lc = 0.0f, acc = 0.0f;
     if (mmax != NEG_INF) {
-        for (int w = 0; w < CMB_WARPS; w++) {
+        for (int w = 0; w < nw; w++) {
             const float c = red[w] == NEG_INF ? 0.0f : fast_exp2(red[w] - mmax);
             lc += c * wl[w];
             if (j < D) acc += c * wsum[w * D + j];
@@ -200,7 +201,7 @@ extern "C" __global__ void __launch_bounds__(CMB_THREADS) tq_combine(const Combi
         const u8 *qp = p.q.ptr + seq * p.q.seq_stride + i * p.q.token_stride + hq * p.q.head_stride;
         const i64 esz = p.dtype == DTYPE_F32 ? 4 : 2;
         const i64 qpos = p.query_pos[seq * p.n_q + i];
-        for (i64 r = warp; r < p.n_full; r += CMB_WARPS) {
+        for (i64 r = warp; r < p.n_full; r += nw) {
             const float *k = p.full_k + ((seq * p.full_seq_stride + r) * p.n_kv_heads + kvh) * D;
             float dot = 0.0f;
             for (int e = lane; e < D; e += 32) dot += load_elem(qp + e * esz, p.dtype) * k[e];

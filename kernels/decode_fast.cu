@@ -205,14 +205,16 @@ __device__ __forceinline__ void fd_step(FdWarp &w, u32 tab, u32 ko, u32 vo, cons
         // codes form an entry, so interleave the nibbles of two tokens' windows — entry
         // (code of token 2t, code of token 2t+1) of one dimension — and each lookup yields a fragment
         // register directly (no transposition of dimension pairs).
+        // Byte k of window word wi is dimension pair 4*wi + k; a last partial word (DEC_VBITS not a
+        // multiple of 32: head_dim 16, 48, 80, 96, 112) has D/16 - 4*wi pairs.
 #pragma unroll
-        for (int wi = 0; wi < DEC_VBITS / 32; wi++) {
+        for (int wi = 0; wi < (DEC_VBITS + 31) / 32; wi++) {
             const u32 lo01 = (v[0].w[wi] & 0x0F0F0F0Fu) | ((v[1].w[wi] << 4) & 0xF0F0F0F0u);
             const u32 hi01 = ((v[0].w[wi] >> 4) & 0x0F0F0F0Fu) | (v[1].w[wi] & 0xF0F0F0F0u);
             const u32 lo23 = (v[2].w[wi] & 0x0F0F0F0Fu) | ((v[3].w[wi] << 4) & 0xF0F0F0F0u);
             const u32 hi23 = ((v[2].w[wi] >> 4) & 0x0F0F0F0Fu) | (v[3].w[wi] & 0xF0F0F0F0u);
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
+            for (int k = 0; k < 4 && 4 * wi + k < D / 16; k++) {
                 const int mt = 4 * wi + k;
                 const u32 sel = 0x5504 | (k << 4);
                 u32 a[4] = {fd_lds(tab + __byte_perm(lo01, vcol, sel)), fd_lds(tab + __byte_perm(hi01, vcol, sel)),

@@ -1,8 +1,9 @@
 //! GPU tests of the CUDA backend (run on an H100/H200; on a machine without a GPU each test prints a
 //! loud "SKIPPED" line and does not run — a skip is not a pass):
 //! * appended rows are byte-identical to the CPU backend's for the same input;
-//! * tq_attend / tq_attend_batch agree with the CPU backend within 1e-3 relative (f16 I/O) for
-//!   head_dim 64/128/256, GQA 1/4/8, n_q 1 and 128, ragged lengths, several sequences, masks;
+//! * tq_attend / tq_attend_batch agree with the CPU backend within 1e-3 relative (f16 and f32 I/O;
+//!   bf16 4e-3) for head_dim 64/96/128/256, GQA 1/3/4/8, n_q 1 and 128, ragged lengths, several
+//!   sequences, masks, strided queries;
 //! * full-precision (residual-window) rows merge into the same softmax as on the CPU;
 //! * append + attend captured in a CUDA graph and replayed give the eager results;
 //! * errors name their argument.
@@ -143,13 +144,32 @@ struct AttendCase {
     rotation: u32,
     n_q: usize,
     lens: Vec<usize>,
+    /// Query/output dtype (F32, F16, BF16).
+    dtype: u32,
+    /// Extra elements after each query head (strided queries when > 0).
+    q_pad: usize,
+}
+
+impl AttendCase {
+    fn new(d: u32, n_heads: u32, n_kv: u32, bits: (u32, u32), rotation: u32, n_q: usize, lens: Vec<usize>) -> Self {
+        AttendCase { d, n_heads, n_kv, bits, rotation, n_q, lens, dtype: F16, q_pad: 0 }
+    }
+}
+
+fn from_dtype_bytes(x: &[u8], dtype: u32) -> Vec<f32> {
+    match dtype {
+        F32 => x.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        F16 => x.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+        _ => x.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+    }
 }
 
 /// Rows written by the CPU backend (host), the same rows on the device, and CPU attention outputs.
 fn run_attend_case(c: &AttendCase) -> (f64, f64) {
     let (d, hq, hkv) = (c.d as usize, c.n_heads as usize, c.n_kv as usize);
-    let cpu = context(&params(c.n_heads, c.n_kv, c.d, c.bits.0, c.bits.1, c.rotation, F16, false));
-    let gpu = context(&params(c.n_heads, c.n_kv, c.d, c.bits.0, c.bits.1, c.rotation, F16, true));
+    let cpu = context(&params(c.n_heads, c.n_kv, c.d, c.bits.0, c.bits.1, c.rotation, c.dtype, false));
+    let gpu = context(&params(c.n_heads, c.n_kv, c.d, c.bits.0, c.bits.1, c.rotation, c.dtype, true));
+    let esz = if c.dtype == F32 { 4 } else { 2 };
     let (kr, vr) = row_bytes(&cpu);
     let mut rng = Rng::new((d * 7 + hq * 3 + c.n_q + c.lens.len()) as u64);
     let n_seqs = c.lens.len();
@@ -167,7 +187,7 @@ fn run_attend_case(c: &AttendCase) -> (f64, f64) {
             *v += offset[i % d];
         }
         let vx = rng.normals(len * hkv * d);
-        let (kb, vb) = (f16_bits(&kx), f16_bits(&vx));
+        let (kb, vb) = (to_dtype_bytes(&kx, c.dtype), to_dtype_bytes(&vx, c.dtype));
         let slots: Vec<i64> = (0..len as i64).collect();
         let mut ks = vec![0u8; len.max(1) * kr];
         let mut vs = vec![0u8; len.max(1) * vr];
@@ -182,8 +202,14 @@ fn run_attend_case(c: &AttendCase) -> (f64, f64) {
         v_dev.push(Dev::from(&vs));
         stores.push((ks, vs));
     }
-    let qx: Vec<f32> = (0..n_seqs * c.n_q * hq * d).map(|i| rng.normal() as f32 * 1.5 + offset[i % d]).collect();
-    let qb = f16_bits(&qx);
+    // Queries: head h of token i at element (i*hq + h)*(d + q_pad); the padding holds NaN (never read).
+    let qh = d + c.q_pad;
+    let qx: Vec<f32> = (0..n_seqs * c.n_q * hq * qh)
+        .map(|i| if i % qh < d { rng.normal() as f32 * 1.5 + offset[i % qh] } else { f32::NAN })
+        .collect();
+    let qb = to_dtype_bytes(&qx, c.dtype);
+    let q_strides = tq_strides { token: hq * qh * esz, head: qh * esz };
+    let q_seq_bytes = c.n_q * hq * qh * esz;
     // Masks [seq][n_q][max_cells] f32: random additive values, ~15% -inf; the last sequence's first
     // query sees nothing (zero output).
     let mut mask = vec![0.0f32; n_seqs * c.n_q * max_cells];
@@ -198,43 +224,43 @@ fn run_attend_case(c: &AttendCase) -> (f64, f64) {
     }
     let per_seq = c.n_q * hq * d;
     // CPU reference, per sequence.
-    let mut out_cpu = vec![0u16; n_seqs * per_seq];
+    let mut out_cpu = vec![0u8; n_seqs * per_seq * esz];
     for s in 0..n_seqs {
         let (ks, vs) = &stores[s];
         let st = unsafe {
-            tq_attend(cpu.0, layer, qb[s * per_seq..].as_ptr().cast(), c.n_q, null(), ks.as_ptr().cast(), vs.as_ptr().cast(),
-                c.lens[s], mask[s * c.n_q * max_cells..].as_ptr().cast(), F32, max_cells, scale,
-                out_cpu[s * per_seq..].as_mut_ptr().cast(), null(), null_mut())
+            tq_attend(cpu.0, layer, qb[s * q_seq_bytes..].as_ptr().cast(), c.n_q, &q_strides, ks.as_ptr().cast(),
+                vs.as_ptr().cast(), c.lens[s], mask[s * c.n_q * max_cells..].as_ptr().cast(), F32, max_cells, scale,
+                out_cpu[s * per_seq * esz..].as_mut_ptr().cast(), null(), null_mut())
         };
         assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
     }
-    let out_cpu = from_f16_bits(&out_cpu);
+    let out_cpu = from_dtype_bytes(&out_cpu, c.dtype);
     let qd = Dev::from(&qb);
     let md = Dev::from(&mask);
     // CUDA, one call per sequence (tq_attend); output poisoned with NaN.
-    let od = Dev::filled(n_seqs * per_seq * 2, 0xFF);
+    let od = Dev::filled(n_seqs * per_seq * esz, 0xFF);
     for s in 0..n_seqs {
         let st = unsafe {
-            tq_attend(gpu.0, layer, (qd.ptr + (s * per_seq * 2) as u64) as *const c_void, c.n_q, null(), k_dev[s].void(),
+            tq_attend(gpu.0, layer, (qd.ptr + (s * q_seq_bytes) as u64) as *const c_void, c.n_q, &q_strides, k_dev[s].void(),
                 v_dev[s].void(), c.lens[s], (md.ptr + (s * c.n_q * max_cells * 4) as u64) as *const c_void, F32, max_cells,
-                scale, (od.ptr + (s * per_seq * 2) as u64) as *mut c_void, null(), null_mut())
+                scale, (od.ptr + (s * per_seq * esz) as u64) as *mut c_void, null(), null_mut())
         };
         assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
     }
-    let out_single = from_f16_bits(&od.read::<u16>(n_seqs * per_seq));
+    let out_single = from_dtype_bytes(&od.read::<u8>(n_seqs * per_seq * esz), c.dtype);
     // CUDA, all sequences in one tq_attend_batch.
     let kp: Vec<u64> = k_dev.iter().map(|b| b.ptr).collect();
     let vp: Vec<u64> = v_dev.iter().map(|b| b.ptr).collect();
     let lens: Vec<i64> = c.lens.iter().map(|&l| l as i64).collect();
     let (kpd, vpd, ld) = (Dev::from(&kp), Dev::from(&vp), Dev::from(&lens));
-    let ob = Dev::filled(n_seqs * per_seq * 2, 0xFF);
+    let ob = Dev::filled(n_seqs * per_seq * esz, 0xFF);
     let st = unsafe {
-        tq_attend_batch(gpu.0, layer, n_seqs, qd.void(), c.n_q, null(), per_seq * 2, kpd.ptr as *const *const c_void,
+        tq_attend_batch(gpu.0, layer, n_seqs, qd.void(), c.n_q, &q_strides, q_seq_bytes, kpd.ptr as *const *const c_void,
             vpd.ptr as *const *const c_void, ld.ptr as *const i64, max_cells, md.void(), F32, max_cells, c.n_q * max_cells,
-            scale, ob.void(), null(), per_seq * 2, null_mut())
+            scale, ob.void(), null(), per_seq * esz, null_mut())
     };
     assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
-    let out_batch = from_f16_bits(&ob.read::<u16>(n_seqs * per_seq));
+    let out_batch = from_dtype_bytes(&ob.read::<u8>(n_seqs * per_seq * esz), c.dtype);
     // The fully masked query row is exactly zero on both backends.
     let s = n_seqs - 1;
     for h in 0..hq {
@@ -245,8 +271,8 @@ fn run_attend_case(c: &AttendCase) -> (f64, f64) {
     let (t1, w1) = rel_errors(&out_single, &out_cpu, d);
     let (t2, w2) = rel_errors(&out_batch, &out_cpu, d);
     println!(
-        "attend d={} heads={}/{} bits={:?} n_q={} lens={:?}: rel err single {t1:.2e} (worst row {w1:.2e}), batch {t2:.2e} (worst row {w2:.2e})",
-        c.d, c.n_heads, c.n_kv, c.bits, c.n_q, c.lens
+        "attend d={} heads={}/{} bits={:?} n_q={} lens={:?} dtype={} q_pad={}: rel err single {t1:.2e} (worst row {w1:.2e}), batch {t2:.2e} (worst row {w2:.2e})",
+        c.d, c.n_heads, c.n_kv, c.bits, c.n_q, c.lens, c.dtype, c.q_pad
     );
     (t1.max(t2), w1.max(w2))
 }
@@ -268,7 +294,7 @@ fn cuda_attend_matches_cpu() {
                     (_, false) => vec![5, 700],
                     (_, true) => vec![5, 130],
                 };
-                cases.push(AttendCase { d, n_heads: h, n_kv: kv, bits: (4, 4), rotation: 2, n_q, lens });
+                cases.push(AttendCase::new(d, h, kv, (4, 4), 2, n_q, lens));
             }
         }
     }
@@ -276,26 +302,45 @@ fn cuda_attend_matches_cpu() {
     for (h, kv) in [(32u32, 8u32), (32, 4)] {
         for n_q in [1usize, 2] {
             let lens = if quick() { vec![1, 45, 300] } else { vec![1, 45, 300, 3000] };
-            cases.push(AttendCase { d: 128, n_heads: h, n_kv: kv, bits: (4, 4), rotation: 2, n_q, lens });
+            cases.push(AttendCase::new(128, h, kv, (4, 4), 2, n_q, lens));
         }
     }
     if !quick() {
         for bits in [(3, 3), (2, 2), (4, 2), (8, 8), (1, 1)] {
-            cases.push(AttendCase { d: 128, n_heads: 32, n_kv: 8, bits, rotation: 2, n_q: 1, lens: vec![17, 1000] });
+            cases.push(AttendCase::new(128, 32, 8, bits, 2, 1, vec![17, 1000]));
         }
-        cases.push(AttendCase { d: 96, n_heads: 12, n_kv: 3, bits: (4, 4), rotation: 1, n_q: 1, lens: vec![33, 400] });
-        cases.push(AttendCase { d: 96, n_heads: 12, n_kv: 3, bits: (4, 4), rotation: 1, n_q: 128, lens: vec![200] });
-        cases.push(AttendCase { d: 64, n_heads: 9, n_kv: 3, bits: (3, 3), rotation: 2, n_q: 2, lens: vec![3, 900] });
+        cases.push(AttendCase::new(96, 12, 3, (4, 4), 1, 1, vec![33, 400]));
+        cases.push(AttendCase::new(96, 12, 3, (4, 4), 1, 128, vec![200]));
+        cases.push(AttendCase::new(64, 9, 3, (3, 3), 2, 2, vec![3, 900]));
     }
+    // f32 and bf16 queries/outputs, strided (padded) query heads; Hadamard (d 128) and dense (d 96)
+    // rotations, both on the fast decode kernel (8 kv heads: 16-byte rows).
+    for (dtype, rotation, q_pad) in [(F32, 2u32, 0usize), (BF16, 2, 0), (F16, 2, 8), (F32, 1, 4)] {
+        let d = if rotation == 1 { 96 } else { 128 };
+        for n_q in [1usize, 2] {
+            cases.push(AttendCase { dtype, q_pad, ..AttendCase::new(d, 32, 8, (4, 4), rotation, n_q, vec![7, 300, 1500]) });
+        }
+    }
+    // Tolerance: 1e-3 relative for f16 and f32 I/O; bf16 outputs carry 8 significant bits, so two
+    // backends a few 1e-4 apart round to neighbouring bf16 values (2^-8 apart) on some elements: 4e-3.
     let mut worst_total = 0.0f64;
     let mut worst_row = 0.0f64;
+    let mut worst_bf16 = 0.0f64;
     for c in &cases {
         let (t, w) = run_attend_case(c);
-        worst_total = worst_total.max(t);
-        worst_row = worst_row.max(w);
+        if c.dtype == BF16 {
+            worst_bf16 = worst_bf16.max(t);
+        } else {
+            worst_total = worst_total.max(t);
+            worst_row = worst_row.max(w);
+        }
     }
-    println!("cuda_attend_matches_cpu: {} cases, worst tensor rel err {worst_total:.2e}, worst row {worst_row:.2e}", cases.len());
+    println!(
+        "cuda_attend_matches_cpu: {} cases, worst tensor rel err {worst_total:.2e} (f16/f32 I/O), worst row {worst_row:.2e}; bf16 I/O {worst_bf16:.2e}",
+        cases.len()
+    );
     assert!(worst_total <= 1e-3, "CUDA attend differs from CPU attend by {worst_total:.2e} (> 1e-3)");
+    assert!(worst_bf16 <= 4e-3, "CUDA attend (bf16 I/O) differs from CPU attend by {worst_bf16:.2e} (> 4e-3)");
 }
 
 #[test]

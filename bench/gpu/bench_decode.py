@@ -21,6 +21,8 @@ p.add_argument("--budget-s", type=float, default=420.0)
 p.add_argument("--kernels", default="fast",
                help="decode kernels to time, comma-separated: fast (the default choice of the library), staged "
                     "(the general kernels: TQ_CUDA_DECODE=staged)")
+p.add_argument("--repeat", type=int, default=1,
+               help="repetitions of each decode case (fresh stores and contexts each; FP16 re-timed; medians printed)")
 p.add_argument("--breakdown", action="store_true", help="per-kernel GPU times of one call (torch profiler)")
 p.add_argument("--decode-only", action="store_true")
 p.add_argument("--same-store", action="store_true",
@@ -172,10 +174,15 @@ def run_decode(hq, hkv, d, batch, ctxlen, bits_list, copy_bw, results):
     qs = [torch.randn(batch, hq, 1, d, device="cuda", dtype=torch.float16) for _ in range(n_sets_f)]
     ref = sdpa(qs[0], ks[0], vs[0], scale)
     t_fp16, spread_f = graph_time(lambda i: sdpa(qs[i], ks[i], vs[i], scale), n_sets_f)
-    for bits, kernel in [(b, k) for b in bits_list for k in args.kernels.split(",")]:
+    kernels = args.kernels.split(",")
+    fp16_times = {0: t_fp16}
+    for rep, bits, kernel in [(r, b, k) for b in bits_list for r in range(args.repeat) for k in kernels]:
         if time.monotonic() - T_START > args.budget_s:
             print("budget exhausted; stopping", flush=True)
             return False
+        if rep not in fp16_times:  # each repetition: FP16 again, then each kernel with fresh stores
+            fp16_times[rep], spread_f = graph_time(lambda i: sdpa(qs[i], ks[i], vs[i], scale), n_sets_f)
+        t_fp16 = fp16_times[rep]
         ctx, kr, vr = context(hq, hkv, d, bits, 2048, kernel)
         comp = batch * ctxlen * (kr + vr)
         n_sets = max(1, min(8, math.ceil(L2 / comp)))
@@ -224,7 +231,7 @@ def run_decode(hq, hkv, d, batch, ctxlen, bits_list, copy_bw, results):
                    t_fp16_us=t_fp16 * 1e6, speedup=t_fp16 / t, comp_bytes=comp, gbps=comp / t / 1e9,
                    frac_copy=comp / t / copy_bw, frac_read=comp / t / read_bw, fp16_gbps=fp16_bytes / t_fp16 / 1e9, spread=spread,
                    spread_fp16=spread_f, rel_err_vs_fp16=err, buffer_sets=n_sets,
-                   append_vectors_per_s=(ctxlen * hkv * 2 / t_app) if t_app else None)
+                   append_vectors_per_s=(ctxlen * hkv * 2 / t_app) if t_app else None, repetition=rep)
         results.append(row)
         print(f"{kernel:>6} {hq:>3}q/{hkv}kv d={d} B={batch:<3} ctx={ctxlen:<6} {bits}b: {t*1e6:9.1f} us  fp16 {t_fp16*1e6:9.1f} us"
               f"  x{t_fp16/t:5.2f}  {comp/t/1e9:7.0f} GB/s ({100*comp/t/copy_bw:4.0f}% copy, {100*comp/t/read_bw:4.0f}% read)  err-vs-fp16 {err:.3f}"
@@ -232,6 +239,13 @@ def run_decode(hq, hkv, d, batch, ctxlen, bits_list, copy_bw, results):
         del sets
         lib.tq_context_free(ctx)
         torch.cuda.empty_cache()
+        if args.repeat > 1 and rep == args.repeat - 1:
+            rows = [r for r in results if (r["q_heads"], r["kv_heads"], r["d"], r["batch"], r["context"], r["bits"], r["kernel"])
+                    == (hq, hkv, d, batch, ctxlen, bits, kernel)]
+            tm, fm = statistics.median(r["t_us"] for r in rows), statistics.median(r["t_fp16_us"] for r in rows)
+            print(f"{kernel:>7} {hq:>3}q/{hkv}kv d={d} B={batch:<3} ctx={ctxlen:<6} {bits}b: median of {len(rows)} repetitions "
+                  f"{tm:9.1f} us (range {min(r['t_us'] for r in rows):.1f}-{max(r['t_us'] for r in rows):.1f})  fp16 {fm:9.1f} us  "
+                  f"x{fm / tm:5.2f}", flush=True)
     del ks, vs, qs
     torch.cuda.empty_cache()
     return True

@@ -5,7 +5,8 @@
 #   tests      GPU tests (fast decode kernels, then TQ_CUDA_DECODE=staged)
 #   sanitize   compute-sanitizer memcheck and racecheck over the quick GPU tests
 #   bench      the full decode/prefill table (BENCH_BUDGET_S caps its seconds)
-#   quickbench, compare (fast vs general kernels with per-kernel times), sweep (batch 1 over context)
+#   quickbench, compare (fast vs general kernels with per-kernel times), sweep (batch 1 over context),
+#   targets (the target cases with per-kernel times, for each library in TQ_LIBS)
 #   ncu, ncufast, ncustall, ncusrc   hardware counters / stall reasons / stall locations of decode
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -65,6 +66,16 @@ for step in "$@"; do
       # The fast and the general decode kernels side by side, with per-kernel times.
       PYTHONUNBUFFERED=1 timeout 200 python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --quick --decode-only \
         --kernels fast,staged --breakdown --out "$OUT/bench_compare.json" 2>&1 | tee "$OUT/bench_compare.log" ;;
+    targets)
+      # The two target cases (batch 1 and 16, 32K, 32q/8kv, d=128, 4 bits; or TQ_CASES) with per-kernel
+      # times, for each library in TQ_LIBS (default libturboquant.so; e.g. a previous build beside the
+      # current one), kernels TQ_KERNELS (default fast), TQ_REPEAT repetitions (default 1).
+      for lib in ${TQ_LIBS:-libturboquant.so}; do
+        echo "--- $lib"
+        PYTHONUNBUFFERED=1 timeout 240 python3 "$HERE/bench_decode.py" "$HERE/$lib" --breakdown --kernels ${TQ_KERNELS:-fast} --repeat ${TQ_REPEAT:-1} \
+          --cases "${TQ_CASES:-32/8/128/1/32768/4;32/8/128/16/32768/4}" \
+          --decode-only --out "$OUT/bench_targets_${lib%.so}.json" 2>&1 | grep -vE "UserWarning|_warn_once" | tee "$OUT/bench_targets_${lib%.so}.log"
+      done ;;
     quickbench)
       PYTHONUNBUFFERED=1 timeout 150 python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --quick --out "$OUT/bench_quick.json" 2>&1 | tee "$OUT/bench_quick.log" ;;
   esac

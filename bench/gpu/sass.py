@@ -33,6 +33,10 @@ def nvrtc_compile(src, opts):
     lib.nvrtcGetProgramLog(prog, log)
     if rc != 0:
         sys.exit("compile failed:\n" + log.value.decode())
+    # ptxas -v: registers, spills and shared memory per kernel.
+    for line in log.value.decode().splitlines():
+        if "registers" in line or "spill" in line or "Compiling entry" in line:
+            print("ptxas:", line.strip())
     lib.nvrtcGetCUBINSize(prog, ctypes.byref(n))
     buf = ctypes.create_string_buffer(n.value)
     lib.nvrtcGetCUBIN(prog, buf)

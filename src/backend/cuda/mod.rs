@@ -304,8 +304,22 @@ pub fn fast_splits(base: usize, len: usize, ctas: usize, max_splits: usize) -> u
         w += 1;
     }
 }
-/// Warps of the combine kernel (CMB_WARPS in kernels/combine.cu).
+/// Warps of the combine kernel: at least head_dim / 32 (its output stage has a thread per element),
+/// at most COMBINE_MAX_WARPS (CMB_MAX_THREADS / 32 in kernels/combine.cu); each warp merges
+/// COMBINE_BATCH partials per round (CMB_BATCH). The full-precision row limit is computed at
+/// COMBINE_WARPS (the most head_dim 256 uses) so that it does not depend on the split plan.
 const COMBINE_WARPS: usize = 8;
+const COMBINE_MAX_WARPS: usize = 16;
+const COMBINE_BATCH: usize = 8;
+/// Shared memory of the combine kernel (no opt-in needed).
+const COMBINE_SMEM: usize = 48 * 1024;
+
+/// Warps of a combine CTA merging `n_partials` records of head_dim `d`: enough for one round of
+/// loads, within [d / 32, COMBINE_MAX_WARPS] (small CTAs where there are few partials: more of them
+/// resident per multiprocessor).
+fn combine_warps(n_partials: usize, d: usize) -> usize {
+    n_partials.div_ceil(COMBINE_BATCH).clamp(d.div_ceil(32).max(1), COMBINE_MAX_WARPS)
+}
 /// At most this many partials per (query, head): the combine kernel keeps their weights in shared memory.
 const MAX_PARTIALS: usize = 4096;
 const PREFILL_TILE: usize = 64;
@@ -793,13 +807,12 @@ impl CudaBackend {
             q_mu: self.q_mu,
         };
         let grid_rows = (a.n_q * self.n_heads) as u32;
-        let ptr = &mut rp as *mut _ as *mut c_void;
-        self.launch(self.kernels.rotate, (grid_rows, a.n_seqs as u32, 1), d as u32, 0, stream, ptr, false, "query rotation launch")?;
-
         let aligned = self.aligned(&a.stores);
         let staged = self.stage_cells > 0 && self.stores_aligned(&a.stores, self.stage_align as u64);
         let fast = self.fast_stage_cells > 0 && self.stores_aligned(&a.stores, self.stage_align as u64);
         let plan = self.plan(a.n_seqs, a.n_q, a.max_cells, staged, fast);
+        let ptr = &mut rp as *mut _ as *mut c_void;
+        self.launch(self.kernels.rotate, (grid_rows, a.n_seqs as u32, 1), d as u32, 0, stream, ptr, false, "query rotation launch")?;
         let (k_stores, v_stores, k_store, v_store) = match a.stores {
             Stores::Single { k, v } => (0, 0, k, v),
             Stores::Batch { k, v } => (k, v, 0, 0),
@@ -901,16 +914,20 @@ impl CudaBackend {
             out_head_stride: a.out_strides.head as i64,
         };
         let n_full = full.map_or(0, |f| f.n_full);
-        let floats = d + 2 * COMBINE_WARPS + COMBINE_WARPS * d + n_full;
-        let smem = (floats * 4) as u32;
-        if smem > 48 * 1024 {
+        let floats = |warps: usize| d + 2 * warps + warps * d + n_full;
+        if floats(COMBINE_WARPS) * 4 > COMBINE_SMEM {
             return Err(CudaError::invalid(format!(
                 "{n_full} full-precision rows: at most {} per call",
-                (48usize * 1024 / 4).saturating_sub(floats - n_full)
+                (COMBINE_SMEM / 4).saturating_sub(floats(COMBINE_WARPS) - n_full)
             )));
         }
+        // More warps for many partials (each merges CMB_BATCH per dependent round), if their shared
+        // accumulators fit beside the full-precision rows' logits.
+        let warps = combine_warps(plan.n_partials, d);
+        let warps = if floats(warps) * 4 <= COMBINE_SMEM { warps } else { COMBINE_WARPS.max(d.div_ceil(32)) };
+        let smem = (floats(warps) * 4) as u32;
         let ptr = &mut cp as *mut _ as *mut c_void;
-        self.launch(self.kernels.combine, (grid_rows, a.n_seqs as u32, 1), (COMBINE_WARPS * 32) as u32, smem, stream, ptr, true, "combine launch")
+        self.launch(self.kernels.combine, (grid_rows, a.n_seqs as u32, 1), (warps * 32) as u32, smem, stream, ptr, true, "combine launch")
     }
 }
 
