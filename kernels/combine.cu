@@ -3,8 +3,9 @@
 // centering term (q . mu_k)*scale*log2 e); tq_combine merges the split-K partials of one (query,
 // head), adds the full-precision rows (owned cache: residual window, sinks) to the same softmax in
 // the original basis, un-rotates once (Pi_v^T), adds mu_v and writes the output row.
-// tq_rotate_queries: one CTA of D threads per (query token, query head); tq_combine: one CTA of D
-// to 512 threads per (query token, query head); grid.y = sequence.
+// tq_rotate_queries: one warp per (query token, query head), ROT_WARPS per CTA, for Hadamard rotations
+// of a power-of-two head_dim >= 32, else one CTA of D threads per row; tq_combine: one CTA of D to 512
+// threads per (query token, query head); grid.y = sequence.
 
 struct Rotation {
     const float *signs_in;   // Hadamard D1, or NULL for dense
@@ -87,16 +88,83 @@ __device__ __forceinline__ void block_fwht(float *buf) {
     __syncthreads();
 }
 
-extern "C" __global__ void __launch_bounds__(D) tq_rotate_queries(const RotateParams p) {
+// Hadamard rotation of one query vector by one warp (head_dim a power of two, at least 32): lane l
+// holds dimensions [E*l, E*l + E) (E = D/32); the butterflies of stride < E run inside the lane, those
+// of strides E .. D/2 across lanes (shuffles) — block_fwht's butterflies in the same stage order, so
+// the same floats. Returns the lane's E rotated elements in y; sums over the warp by shuffles.
+constexpr bool ROT_WARP = (D & (D - 1)) == 0 && D >= 32;  // rotate_by_warp() in src/backend/cuda/mod.rs
+constexpr int ROT_WARPS = 8;                              // rows per CTA in that mode (ROTATE_WARPS)
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+extern "C" __global__ void __launch_bounds__(D > 256 ? D : 256) tq_rotate_queries(const RotateParams p) {
     grid_launch_dependents();  // the attention kernel may start its prologue now
+    const i64 seq = blockIdx.y;
+    const i64 esz = p.dtype == DTYPE_F32 ? 4 : 2;
+    if (ROT_WARP && p.rot.signs_in) {
+        // One warp per (query token, query head) row: row = blockIdx.x * ROT_WARPS + warp.
+        constexpr int E = ROT_WARP ? D / 32 : 1;
+        const int lane = threadIdx.x & 31;
+        const i64 row = (i64)blockIdx.x * ROT_WARPS + (threadIdx.x >> 5);
+        if (row >= p.n_q * p.n_heads) return;  // whole warps
+        const i64 i = row / p.n_heads, hq = row % p.n_heads, kvh = hq / p.group;
+        const u8 *qp = p.q.ptr + seq * p.q.seq_stride + i * p.q.token_stride + hq * p.q.head_stride + (i64)(E * lane) * esz;
+        float x[E], y[E];
+        float qmu = 0.0f;
+#pragma unroll
+        for (int r = 0; r < E; r++) {
+            x[r] = load_elem(qp + r * esz, p.dtype);
+            if (p.mean_k) qmu += x[r] * p.mean_k[kvh * D + E * lane + r];
+            y[r] = x[r] * p.rot.signs_in[E * lane + r];
+        }
+#pragma unroll
+        for (int h = 1; h < E; h <<= 1) {
+#pragma unroll
+            for (int r = 0; r < E; r++) {
+                if ((r & h) == 0) {
+                    const float a = y[r], b = y[r + h];
+                    y[r] = a + b;
+                    y[r + h] = a - b;
+                }
+            }
+        }
+#pragma unroll
+        for (int m = 1; m < 32; m <<= 1) {
+            const bool upper = (lane & m) != 0;
+#pragma unroll
+            for (int r = 0; r < E; r++) {
+                const float o = __shfl_xor_sync(0xffffffffu, y[r], m);
+                y[r] = upper ? o - y[r] : y[r] + o;
+            }
+        }
+        float ss = 0.0f;
+#pragma unroll
+        for (int r = 0; r < E; r++) {
+            y[r] *= p.rot.signs_out[E * lane + r];
+            ss += y[r] * y[r];
+        }
+        const float norm = sqrtf(warp_sum(ss));
+        qmu = warp_sum(qmu);
+        const i64 out_row = (seq * p.n_q + i) * p.n_heads + hq;
+        float *dst = p.q_hat + out_row * D + E * lane;
+#pragma unroll
+        for (int r = 0; r < E; r++) dst[r] = norm > 0.0f ? y[r] / norm : 0.0f;
+        if (lane == 0) {
+            p.q_coef[out_row] = norm * p.scale * LOG2E;
+            p.q_mu[out_row] = qmu * p.scale * LOG2E;
+        }
+        return;
+    }
+    // One CTA of D threads per row (dense rotations, and head_dim below 32).
     __shared__ float buf[D];
-    __shared__ float red[D / 32];
+    __shared__ float red[D / 32 > 0 ? D / 32 : 1];
     const int j = threadIdx.x;
-    const i64 row = blockIdx.x, seq = blockIdx.y;  // row = i * n_heads + hq
+    const i64 row = blockIdx.x;  // row = i * n_heads + hq
     const i64 i = row / p.n_heads, hq = row % p.n_heads;
-    const float x = load_elem(p.q.ptr + seq * p.q.seq_stride + i * p.q.token_stride + hq * p.q.head_stride +
-                                  j * (p.dtype == DTYPE_F32 ? 4 : 2),
-                              p.dtype);
+    const float x = load_elem(p.q.ptr + seq * p.q.seq_stride + i * p.q.token_stride + hq * p.q.head_stride + j * esz, p.dtype);
     float y;
     if (p.rot.signs_in) {
         buf[j] = x * p.rot.signs_in[j];

@@ -206,7 +206,7 @@ __device__ __forceinline__ void fd_step(FdWarp &w, u32 tab, u32 ko, u32 vo, cons
         // (code of token 2t, code of token 2t+1) of one dimension — and each lookup yields a fragment
         // register directly (no transposition of dimension pairs).
         // Byte k of window word wi is dimension pair 4*wi + k; a last partial word (DEC_VBITS not a
-        // multiple of 32: head_dim 16, 48, 80, 96, 112) has D/16 - 4*wi pairs.
+        // multiple of 32: head_dim 96) has D/16 - 4*wi pairs.
 #pragma unroll
         for (int wi = 0; wi < (DEC_VBITS + 31) / 32; wi++) {
             const u32 lo01 = (v[0].w[wi] & 0x0F0F0F0Fu) | ((v[1].w[wi] << 4) & 0xF0F0F0F0u);

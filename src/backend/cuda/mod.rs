@@ -278,6 +278,15 @@ pub fn fast_variant(d: usize, bits_k: u32, bits_v: u32) -> bool {
     bits_k <= 4 && bits_v <= 4 && d <= 128 && (d / 16 * 2 * bits_v as usize) % 8 == 0
 }
 
+/// Query rows per CTA of tq_rotate_queries when one warp rotates a row (ROT_WARPS in kernels/combine.cu).
+const ROTATE_WARPS: usize = 8;
+
+/// Whether tq_rotate_queries rotates a Hadamard-rotated row with one warp (ROT_WARP in
+/// kernels/combine.cu: a power-of-two head_dim of at least 32); otherwise a CTA of head_dim threads.
+fn rotate_by_warp(d: usize) -> bool {
+    d.is_power_of_two() && d >= 32
+}
+
 /// Split count of the fast decode kernel for `base` (sequence, column block) pairs of `len` cells on
 /// `ctas` persistent CTAs: the one that minimises the longest CTA's work — items per CTA times (cells
 /// per item + a fixed cost per item) — preferring fewer splits (fewer partials to merge).
@@ -812,7 +821,12 @@ impl CudaBackend {
         let fast = self.fast_stage_cells > 0 && self.stores_aligned(&a.stores, self.stage_align as u64);
         let plan = self.plan(a.n_seqs, a.n_q, a.max_cells, staged, fast);
         let ptr = &mut rp as *mut _ as *mut c_void;
-        self.launch(self.kernels.rotate, (grid_rows, a.n_seqs as u32, 1), d as u32, 0, stream, ptr, false, "query rotation launch")?;
+        let (rot_grid, rot_block) = if rotate_by_warp(d) && kt.signs_in != 0 {
+            ((a.n_q * self.n_heads).div_ceil(ROTATE_WARPS) as u32, (ROTATE_WARPS * 32).max(d) as u32)
+        } else {
+            (grid_rows, d as u32)
+        };
+        self.launch(self.kernels.rotate, (rot_grid, a.n_seqs as u32, 1), rot_block, 0, stream, ptr, false, "query rotation launch")?;
         let (k_stores, v_stores, k_store, v_store) = match a.stores {
             Stores::Single { k, v } => (0, 0, k, v),
             Stores::Batch { k, v } => (k, v, 0, 0),
