@@ -115,12 +115,13 @@ struct FdWarp {
     float o[D / 16][4];
 };
 
-// One 16-row step at stage offsets ko (K rows) and vo (V rows) of smem; `valid` rows r0+g (+8) < rows.
-// FULL: no mask and all 16 rows valid — every score is finite, so the -inf guards drop out.
+// One 16-row step at stage offsets ko (K rows) and vo (V rows) of smem; fragment rows g and g+8 are the
+// step's rows ra and rb (fd_row_order), valid when va / vb. FULL: no mask and all 16 rows valid —
+// every score is finite, so the -inf guards drop out.
 template <bool MASKED, bool FULL, int SW>
 __device__ __forceinline__ void fd_step(FdWarp &w, u32 tab, u32 ko, u32 vo, const u32 (&koff)[2],
                                         const u32 (&kso)[2], const u32 (&vso)[2], const u32 (&voff)[4], bool va, bool vb,
-                                        u32 kcol, u32 vcol, const AttendParams &p, i64 seq, i64 row0, int g) {
+                                        u32 kcol, u32 vcol, const AttendParams &p, i64 seq, i64 row0, int ra, int rb) {
     Window<DEC_KBITS> ka, kb;
     fd_window<DEC_KBITS, SW>(ka, ko + koff[0]);
     fd_window<DEC_KBITS, SW>(kb, ko + koff[1]);
@@ -155,7 +156,7 @@ __device__ __forceinline__ void fd_step(FdWarp &w, u32 tab, u32 ko, u32 vo, cons
                 x = w.coef[j] * ks[r] * x + w.qmu[j];
             } else {
                 float bias = vr[r] ? 0.0f : NEG_INF;
-                if (MASKED && vr[r] && w.qi[j] >= 0) bias = cell_bias(p, seq, w.qi[j], row0 + g + 8 * r);
+                if (MASKED && vr[r] && w.qi[j] >= 0) bias = cell_bias(p, seq, w.qi[j], row0 + (r ? rb : ra));
                 x = bias == NEG_INF ? NEG_INF : w.coef[j] * ks[r] * x + w.qmu[j] + bias;
             }
         }
@@ -234,6 +235,18 @@ __device__ __forceinline__ void fd_step(FdWarp &w, u32 tab, u32 ko, u32 vo, cons
             mma_16816(w.o[mt], a, b);
         }
     }
+}
+
+// Which row of a 16-row step the mma fragments' row r (scores: token row; P.V: k index) stands for.
+// Attention sums over tokens, so any order is the same result as long as K and V agree. With 16-byte
+// K windows (LDS.128: 8 lanes at a time, fragment rows g = 2q, 2q+1 of quarter-warp q) and K rows of
+// 16 modulo 32 bytes (8 heads of 66 bytes: 528), consecutive rows overlap in 48 of the 64 bytes
+// (16 banks) the quarter reads — a two-way bank conflict on every K window. The order
+// 0 12 2 14 4 8 6 10 (rows g < 8; +1 for g >= 8) puts those two rows 4 or 12 rows apart (64 bytes
+// modulo 128: disjoint banks) and keeps V's 8-byte windows (rows 2t (+1) (+8) of a half-warp) in
+// distinct banks when V rows are also 16 modulo 32 bytes. Other shapes keep the identity.
+__device__ __forceinline__ int fd_row_order(int r, bool permuted) {
+    return permuted ? (int)((0xA684E2C0u >> (4 * (r & 7))) & 15u) + (r >> 3) : r;
 }
 
 // Work item -> (sequence, column block, split) and its cell range (32-bit: cells < 2^31).
@@ -405,14 +418,17 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
     grid_dependency_wait();
     grid_launch_dependents();
 
-    // Per-lane constant offsets inside a stage, relative to the step's first row.
-    const u32 koff[2] = {(u32)(g * kRB + h * CBK + t * (DEC_KBITS / 8)), (u32)((g + 8) * kRB + h * CBK + t * (DEC_KBITS / 8))};
-    const u32 kso[2] = {(u32)(g * kRB + (int)p.k_scale_offset + 2 * h), (u32)((g + 8) * kRB + (int)p.k_scale_offset + 2 * h)};
-    const u32 vso[2] = {(u32)(g * vRB + (int)p.v_scale_offset + 2 * h), (u32)((g + 8) * vRB + (int)p.v_scale_offset + 2 * h)};
+    // Per-lane constant offsets inside a stage, relative to the step's first row; fragment rows g and
+    // g+8 are the step's rows ra and rb.
+    const bool permuted = SW == 16 && DEC_KBITS == 128 && DEC_VBITS == 64 && kRB % 32 == 16 && vRB % 32 == 16;
+    const int ra = fd_row_order(g, permuted), rb = fd_row_order(g + 8, permuted);
+    const u32 koff[2] = {(u32)(ra * kRB + h * CBK + t * (DEC_KBITS / 8)), (u32)(rb * kRB + h * CBK + t * (DEC_KBITS / 8))};
+    const u32 kso[2] = {(u32)(ra * kRB + (int)p.k_scale_offset + 2 * h), (u32)(rb * kRB + (int)p.k_scale_offset + 2 * h)};
+    const u32 vso[2] = {(u32)(ra * vRB + (int)p.v_scale_offset + 2 * h), (u32)(rb * vRB + (int)p.v_scale_offset + 2 * h)};
     u32 voff[4];
 #pragma unroll
     for (int j = 0; j < 4; j++) {
-        const int tok = 2 * t + (j & 1) + 8 * (j >> 1);
+        const int tok = fd_row_order(2 * t + (j & 1) + 8 * (j >> 1), permuted);
         voff[j] = (u32)(tok * vRB + h * CBV + g * (DEC_VBITS / 8));
     }
     const u32 kcol = 4u * lane, vcol = 128u + 4u * lane;
@@ -476,17 +492,17 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
             if (masked) {
 #pragma unroll 1
                 for (int r0 = 16 * sub; r0 < rows; r0 += 16 * wph)
-                    fd_step<true, false, SW>(w, sbase, sk + (u32)(r0 * kRB), sv + (u32)(r0 * vRB), koff, kso, vso, voff, r0 + g < rows,
-                                      r0 + g + 8 < rows, kcol, vcol, p, seq, (i64)(t0 + r0), g);
+                    fd_step<true, false, SW>(w, sbase, sk + (u32)(r0 * kRB), sv + (u32)(r0 * vRB), koff, kso, vso, voff, r0 + ra < rows,
+                                      r0 + rb < rows, kcol, vcol, p, seq, (i64)(t0 + r0), ra, rb);
             } else {
 #pragma unroll 1
                 for (int r0 = 16 * sub; r0 < rows; r0 += 16 * wph) {
                     if (r0 + 16 <= rows)
                         fd_step<false, true, SW>(w, sbase, sk + (u32)(r0 * kRB), sv + (u32)(r0 * vRB), koff, kso, vso, voff, true,
-                                                 true, kcol, vcol, p, seq, (i64)(t0 + r0), g);
+                                                 true, kcol, vcol, p, seq, (i64)(t0 + r0), ra, rb);
                     else
                         fd_step<false, false, SW>(w, sbase, sk + (u32)(r0 * kRB), sv + (u32)(r0 * vRB), koff, kso, vso, voff,
-                                                  r0 + g < rows, r0 + g + 8 < rows, kcol, vcol, p, seq, (i64)(t0 + r0), g);
+                                                  r0 + ra < rows, r0 + rb < rows, kcol, vcol, p, seq, (i64)(t0 + r0), ra, rb);
                 }
             }
             if (BULK) {
