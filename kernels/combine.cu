@@ -91,7 +91,7 @@ __device__ __forceinline__ void block_fwht(float *buf) {
 // Hadamard rotation of one query vector by one warp (head_dim a power of two, at least 32): lane l
 // holds dimensions [E*l, E*l + E) (E = D/32); the butterflies of stride < E run inside the lane, those
 // of strides E .. D/2 across lanes (shuffles) — block_fwht's butterflies in the same stage order, so
-// the same floats. Returns the lane's E rotated elements in y; sums over the warp by shuffles.
+// the same floats; norms and centering terms are summed over the warp by shuffles.
 constexpr bool ROT_WARP = (D & (D - 1)) == 0 && D >= 32;  // rotate_by_warp() in src/backend/cuda/mod.rs
 constexpr int ROT_WARPS = 8;                              // rows per CTA in that mode (ROTATE_WARPS)
 
@@ -191,10 +191,11 @@ constexpr int CMB_MAX_THREADS = 512;  // COMBINE_MAX_WARPS * 32 in src/backend/c
 
 constexpr int CMB_BATCH = 8;  // partials a warp loads before merging them (loads in flight); COMBINE_BATCH
 
-// One CTA per (query token, query head), of D to CMB_MAX_THREADS threads (more warps where there
-// are many partials: fewer dependent load rounds; fewer where there are few: more CTAs resident): warp w of nw merges partials w, w + nw, ... in one
-// pass with its own running maximum (CMB_BATCH partials loaded at a time), the warps' results are
-// merged through shared memory, then the first D threads finish one output element each.
+// One CTA per (query token, query head), of D to CMB_MAX_THREADS threads: more warps where there are
+// many partials (fewer dependent load rounds), fewer where there are few (more CTAs resident). Warp w
+// of nw merges partials w, w + nw, ... in one pass with its own running maximum (CMB_BATCH partials
+// loaded at a time), the warps' results are merged through shared memory, then the first D threads
+// finish one output element each.
 extern "C" __global__ void __launch_bounds__(CMB_MAX_THREADS) tq_combine(const CombineParams p) {
     // [D] rotated accumulator, [nw] warp maxima, [nw] warp sums, [nw][D] warp
     // accumulators, [n_full] logits.

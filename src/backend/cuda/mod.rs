@@ -316,7 +316,7 @@ pub fn fast_splits(base: usize, len: usize, ctas: usize, max_splits: usize) -> u
 /// Warps of the combine kernel: at least head_dim / 32 (its output stage has a thread per element),
 /// at most COMBINE_MAX_WARPS (CMB_MAX_THREADS / 32 in kernels/combine.cu); each warp merges
 /// COMBINE_BATCH partials per round (CMB_BATCH). The full-precision row limit is computed at
-/// COMBINE_WARPS (the most head_dim 256 uses) so that it does not depend on the split plan.
+/// COMBINE_WARPS (the fewest warps head_dim 256 needs) so that it does not depend on the split plan.
 const COMBINE_WARPS: usize = 8;
 const COMBINE_MAX_WARPS: usize = 16;
 const COMBINE_BATCH: usize = 8;
