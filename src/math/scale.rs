@@ -62,7 +62,7 @@ mod tests {
 
     #[test]
     fn encode_rounds_to_nearest() {
-        for &v in &[1.0f64, 3.14159, 1e-30, 1e6, 123456.789] {
+        for &v in &[1.0f64, 2.71, 1e-30, 1e6, 123456.789] {
             let back = decode(encode(v)) as f64;
             assert!(((back - v) / v).abs() <= 1.0 / 256.0, "{v} -> {back}");
         }
