@@ -4,7 +4,7 @@
 // head), adds the full-precision rows (owned cache: residual window, sinks) to the same softmax in
 // the original basis, un-rotates once (Pi_v^T), adds mu_v and writes the output row.
 // tq_rotate_queries: one warp per (query token, query head), ROT_WARPS per CTA, for Hadamard rotations
-// of a power-of-two head_dim >= 32, else one CTA of D threads per row; tq_combine: one CTA of D to 512
+// (power-of-two head_dim), one CTA of D threads per row for dense ones; tq_combine: one CTA of D to 512
 // threads per (query token, query head); grid.y = sequence.
 
 struct Rotation {
@@ -88,25 +88,25 @@ __device__ __forceinline__ void block_fwht(float *buf) {
     __syncthreads();
 }
 
-// Hadamard rotation of one query vector by one warp (head_dim a power of two, at least 32): lane l
+// Hadamard rotation of one query vector by one warp (head_dim a power of two, >= 32 on CUDA): lane l
 // holds dimensions [E*l, E*l + E) (E = D/32); the butterflies of stride < E run inside the lane, those
 // of strides E .. D/2 across lanes (shuffles) — block_fwht's butterflies in the same stage order, so
 // the same floats; norms and centering terms are summed over the warp by shuffles.
-constexpr bool ROT_WARP = (D & (D - 1)) == 0 && D >= 32;  // rotate_by_warp() in src/backend/cuda/mod.rs
-constexpr int ROT_WARPS = 8;                              // rows per CTA in that mode (ROTATE_WARPS)
+constexpr bool ROT_WARP = (D & (D - 1)) == 0;  // compiled where a Hadamard rotation can occur
+constexpr int ROT_WARPS = 8;                   // rows per CTA in that mode (ROTATE_WARPS in mod.rs)
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
-extern "C" __global__ void __launch_bounds__(D > 256 ? D : 256) tq_rotate_queries(const RotateParams p) {
+extern "C" __global__ void __launch_bounds__(256) tq_rotate_queries(const RotateParams p) {
     grid_launch_dependents();  // the attention kernel may start its prologue now
     const i64 seq = blockIdx.y;
     const i64 esz = p.dtype == DTYPE_F32 ? 4 : 2;
     if (ROT_WARP && p.rot.signs_in) {
         // One warp per (query token, query head) row: row = blockIdx.x * ROT_WARPS + warp.
-        constexpr int E = ROT_WARP ? D / 32 : 1;
+        constexpr int E = D / 32;
         const int lane = threadIdx.x & 31;
         const i64 row = (i64)blockIdx.x * ROT_WARPS + (threadIdx.x >> 5);
         if (row >= p.n_q * p.n_heads) return;  // whole warps
@@ -158,9 +158,9 @@ extern "C" __global__ void __launch_bounds__(D > 256 ? D : 256) tq_rotate_querie
         }
         return;
     }
-    // One CTA of D threads per row (dense rotations, and head_dim below 32).
+    // One CTA of D threads per row (dense rotations).
     __shared__ float buf[D];
-    __shared__ float red[D / 32 > 0 ? D / 32 : 1];
+    __shared__ float red[D / 32];
     const int j = threadIdx.x;
     const i64 row = blockIdx.x;  // row = i * n_heads + hq
     const i64 i = row / p.n_heads, hq = row % p.n_heads;

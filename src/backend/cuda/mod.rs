@@ -278,14 +278,9 @@ pub fn fast_variant(d: usize, bits_k: u32, bits_v: u32) -> bool {
     bits_k <= 4 && bits_v <= 4 && d <= 128 && (d / 16 * 2 * bits_v as usize) % 8 == 0
 }
 
-/// Query rows per CTA of tq_rotate_queries when one warp rotates a row (ROT_WARPS in kernels/combine.cu).
+/// Query rows per CTA of tq_rotate_queries with a Hadamard rotation, one warp a row (ROT_WARPS in
+/// kernels/combine.cu); a dense rotation takes a CTA of head_dim threads a row.
 const ROTATE_WARPS: usize = 8;
-
-/// Whether tq_rotate_queries rotates a Hadamard-rotated row with one warp (ROT_WARP in
-/// kernels/combine.cu: a power-of-two head_dim of at least 32); otherwise a CTA of head_dim threads.
-fn rotate_by_warp(d: usize) -> bool {
-    d.is_power_of_two() && d >= 32
-}
 
 /// Split count of the fast decode kernel for `base` (sequence, column block) pairs of `len` cells on
 /// `ctas` persistent CTAs: the one that minimises the longest CTA's work — items per CTA times (cells
@@ -821,8 +816,8 @@ impl CudaBackend {
         let fast = self.fast_stage_cells > 0 && self.stores_aligned(&a.stores, self.stage_align as u64);
         let plan = self.plan(a.n_seqs, a.n_q, a.max_cells, staged, fast);
         let ptr = &mut rp as *mut _ as *mut c_void;
-        let (rot_grid, rot_block) = if rotate_by_warp(d) && kt.signs_in != 0 {
-            ((a.n_q * self.n_heads).div_ceil(ROTATE_WARPS) as u32, (ROTATE_WARPS * 32).max(d) as u32)
+        let (rot_grid, rot_block) = if kt.signs_in != 0 {
+            ((a.n_q * self.n_heads).div_ceil(ROTATE_WARPS) as u32, (ROTATE_WARPS * 32) as u32)
         } else {
             (grid_rows, d as u32)
         };
@@ -938,7 +933,7 @@ impl CudaBackend {
         // More warps for many partials (each merges CMB_BATCH per dependent round), if their shared
         // accumulators fit beside the full-precision rows' logits.
         let warps = combine_warps(plan.n_partials, d);
-        let warps = if floats(warps) * 4 <= COMBINE_SMEM { warps } else { COMBINE_WARPS.max(d.div_ceil(32)) };
+        let warps = if floats(warps) * 4 <= COMBINE_SMEM { warps } else { COMBINE_WARPS };
         let smem = (floats(warps) * 4) as u32;
         let ptr = &mut cp as *mut _ as *mut c_void;
         self.launch(self.kernels.combine, (grid_rows, a.n_seqs as u32, 1), (warps * 32) as u32, smem, stream, ptr, true, "combine launch")
