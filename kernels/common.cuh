@@ -301,7 +301,7 @@ struct AttendParams {
 };
 
 __device__ __forceinline__ i64 seq_cells_of(const AttendParams &p, i64 seq) {
-    return p.seq_cells ? min(p.seq_cells[seq], p.max_cells) : p.max_cells;
+    return p.seq_cells ? min(__ldg(p.seq_cells + seq), p.max_cells) : p.max_cells;  // read-only: cached
 }
 
 // A partial record: [m, l, 0, 0, O[D]] f32 — O starts 16 bytes in, so records are 16-byte aligned

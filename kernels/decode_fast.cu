@@ -111,7 +111,7 @@ __device__ __forceinline__ void fd_fill_table(u8 *smem, const float *kc, const f
 struct FdWarp {
     u32 bq[D / 16][2];
     float coef[2], qmu[2], m[2], l[2];
-    i64 qi[2], hq[2];
+    int qi[2], hq[2];  // query token (-1: padding column) and query head of the lane's columns
     float o[D / 16][4];
 };
 
@@ -328,7 +328,7 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
     const int kRB = (int)p.k_row_bytes, vRB = (int)p.v_row_bytes;
     const int sc = (int)p.stage_cells;
     const u32 kbytes = (u32)(sc * kRB), stage_bytes = kbytes + (u32)(sc * vRB);
-    const int n_cols = (int)(p.n_q * p.group);
+    const int n_cols = (int)(p.n_q * p.group), group = (int)p.group;
     const int n_colblocks = (n_cols + 7) / 8;
     const int n_items = (int)p.n_seqs * n_colblocks * (int)p.n_splits;
     const int hl = warp % (int)p.heads_per_cta, sub = warp / (int)p.heads_per_cta;
@@ -350,8 +350,9 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
     auto copy_tile = [&]() {
         const int t0 = cur.it.begin + cur.tile * sc;
         const int rows = min(sc, cur.it.end - t0);
-        const u8 *ks = p.k_stores ? reinterpret_cast<const u8 *>(p.k_stores[cur.it.seq]) : p.k_store;
-        const u8 *vs = p.v_stores ? reinterpret_cast<const u8 *>(p.v_stores[cur.it.seq]) : p.v_store;
+        // Read-only loads (cached: the same pointers for every tile of an item).
+        const u8 *ks = p.k_stores ? reinterpret_cast<const u8 *>(__ldg(p.k_stores + cur.it.seq)) : p.k_store;
+        const u8 *vs = p.v_stores ? reinterpret_cast<const u8 *>(__ldg(p.v_stores + cur.it.seq)) : p.v_store;
         const u8 *ksrc = ks + (i64)t0 * kRB, *vsrc = vs + (i64)t0 * vRB;
         const u32 slot = issued % FD_STAGES;
         const u32 dst = stages + slot * stage_bytes;
@@ -441,9 +442,10 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
         FdWarp w;
         {
             // Column g's pairs t*DEC_PK .. +DEC_PK: 2*DEC_PK contiguous floats, read 16 bytes at a time.
+            // 32-bit column arithmetic (a 64-bit division is a long subroutine on this path).
             const int c = it.cb * 8 + g;
             if (c < n_cols) {
-                const i64 i = c / p.group, hq = h * p.group + c % p.group;
+                const int i = c / group, hq = h * group + c % group;
                 const float4 *q4 = reinterpret_cast<const float4 *>(p.q_hat + ((seq * p.n_q + i) * p.n_heads + hq) * D +
                                                                     2 * t * DEC_PK);
 #pragma unroll
@@ -459,9 +461,9 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
         }
 #pragma unroll
         for (int j = 0; j < 2; j++) {
-            const i64 col = it.cb * 8 + 2 * t + j;
-            w.qi[j] = col < n_cols ? col / p.group : -1;
-            w.hq[j] = h * p.group + col % p.group;
+            const int col = it.cb * 8 + 2 * t + j;
+            w.qi[j] = col < n_cols ? col / group : -1;
+            w.hq[j] = h * group + col % group;
             const i64 qidx = (seq * p.n_q + w.qi[j]) * p.n_heads + w.hq[j];
             w.coef[j] = w.qi[j] >= 0 ? p.q_coef[qidx] : 0.0f;
             w.qmu[j] = w.qi[j] >= 0 ? p.q_mu[qidx] : 0.0f;

@@ -24,6 +24,8 @@ p.add_argument("--kernels", default="fast",
 p.add_argument("--repeat", type=int, default=1,
                help="repetitions of each decode case (fresh stores and contexts each; FP16 re-timed; medians printed)")
 p.add_argument("--breakdown", action="store_true", help="per-kernel GPU times of one call (torch profiler)")
+p.add_argument("--timeline", action="store_true",
+               help="start and end of each kernel inside a call, from graph replays under the torch profiler")
 p.add_argument("--decode-only", action="store_true")
 p.add_argument("--same-store", action="store_true",
                help="every sequence reads sequence 0's rows (they stay in L2): the kernel without HBM traffic")
@@ -145,6 +147,44 @@ def breakdown(fn, n=20):
     print("    per call: " + ", ".join(f"{k} {v:.1f} us" for k, v in sorted(tot.items(), key=lambda kv: -kv[1])), flush=True)
 
 
+def timeline(fn, calls=8):
+    """Kernel start/end times (us) relative to the first kernel of each call, medians over `calls` calls of a
+    replayed CUDA graph (the same launch chain the timings use; graph replay leaves no host gaps)."""
+    from torch.profiler import profile, ProfilerActivity
+    g = torch.cuda.CUDAGraph()
+    fn(0)
+    torch.cuda.synchronize()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn(0)
+    g.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        g.replay()
+        torch.cuda.synchronize()
+    ev = sorted(((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                 if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda x: x[0])
+    del g
+    names = []
+    for _, _, n in ev:
+        if n in names:
+            break
+        names.append(n)
+    k = len(names)
+    if k == 0 or len(ev) < k * calls:
+        print(f"    timeline: {len(ev)} kernel records for {calls} calls (profiler saw no graph kernels?)", flush=True)
+        return
+    per = [ev[i * k:(i + 1) * k] for i in range(calls)]
+    starts = [c[0][0] for c in per]
+    period = statistics.median(b - a for a, b in zip(starts, starts[1:]))
+    parts = []
+    for j, n in enumerate(names):
+        s0 = statistics.median(c[j][0] - c[0][0] for c in per)
+        e0 = statistics.median(c[j][1] - c[0][0] for c in per)
+        parts.append(f"{n} {s0:.1f}-{e0:.1f}")
+    print(f"    timeline (us from the call's first kernel start; call period {period:.1f}): " + ", ".join(parts), flush=True)
+
+
 def read_bandwidth():
     """Bytes read per second by a streaming reduction over 2 GiB (torch sum of f32): a read-only ceiling."""
     x = torch.empty(1 << 29, dtype=torch.float32, device="cuda")
@@ -227,6 +267,8 @@ def run_decode(hq, hkv, d, batch, ctxlen, bits_list, copy_bw, results):
         t, spread = graph_time(ours, n_sets)
         if args.breakdown:
             breakdown(ours)
+        if args.timeline:
+            timeline(ours)
         row = dict(kernel=kernel, q_heads=hq, kv_heads=hkv, d=d, batch=batch, context=ctxlen, bits=bits, t_us=t * 1e6,
                    t_fp16_us=t_fp16 * 1e6, speedup=t_fp16 / t, comp_bytes=comp, gbps=comp / t / 1e9,
                    frac_copy=comp / t / copy_bw, frac_read=comp / t / read_bw, fp16_gbps=fp16_bytes / t_fp16 / 1e9, spread=spread,

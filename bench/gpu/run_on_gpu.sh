@@ -69,10 +69,11 @@ for step in "$@"; do
     targets)
       # The two target cases (batch 1 and 16, 32K, 32q/8kv, d=128, 4 bits; or TQ_CASES) with per-kernel
       # times, for each library in TQ_LIBS (default libturboquant.so; e.g. a previous build beside the
-      # current one), kernels TQ_KERNELS (default fast), TQ_REPEAT repetitions (default 1).
+      # current one), kernels TQ_KERNELS (default fast), TQ_REPEAT repetitions (default 1); TQ_BENCH_ARGS:
+      # more bench_decode.py options (e.g. --timeline).
       for lib in ${TQ_LIBS:-libturboquant.so}; do
         echo "--- $lib"
-        PYTHONUNBUFFERED=1 timeout 240 python3 "$HERE/bench_decode.py" "$HERE/$lib" --breakdown --kernels ${TQ_KERNELS:-fast} --repeat ${TQ_REPEAT:-1} \
+        PYTHONUNBUFFERED=1 timeout 240 python3 "$HERE/bench_decode.py" "$HERE/$lib" --breakdown --kernels ${TQ_KERNELS:-fast} --repeat ${TQ_REPEAT:-1} ${TQ_BENCH_ARGS:-} \
           --cases "${TQ_CASES:-32/8/128/1/32768/4;32/8/128/16/32768/4}" \
           --decode-only --out "$OUT/bench_targets_${lib%.so}.json" 2>&1 | grep -vE "UserWarning|_warn_once" | tee "$OUT/bench_targets_${lib%.so}.log"
       done ;;
