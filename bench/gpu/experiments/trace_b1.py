@@ -4,13 +4,12 @@
 Needs a trace build: apply v9_trace_phases.diff (this folder) and build the library; its decode kernel
 writes per CTA the globaltimer at entry, clock64 offsets after the table fill + barrier, the dependency
 wait, the first item's query loads, the first tile's arrival, the item loop and the partial stores, and the
-globaltimer at exit, into the output tensor (TQ_TRACE_SKIP_COMBINE=1 keeps the combine from overwriting
-it). Usage: python3 trace_b1.py path/to/libturboquant.so [context]. Prints medians/maxima over the CTAs
+globaltimer at exit, after the partials in use; with TQ_TRACE_SKIP_COMBINE=1 the host copies them into the
+output tensor in place of the combine launch. Usage: python3 trace_b1.py path/to/libturboquant.so [context]. Prints medians/maxima over the CTAs
 of each phase's end (us from CTA entry), with the L2 warm and after writing 512 MB (cold)."""
 import ctypes, math, os, statistics, sys
 import torch
 os.environ["TQ_TRACE_SKIP_COMBINE"] = "1"
-os.environ["TQ_CUDA_MERGE"] = "launch"
 lib = ctypes.CDLL(sys.argv[1])
 ctxlen = int(sys.argv[2]) if len(sys.argv) > 2 else 32768
 class Params(ctypes.Structure):
