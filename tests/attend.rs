@@ -10,7 +10,6 @@ use turboquant::ffi::context::*;
 use turboquant::ffi::tq_status;
 use turboquant::math::quantizer::{MseQuantizer, Quantizer, QuantizerConfig, QuantizerKind, Scratch};
 use turboquant::math::rotation::RotationKind;
-use turboquant::math::scale;
 
 struct Case {
     d: usize,

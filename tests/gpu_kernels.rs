@@ -55,6 +55,15 @@ fn to_dtype_bytes(x: &[f32], dtype: u32) -> Vec<u8> {
     }
 }
 
+/// The inverse of `to_dtype_bytes`.
+fn from_dtype_bytes(x: &[u8], dtype: u32) -> Vec<f32> {
+    match dtype {
+        F32 => x.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        F16 => x.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+        _ => x.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+    }
+}
+
 #[test]
 fn cuda_rows_equal_cpu_rows() {
     if !gpu_or_skip("cuda_rows_equal_cpu_rows") {
@@ -153,14 +162,6 @@ struct AttendCase {
 impl AttendCase {
     fn new(d: u32, n_heads: u32, n_kv: u32, bits: (u32, u32), rotation: u32, n_q: usize, lens: Vec<usize>) -> Self {
         AttendCase { d, n_heads, n_kv, bits, rotation, n_q, lens, dtype: F16, q_pad: 0 }
-    }
-}
-
-fn from_dtype_bytes(x: &[u8], dtype: u32) -> Vec<f32> {
-    match dtype {
-        F32 => x.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        F16 => x.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
-        _ => x.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
     }
 }
 

@@ -37,35 +37,11 @@ p.add_argument("--profile-kv", type=int, default=8)
 args = p.parse_args()
 T_START = time.monotonic()
 
-lib = ctypes.CDLL(args.lib)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tq_ctypes import Strides, open_library  # noqa: E402
 
-
-class Params(ctypes.Structure):
-    _fields_ = [("struct_size", ctypes.c_size_t), ("abi_version", ctypes.c_uint32), ("n_layers", ctypes.c_uint32),
-                ("n_heads", ctypes.c_uint32), ("n_kv_heads", ctypes.c_uint32), ("head_dim", ctypes.c_uint32),
-                ("bits_k", ctypes.c_uint32), ("bits_v", ctypes.c_uint32), ("rotation", ctypes.c_uint32),
-                ("key_mode", ctypes.c_uint32), ("dtype", ctypes.c_uint32), ("backend", ctypes.c_uint32),
-                ("device", ctypes.c_int32), ("n_threads", ctypes.c_uint32), ("max_batch", ctypes.c_uint32),
-                ("seed", ctypes.c_uint64), ("centering", ctypes.c_bool)]
-
-
-class Strides(ctypes.Structure):
-    _fields_ = [("token", ctypes.c_size_t), ("head", ctypes.c_size_t)]
-
-
-lib.tq_context_params_size.restype = ctypes.c_size_t
-assert ctypes.sizeof(Params) == lib.tq_context_params_size(), "tq_context_params mirror is stale"
-lib.tq_context_default_params.restype = Params
-lib.tq_last_error_message.restype = ctypes.c_char_p
-vp, sz, u32, i64p = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint32, ctypes.POINTER(ctypes.c_int64)
-lib.tq_context_new.argtypes = [ctypes.POINTER(Params), ctypes.POINTER(vp)]
-lib.tq_context_row_bytes.argtypes = [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)]
-lib.tq_append_kv.argtypes = [vp, u32, vp, vp, sz, vp, sz, vp, ctypes.POINTER(Strides), vp, ctypes.POINTER(Strides), vp]
-lib.tq_attend.argtypes = [vp, u32, vp, sz, ctypes.POINTER(Strides), vp, vp, sz, vp, u32, sz, ctypes.c_float, vp,
-                          ctypes.POINTER(Strides), vp]
-lib.tq_attend_batch.argtypes = [vp, u32, sz, vp, sz, ctypes.POINTER(Strides), sz, vp, vp, vp, sz, vp, u32, sz, sz,
-                                ctypes.c_float, vp, ctypes.POINTER(Strides), sz, vp]
-lib.tq_context_free.argtypes = [vp]
+lib = open_library(args.lib)
+vp, sz = ctypes.c_void_p, ctypes.c_size_t
 
 
 def check(st, what):

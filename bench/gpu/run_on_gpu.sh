@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run on the GPU machine from a folder holding: libturboquant.so, gpu_kernels (test binary),
-# bench_decode.py. Writes logs and results under $OUT (or ./out).
+# bench_decode.py, tq_ctypes.py. Writes logs and results under $OUT (or ./out).
 # Usage: run_on_gpu.sh STEP...  with STEP one of
 #   tests      GPU tests (fast decode kernels, then TQ_CUDA_DECODE=staged)
 #   sanitize   compute-sanitizer memcheck and racecheck over the quick GPU tests

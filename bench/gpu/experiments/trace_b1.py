@@ -10,24 +10,12 @@ of each phase's end (us from CTA entry), with the L2 warm and after writing 512 
 import ctypes, math, os, statistics, sys
 import torch
 os.environ["TQ_TRACE_SKIP_COMBINE"] = "1"
-lib = ctypes.CDLL(sys.argv[1])
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # bench/gpu (or beside it)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tq_ctypes import Strides, open_library  # noqa: E402
+lib = open_library(sys.argv[1])
 ctxlen = int(sys.argv[2]) if len(sys.argv) > 2 else 32768
-class Params(ctypes.Structure):
-    _fields_ = [("struct_size", ctypes.c_size_t), ("abi_version", ctypes.c_uint32), ("n_layers", ctypes.c_uint32),
-                ("n_heads", ctypes.c_uint32), ("n_kv_heads", ctypes.c_uint32), ("head_dim", ctypes.c_uint32),
-                ("bits_k", ctypes.c_uint32), ("bits_v", ctypes.c_uint32), ("rotation", ctypes.c_uint32),
-                ("key_mode", ctypes.c_uint32), ("dtype", ctypes.c_uint32), ("backend", ctypes.c_uint32),
-                ("device", ctypes.c_int32), ("n_threads", ctypes.c_uint32), ("max_batch", ctypes.c_uint32),
-                ("seed", ctypes.c_uint64), ("centering", ctypes.c_bool)]
-class Strides(ctypes.Structure):
-    _fields_ = [("token", ctypes.c_size_t), ("head", ctypes.c_size_t)]
-vp, sz, u32 = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint32
-lib.tq_context_default_params.restype = Params
-lib.tq_context_new.argtypes = [ctypes.POINTER(Params), ctypes.POINTER(vp)]
-lib.tq_context_row_bytes.argtypes = [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)]
-lib.tq_append_kv.argtypes = [vp, u32, vp, vp, sz, vp, sz, vp, ctypes.POINTER(Strides), vp, ctypes.POINTER(Strides), vp]
-lib.tq_attend_batch.argtypes = [vp, u32, sz, vp, sz, ctypes.POINTER(Strides), sz, vp, vp, vp, sz, vp, u32, sz, sz,
-                                ctypes.c_float, vp, ctypes.POINTER(Strides), sz, vp]
+vp, sz = ctypes.c_void_p, ctypes.c_size_t
 hq, hkv, d, batch = 32, 8, 128, 1
 prm = lib.tq_context_default_params()
 prm.n_layers, prm.n_heads, prm.n_kv_heads, prm.head_dim = 1, hq, hkv, d
