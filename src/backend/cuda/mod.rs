@@ -261,9 +261,13 @@ const PREFILL_ROWS: usize = 128;
 const PREFILL_THREADS: u32 = 256;
 /// Shared-memory stages of the staged decode kernel (DEC_STAGES in kernels/decode.cu).
 const DECODE_STAGES: usize = 4;
-/// Stages and threads of tq_decode_fast (FD_STAGES, FD_THREADS in kernels/decode_fast.cu).
-const FAST_STAGES: usize = 4;
+/// Threads of tq_decode_fast (FD_THREADS in kernels/decode_fast.cu).
 const FAST_THREADS: usize = 512;
+/// Stages of tq_decode_fast's ring on a device of compute capability `major` (FD_STAGES in
+/// kernels/decode_fast.cu): two on sm_90 (bulk copies; fewer, larger stages), four before.
+fn fast_stages(major: i32) -> usize {
+    if major >= 9 { 2 } else { 4 }
+}
 
 /// Fixed cost of one work item of tq_decode_fast*, in cells (query fragments, partial stores).
 const FAST_ITEM_COST: usize = 64;
@@ -439,7 +443,7 @@ impl CudaBackend {
         };
         let staged_smem = decode_smem + DECODE_STAGES * stage_cells * (k_row_bytes + v_row_bytes);
         // Fast decode: one persistent CTA of 512 threads per multiprocessor, all kv heads, a table of
-        // 256 bytes per pair code, FAST_STAGES stages of whole 16-byte-multiple rows.
+        // 256 bytes per pair code, fast_stages() stages of whole 8-byte-multiple rows.
         let fast_warps_per_head = FAST_THREADS / 32 / cfg.n_kv_heads.clamp(1, 16);
         let (fast_stage_cells, fast_smem) = match kernels.decode_fast {
             // TQ_CUDA_DECODE=staged turns it off (tests and benchmarks of the general kernels).
@@ -450,12 +454,15 @@ impl CudaBackend {
             {
                 let table = 256usize << (2 * cfg.bits_k.max(cfg.bits_v));
                 let unit = 16 * fast_warps_per_head;
+                let stages = fast_stages(major);
                 // After the stages: an mbarrier (8 bytes) and a release counter (4) per stage.
-                let sync = 16 * FAST_STAGES;
-                let fit = smem_optin.saturating_sub(table + sync) / (FAST_STAGES * unit * (k_row_bytes + v_row_bytes));
+                let sync = 16 * stages;
+                let fit = smem_optin.saturating_sub(table + sync) / (stages * unit * (k_row_bytes + v_row_bytes));
                 if fit >= 1 {
-                    let cells = unit * fit.min((64 / unit).max(1));
-                    (cells, table + FAST_STAGES * cells * (k_row_bytes + v_row_bytes) + sync)
+                    // Up to 256 cells over all stages (more where one unit is larger), at least one
+                    // unit, and with two stages at least two units per stage where they fit.
+                    let cells = unit * fit.min((256 / stages / unit).max(4 / stages));
+                    (cells, table + stages * cells * (k_row_bytes + v_row_bytes) + sync)
                 } else {
                     (0, 0)
                 }
