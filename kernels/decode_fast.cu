@@ -23,14 +23,10 @@
 
 constexpr int FD_BMAX = BITS_K > BITS_V ? BITS_K : BITS_V;
 constexpr int FD_TABLE_BYTES = (1 << (2 * FD_BMAX)) * 256;
-// Stages of the ring (fast_stages() in src/backend/cuda/mod.rs). sm_90: two stages, each of at least two
-// 16-row steps per warp — a stage's wait and release (mbarrier, shared counter, refill) cost a warp as much
-// as a good part of a step, so fewer, larger stages (same bytes in flight) take 13 % off batch 16 (v12).
-// Before sm_90 (cp.async, a CTA barrier per tile): four.
-#if __CUDA_ARCH__ >= 900
-constexpr int FD_STAGES = 2;
-#else
-constexpr int FD_STAGES = 4;
+// FD_STAGES, the stages of the ring, comes from the host (compile::fast_stages in
+// src/backend/cuda/compile.rs, which also sizes the shared memory): two from sm_90 on, four before.
+#ifndef FD_STAGES
+#error "FD_STAGES is defined by the compiler options (src/backend/cuda/compile.rs)"
 #endif
 constexpr int FD_THREADS = 512;
 

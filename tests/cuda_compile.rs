@@ -98,3 +98,12 @@ fn fast_decode_split_plan_is_near_the_best_schedule() {
     }
     println!("fast decode split plans: worst makespan {worst:.3}x the exhaustive optimum");
 }
+
+#[test]
+fn fast_decode_stage_count_follows_the_architecture() {
+    // Bulk copies from sm_90 on: two larger stages; cp.async before: four (compile::fast_stages, passed to
+    // the kernels as FD_STAGES and used by the host to size their shared memory).
+    for (arch, stages) in [("sm_80", 4), ("sm_86", 4), ("sm_89", 4), ("sm_90", 2), ("sm_90a", 2), ("sm_100", 2), ("sm_120", 2)] {
+        assert_eq!(compile::fast_stages(arch), stages, "{arch}");
+    }
+}

@@ -96,6 +96,15 @@ fn check(r: sys::nvrtcResult, what: &str) -> Result<(), String> {
     }
 }
 
+/// Stages of tq_decode_fast's shared-memory ring on `arch` ("sm_XY"), given to the kernels as FD_STAGES so
+/// that the host's shared-memory sizing and the kernels cannot disagree: two from sm_90 on (bulk copies;
+/// fewer, larger stages — each stage's wait and release costs a warp a good part of a step), four before
+/// (cp.async with a CTA barrier per tile, where two stages would leave one tile in flight).
+pub fn fast_stages(arch: &str) -> usize {
+    let digits: String = arch.trim_start_matches("sm_").chars().take_while(char::is_ascii_digit).collect();
+    if digits.parse::<u32>().is_ok_and(|n| n >= 90) { 2 } else { 4 }
+}
+
 /// Compile the kernels for `arch` (e.g. "sm_90") to machine code. Errors carry the compiler log.
 pub fn compile(variant: Variant, arch: &str) -> Result<Compiled, String> {
     variant.check()?;
@@ -106,6 +115,7 @@ pub fn compile(variant: Variant, arch: &str) -> Result<Compiled, String> {
         format!("-DHEAD_DIM={}", variant.head_dim),
         format!("-DBITS_K={}", variant.bits_k),
         format!("-DBITS_V={}", variant.bits_v),
+        format!("-DFD_STAGES={}", fast_stages(arch)),
         "--std=c++17".into(),
         // The encoder's roundings are fixed by the row format; it spells every one with __fmul_rn /
         // __fadd_rn / __dmul_rn (never contracted), so the rest may use fused multiply-adds.

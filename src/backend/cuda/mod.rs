@@ -263,11 +263,6 @@ const PREFILL_THREADS: u32 = 256;
 const DECODE_STAGES: usize = 4;
 /// Threads of tq_decode_fast (FD_THREADS in kernels/decode_fast.cu).
 const FAST_THREADS: usize = 512;
-/// Stages of tq_decode_fast's ring on a device of compute capability `major` (FD_STAGES in
-/// kernels/decode_fast.cu): two on sm_90 (bulk copies; fewer, larger stages), four before.
-fn fast_stages(major: i32) -> usize {
-    if major >= 9 { 2 } else { 4 }
-}
 
 /// Fixed cost of one work item of tq_decode_fast*, in cells (query fragments, partial stores).
 const FAST_ITEM_COST: usize = 64;
@@ -443,7 +438,7 @@ impl CudaBackend {
         };
         let staged_smem = decode_smem + DECODE_STAGES * stage_cells * (k_row_bytes + v_row_bytes);
         // Fast decode: one persistent CTA of 512 threads per multiprocessor, all kv heads, a table of
-        // 256 bytes per pair code, fast_stages() stages of whole 8-byte-multiple rows.
+        // 256 bytes per pair code, compile::fast_stages() stages of whole 8-byte-multiple rows.
         let fast_warps_per_head = FAST_THREADS / 32 / cfg.n_kv_heads.clamp(1, 16);
         let (fast_stage_cells, fast_smem) = match kernels.decode_fast {
             // TQ_CUDA_DECODE=staged turns it off (tests and benchmarks of the general kernels).
@@ -454,7 +449,7 @@ impl CudaBackend {
             {
                 let table = 256usize << (2 * cfg.bits_k.max(cfg.bits_v));
                 let unit = 16 * fast_warps_per_head;
-                let stages = fast_stages(major);
+                let stages = compile::fast_stages(&arch);
                 // After the stages: an mbarrier (8 bytes) and a release counter (4) per stage.
                 let sync = 16 * stages;
                 let fit = smem_optin.saturating_sub(table + sync) / (stages * unit * (k_row_bytes + v_row_bytes));
