@@ -89,16 +89,10 @@ __device__ __forceinline__ void block_fwht(float *buf) {
 }
 
 // Hadamard rotation of one query vector by one warp (head_dim a power of two, >= 32 on CUDA): lane l
-// holds dimensions [E*l, E*l + E) (E = D/32); the butterflies of stride < E run inside the lane, those
-// of strides E .. D/2 across lanes (shuffles) — block_fwht's butterflies in the same stage order, so
-// the same floats; norms and centering terms are summed over the warp by shuffles.
+// holds dimensions [E*l, E*l + E) (E = D/32), warp_fwht does the butterflies; norms and centering
+// terms are summed over the warp by shuffles.
 constexpr bool ROT_WARP = (D & (D - 1)) == 0;  // compiled where a Hadamard rotation can occur
 constexpr int ROT_WARPS = 8;                   // rows per CTA in that mode (ROTATE_WARPS in mod.rs)
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 extern "C" __global__ void __launch_bounds__(256) tq_rotate_queries(const RotateParams p) {
     grid_launch_dependents();  // the attention kernel may start its prologue now
@@ -120,26 +114,7 @@ extern "C" __global__ void __launch_bounds__(256) tq_rotate_queries(const Rotate
             if (p.mean_k) qmu += x[r] * p.mean_k[kvh * D + E * lane + r];
             y[r] = x[r] * p.rot.signs_in[E * lane + r];
         }
-#pragma unroll
-        for (int h = 1; h < E; h <<= 1) {
-#pragma unroll
-            for (int r = 0; r < E; r++) {
-                if ((r & h) == 0) {
-                    const float a = y[r], b = y[r + h];
-                    y[r] = a + b;
-                    y[r + h] = a - b;
-                }
-            }
-        }
-#pragma unroll
-        for (int m = 1; m < 32; m <<= 1) {
-            const bool upper = (lane & m) != 0;
-#pragma unroll
-            for (int r = 0; r < E; r++) {
-                const float o = __shfl_xor_sync(0xffffffffu, y[r], m);
-                y[r] = upper ? o - y[r] : y[r] + o;
-            }
-        }
+        warp_fwht<E>(y, lane);
         float ss = 0.0f;
 #pragma unroll
         for (int r = 0; r < E; r++) {
@@ -195,7 +170,9 @@ constexpr int CMB_BATCH = 8;  // partials a warp loads before merging them (load
 // many partials (fewer dependent load rounds), fewer where there are few (more CTAs resident). Warp w
 // of nw merges partials w, w + nw, ... in one pass with its own running maximum (CMB_BATCH partials
 // loaded at a time), the warps' results are merged through shared memory, then the first D threads
-// finish one output element each.
+// finish one output element each — or, with a Hadamard V rotation and no full-precision rows, warp 0
+// alone finishes the row: E = D/32 elements per lane, the un-rotation by warp_fwht (shuffles, no CTA
+// barriers) with the signs loaded before the dependency wait.
 extern "C" __global__ void __launch_bounds__(CMB_MAX_THREADS) tq_combine(const CombineParams p) {
     // [D] rotated accumulator, [nw] warp maxima, [nw] warp sums, [nw][D] warp
     // accumulators, [n_full] logits.
@@ -211,6 +188,18 @@ extern "C" __global__ void __launch_bounds__(CMB_MAX_THREADS) tq_combine(const C
     const i64 row = blockIdx.x, seq = blockIdx.y;
     const i64 i = row / p.n_heads, hq = row % p.n_heads, kvh = hq / p.group;
     const float *part = p.partials + ((seq * p.n_q + i) * p.n_heads + hq) * p.n_partials * PART_STRIDE;
+    // Warp 0's tail (see above): the context's signs and mean, read before the wait.
+    constexpr int E = D / 32;
+    const bool warp_tail = ROT_WARP && p.rot.signs_in != nullptr && p.n_full == 0;
+    float so[E], si[E], mu[E];
+    if (warp_tail && warp == 0) {
+#pragma unroll
+        for (int r = 0; r < E; r++) {
+            so[r] = p.rot.signs_out[E * lane + r];
+            si[r] = p.rot.signs_in[E * lane + r];
+            mu[r] = p.mean_v ? p.mean_v[kvh * D + E * lane + r] : 0.0f;
+        }
+    }
     grid_dependency_wait();  // the partials come from the attention kernel
 
     {
@@ -254,6 +243,32 @@ extern "C" __global__ void __launch_bounds__(CMB_MAX_THREADS) tq_combine(const C
         for (int k = 0; k < D / 32; k++) wsum[warp * D + lane + 32 * k] = accw[k];
     }
     __syncthreads();
+    if (warp_tail) {
+        if (warp != 0) return;
+        float mx = NEG_INF;
+        for (int w = 0; w < nw; w++) mx = fmaxf(mx, red[w]);
+        float l = 0.0f, y[E];
+#pragma unroll
+        for (int r = 0; r < E; r++) y[r] = 0.0f;
+        if (mx != NEG_INF) {
+            for (int w = 0; w < nw; w++) {
+                const float c = red[w] == NEG_INF ? 0.0f : fast_exp2(red[w] - mx);
+                l += c * wl[w];
+#pragma unroll
+                for (int r = 0; r < E; r++) y[r] += c * wsum[w * D + E * lane + r];
+            }
+        }
+        // Un-rotate: Pi_v^T acc = D1 H (D2 acc), as block_fwht below.
+#pragma unroll
+        for (int r = 0; r < E; r++) y[r] *= so[r];
+        warp_fwht<E>(y, lane);
+        u8 *o = p.out + seq * p.out_seq_stride + i * p.out_token_stride + hq * p.out_head_stride;
+        const i64 esz = p.dtype == DTYPE_F32 ? 4 : 2;
+#pragma unroll
+        for (int r = 0; r < E; r++)
+            store_elem(o + (E * lane + r) * esz, p.dtype, l > 0.0f ? (y[r] * si[r] + mu[r] * l) / l : 0.0f);
+        return;
+    }
     float mmax = NEG_INF;
     for (int w = 0; w < nw; w++) mmax = fmaxf(mmax, red[w]);
     float lc = 0.0f, acc = 0.0f;

@@ -247,6 +247,39 @@ __device__ __forceinline__ void grid_launch_dependents() {
 }
 
 #define LOG2E 1.4426950408889634f
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Unnormalised Walsh–Hadamard transform of one vector by one warp (head_dim 32 * E, a power of two):
+// lane l holds dimensions [E*l, E*l + E); the butterflies of stride < E run inside the lane, those of
+// strides E .. D/2 across lanes (shuffles) — block_fwht's butterflies (combine.cu) in the same stage
+// order, so the same floats.
+template <int E>
+__device__ __forceinline__ void warp_fwht(float (&y)[E], int lane) {
+#pragma unroll
+    for (int h = 1; h < E; h <<= 1) {
+#pragma unroll
+        for (int r = 0; r < E; r++) {
+            if ((r & h) == 0) {
+                const float a = y[r], b = y[r + h];
+                y[r] = a + b;
+                y[r + h] = a - b;
+            }
+        }
+    }
+#pragma unroll
+    for (int m = 1; m < 32; m <<= 1) {
+        const bool upper = (lane & m) != 0;
+#pragma unroll
+        for (int r = 0; r < E; r++) {
+            const float o = __shfl_xor_sync(0xffffffffu, y[r], m);
+            y[r] = upper ? o - y[r] : y[r] + o;
+        }
+    }
+}
 #define NEG_INF (-__int_as_float(0x7f800000))
 
 // Additive mask value of (row, cell) times log2(e); -inf hides the cell.

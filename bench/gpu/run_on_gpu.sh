@@ -71,11 +71,14 @@ for step in "$@"; do
       # times, for each library in TQ_LIBS (default libturboquant.so; e.g. a previous build beside the
       # current one), kernels TQ_KERNELS (default fast), TQ_REPEAT repetitions (default 1); TQ_BENCH_ARGS:
       # more bench_decode.py options (e.g. --timeline).
+      # Files are numbered by pass, so a library listed twice keeps both passes.
+      n=0
       for lib in ${TQ_LIBS:-libturboquant.so}; do
+        n=$((n + 1))
         echo "--- $lib"
         PYTHONUNBUFFERED=1 timeout 240 python3 "$HERE/bench_decode.py" "$HERE/$lib" --breakdown --kernels ${TQ_KERNELS:-fast} --repeat ${TQ_REPEAT:-1} ${TQ_BENCH_ARGS:-} \
           --cases "${TQ_CASES:-32/8/128/1/32768/4;32/8/128/16/32768/4}" \
-          --decode-only --out "$OUT/bench_targets_${lib%.so}.json" 2>&1 | grep -vE "UserWarning|_warn_once" | tee "$OUT/bench_targets_${lib%.so}.log"
+          --decode-only --out "$OUT/bench_targets_${n}_${lib%.so}.json" 2>&1 | grep -vE "UserWarning|_warn_once" | tee "$OUT/bench_targets_${n}_${lib%.so}.log"
       done ;;
     quickbench)
       PYTHONUNBUFFERED=1 timeout 150 python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --quick --out "$OUT/bench_quick.json" 2>&1 | tee "$OUT/bench_quick.log" ;;
