@@ -29,6 +29,7 @@ constexpr int FD_TABLE_BYTES = (1 << (2 * FD_BMAX)) * 256;
 #error "FD_STAGES is defined by the compiler options (src/backend/cuda/compile.rs)"
 #endif
 constexpr int FD_THREADS = 512;
+constexpr int FD_EARLY_STAGES = 1;  // stages copied before the dependency wait (bulk-copy path)
 
 // Byte offset in the table of pair `p` of a window: ((2b bits) << 8) | col4.
 template <int B, int NBITS>
@@ -400,9 +401,12 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
         }
 #endif
         __syncthreads();
-        // Fill every stage; all threads advance their cursors alike.
+        // Fill the first stage now, the others once the first item's queries are requested (below):
+        // requested behind the whole ring's copies, the queries arrived 2.9-3.5 us after the dependency
+        // wait and held back the first step; with one stage ahead of them the first step starts 0.5-1 us
+        // earlier (phase trace and timings: bench/NOTES.md, v17). All threads advance their cursors alike.
 #pragma unroll 1
-        for (int s = 0; s < FD_STAGES; s++) {
+        for (int s = 0; s < FD_EARLY_STAGES; s++) {
             if (cur.next(p, n_items, n_colblocks, sc)) {
                 if (threadIdx.x == 0) copy_tile(); else cur.tile++;
             }
@@ -445,34 +449,48 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
         const i64 seq = it.seq;
         FdWarp w;
         {
-            // Column g's pairs t*DEC_PK .. +DEC_PK: 2*DEC_PK contiguous floats, read 16 bytes at a time.
-            // 32-bit column arithmetic (a 64-bit division is a long subroutine on this path).
+            // All of the item's query loads go out before anything waits on them: column g's pairs
+            // t*DEC_PK .. +DEC_PK (2*DEC_PK contiguous floats, 16 bytes at a time) and the coefficients
+            // of the lane's columns 2t, 2t+1. 32-bit column arithmetic (a 64-bit division is a long
+            // subroutine on this path).
             const int c = it.cb * 8 + g;
+            float4 qv[D / 16];
             if (c < n_cols) {
                 const int i = c / group, hq = h * group + c % group;
                 const float4 *q4 = reinterpret_cast<const float4 *>(p.q_hat + ((seq * p.n_q + i) * p.n_heads + hq) * D +
                                                                     2 * t * DEC_PK);
 #pragma unroll
-                for (int kt = 0; kt < D / 16; kt++) {
-                    const float4 v = q4[kt];  // pairs 2kt, 2kt+1 of this lane's block
-                    w.bq[kt][0] = pack_half2(v.x, v.y);
-                    w.bq[kt][1] = pack_half2(v.z, v.w);
-                }
+                for (int kt = 0; kt < D / 16; kt++) qv[kt] = q4[kt];  // pairs 2kt, 2kt+1 of this lane's block
             } else {
 #pragma unroll
-                for (int kt = 0; kt < D / 16; kt++) w.bq[kt][0] = w.bq[kt][1] = 0u;
+                for (int kt = 0; kt < D / 16; kt++) qv[kt] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             }
-        }
 #pragma unroll
-        for (int j = 0; j < 2; j++) {
-            const int col = it.cb * 8 + 2 * t + j;
-            w.qi[j] = col < n_cols ? col / group : -1;
-            w.hq[j] = h * group + col % group;
-            const i64 qidx = (seq * p.n_q + w.qi[j]) * p.n_heads + w.hq[j];
-            w.coef[j] = w.qi[j] >= 0 ? p.q_coef[qidx] : 0.0f;
-            w.qmu[j] = w.qi[j] >= 0 ? p.q_mu[qidx] : 0.0f;
-            w.m[j] = NEG_INF;
-            w.l[j] = 0.0f;
+            for (int j = 0; j < 2; j++) {
+                const int col = it.cb * 8 + 2 * t + j;
+                w.qi[j] = col < n_cols ? col / group : -1;
+                w.hq[j] = h * group + col % group;
+                const i64 qidx = (seq * p.n_q + w.qi[j]) * p.n_heads + w.hq[j];
+                w.coef[j] = w.qi[j] >= 0 ? p.q_coef[qidx] : 0.0f;
+                w.qmu[j] = w.qi[j] >= 0 ? p.q_mu[qidx] : 0.0f;
+                w.m[j] = NEG_INF;
+                w.l[j] = 0.0f;
+            }
+            if (BULK && item == (int)blockIdx.x) {
+                // The rest of the ring, now that the queries are requested.
+#pragma unroll 1
+                for (int s = FD_EARLY_STAGES; s < FD_STAGES; s++) {
+                    if (cur.next(p, n_items, n_colblocks, sc)) {
+                        if (threadIdx.x == 0) copy_tile(); else cur.tile++;
+                    }
+                    issued++;
+                }
+            }
+#pragma unroll
+            for (int kt = 0; kt < D / 16; kt++) {
+                w.bq[kt][0] = pack_half2(qv[kt].x, qv[kt].y);
+                w.bq[kt][1] = pack_half2(qv[kt].z, qv[kt].w);
+            }
         }
 #pragma unroll
         for (int mt = 0; mt < D / 16; mt++) w.o[mt][0] = w.o[mt][1] = w.o[mt][2] = w.o[mt][3] = 0.0f;
