@@ -29,6 +29,7 @@ struct RotateParams {
     float *q_hat;
     float *q_coef;
     float *q_mu;
+    u16 *q_hat16;  // the same vectors as f16 in fragment order (AttendParams::q_hat16)
 };
 
 struct CombineParams {
@@ -125,8 +126,12 @@ extern "C" __global__ void __launch_bounds__(256) tq_rotate_queries(const Rotate
         qmu = warp_sum(qmu);
         const i64 out_row = (seq * p.n_q + i) * p.n_heads + hq;
         float *dst = p.q_hat + out_row * D + E * lane;
+        u16 *dst16 = p.q_hat16 + out_row * D;
 #pragma unroll
-        for (int r = 0; r < E; r++) dst[r] = norm > 0.0f ? y[r] / norm : 0.0f;
+        for (int r = 0; r < E; r++) {
+            dst[r] = norm > 0.0f ? y[r] / norm : 0.0f;
+            dst16[q16_pos(E * lane + r)] = float_to_f16(dst[r]);
+        }
         if (lane == 0) {
             p.q_coef[out_row] = norm * p.scale * LOG2E;
             p.q_mu[out_row] = qmu * p.scale * LOG2E;
@@ -155,7 +160,9 @@ extern "C" __global__ void __launch_bounds__(256) tq_rotate_queries(const Rotate
     const i64 kvh = hq / p.group;
     const float qmu = p.mean_k ? block_sum<D / 32>(x * p.mean_k[kvh * D + j], red) : 0.0f;
     const i64 out_row = (seq * p.n_q + i) * p.n_heads + hq;
-    p.q_hat[out_row * D + j] = norm > 0.0f ? y / norm : 0.0f;
+    const float qh = norm > 0.0f ? y / norm : 0.0f;
+    p.q_hat[out_row * D + j] = qh;
+    p.q_hat16[out_row * D + q16_pos(j)] = float_to_f16(qh);
     if (j == 0) {
         p.q_coef[out_row] = norm * p.scale * LOG2E;
         p.q_mu[out_row] = qmu * p.scale * LOG2E;

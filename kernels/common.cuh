@@ -331,7 +331,19 @@ struct AttendParams {
     // Codebooks (f32 centroids, 2^b entries) of K and V.
     const float *k_centroids;
     const float *v_centroids;
+    // The rotated queries again as f16 in fragment order (q16_pos; written by tq_rotate_queries, read by
+    // tq_decode_fast*).
+    const u16 *q_hat16;
 };
+
+// Position (in halves) of dimension d in a row of AttendParams::q_hat16: the fast decode kernel's lane t
+// takes dimensions [t*D/4, (t+1)*D/4), four per mma k-tile kt, so a row is stored as [kt][t][4] — the
+// four lanes of a fragment row read 32 contiguous bytes per k-tile (one sector), where the f32 row gave
+// each lane 16 bytes of a different 128-byte line.
+__device__ __forceinline__ int q16_pos(int d) {
+    constexpr int Q = D / 4;
+    return ((d % Q) / 4 * 4 + d / Q) * 4 + d % 4;
+}
 
 __device__ __forceinline__ i64 seq_cells_of(const AttendParams &p, i64 seq) {
     return p.seq_cells ? min(__ldg(p.seq_cells + seq), p.max_cells) : p.max_cells;  // read-only: cached

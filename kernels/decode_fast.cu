@@ -450,20 +450,20 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
         FdWarp w;
         {
             // All of the item's query loads go out before anything waits on them: column g's pairs
-            // t*DEC_PK .. +DEC_PK (2*DEC_PK contiguous floats, 16 bytes at a time) and the coefficients
-            // of the lane's columns 2t, 2t+1. 32-bit column arithmetic (a 64-bit division is a long
+            // t*DEC_PK .. +DEC_PK (f16, 8 bytes per k-tile) and the coefficients of the lane's columns
+            // 2t, 2t+1. 32-bit column arithmetic (a 64-bit division is a long
             // subroutine on this path).
             const int c = it.cb * 8 + g;
-            float4 qv[D / 16];
+            uint2 qv[D / 16];
             if (c < n_cols) {
                 const int i = c / group, hq = h * group + c % group;
-                const float4 *q4 = reinterpret_cast<const float4 *>(p.q_hat + ((seq * p.n_q + i) * p.n_heads + hq) * D +
-                                                                    2 * t * DEC_PK);
+                // k-tile kt: this lane's four dimensions t*D/4 + 4kt .. +3 as f16 (q16_pos).
+                const uint2 *q8 = reinterpret_cast<const uint2 *>(p.q_hat16 + ((seq * p.n_q + i) * p.n_heads + hq) * D) + t;
 #pragma unroll
-                for (int kt = 0; kt < D / 16; kt++) qv[kt] = q4[kt];  // pairs 2kt, 2kt+1 of this lane's block
+                for (int kt = 0; kt < D / 16; kt++) qv[kt] = q8[4 * kt];
             } else {
 #pragma unroll
-                for (int kt = 0; kt < D / 16; kt++) qv[kt] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                for (int kt = 0; kt < D / 16; kt++) qv[kt] = make_uint2(0u, 0u);
             }
 #pragma unroll
             for (int j = 0; j < 2; j++) {
@@ -488,8 +488,8 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
             }
 #pragma unroll
             for (int kt = 0; kt < D / 16; kt++) {
-                w.bq[kt][0] = pack_half2(qv[kt].x, qv[kt].y);
-                w.bq[kt][1] = pack_half2(qv[kt].z, qv[kt].w);
+                w.bq[kt][0] = qv[kt].x;
+                w.bq[kt][1] = qv[kt].y;
             }
         }
 #pragma unroll

@@ -202,6 +202,8 @@ pub struct CudaBackend {
     layers: Vec<(SideTables, SideTables)>,
     allocations: Vec<DevPtr>,
     q_hat: DevPtr,
+    /// The rotated queries as f16 in fragment order (q16_pos in kernels/common.cuh), for tq_decode_fast*.
+    q_hat16: DevPtr,
     q_coef: DevPtr,
     q_mu: DevPtr,
     partials: DevPtr,
@@ -499,6 +501,7 @@ impl CudaBackend {
             layers: Vec::new(),
             allocations: Vec::new(),
             q_hat: 0,
+            q_hat16: 0,
             q_coef: 0,
             q_mu: 0,
             partials: 0,
@@ -539,6 +542,7 @@ impl CudaBackend {
         }
         let rows = max_batch * cfg.n_heads;
         me.q_hat = me.alloc(rows * d * 4)?;
+        me.q_hat16 = me.alloc(rows * d * 2)?;
         me.q_coef = me.alloc(rows * 4)?;
         me.q_mu = me.alloc(rows * 4)?;
         me.partials = me.alloc(me.partial_capacity * (d + 4) * 4)?;
@@ -809,6 +813,7 @@ impl CudaBackend {
             scale: a.scale,
             pad_: 0.0,
             q_hat: self.q_hat,
+            q_hat16: self.q_hat16,
             q_coef: self.q_coef,
             q_mu: self.q_mu,
         };
@@ -845,6 +850,7 @@ impl CudaBackend {
             k_scale_offset: self.k_scale_offset as i64,
             v_scale_offset: self.v_scale_offset as i64,
             q_hat: self.q_hat,
+            q_hat16: self.q_hat16,
             q_coef: self.q_coef,
             q_mu: self.q_mu,
             mask: a.mask.map_or(0, |m| m.ptr),

@@ -45,6 +45,7 @@ pub struct AttendParams {
     pub partials: DevPtr,
     pub k_centroids: DevPtr,
     pub v_centroids: DevPtr,
+    pub q_hat16: DevPtr,
 }
 
 #[repr(C)]
@@ -108,6 +109,7 @@ pub struct RotateParams {
     pub q_hat: DevPtr,
     pub q_coef: DevPtr,
     pub q_mu: DevPtr,
+    pub q_hat16: DevPtr,
 }
 
 #[repr(C)]
@@ -160,13 +162,13 @@ pub fn layout() -> (String, Vec<i64>) {
     layout!(probe, offsets, AttendParams, [k_stores, v_stores, k_store, v_store, seq_cells, max_cells, n_seqs, n_q, n_heads,
         n_kv_heads, group, k_row_bytes, v_row_bytes, k_scale_offset, v_scale_offset, q_hat, q_coef, q_mu, mask,
         mask_dtype, mask_row_stride, mask_seq_stride, cell_pos, cell_pos_seq_stride, query_pos, chunk, n_splits,
-        warps_per_head, heads_per_cta, n_partials, stage_cells, partials, k_centroids, v_centroids]);
+        warps_per_head, heads_per_cta, n_partials, stage_cells, partials, k_centroids, v_centroids, q_hat16]);
     layout!(probe, offsets, EncodeSide, [store, input, token_stride, head_stride, row_bytes, scale_offset, boundaries, signs_in,
         signs_out, matrix_t, mean]);
     layout!(probe, offsets, AppendParams, [k, v, slots, n_tokens, n_cells, n_kv_heads, dtype]);
     layout!(probe, offsets, Rotation, [signs_in, signs_out, matrix, matrix_t]);
     layout!(probe, offsets, QueryTensor, [ptr, seq_stride, token_stride, head_stride]);
-    layout!(probe, offsets, RotateParams, [q, dtype, n_q, n_heads, group, rot, mean_k, scale, q_hat, q_coef, q_mu]);
+    layout!(probe, offsets, RotateParams, [q, dtype, n_q, n_heads, group, rot, mean_k, scale, q_hat, q_coef, q_mu, q_hat16]);
     layout!(probe, offsets, CombineParams, [q, dtype, n_q, n_heads, group, n_kv_heads, rot, mean_v, partials, n_partials,
         full_k, full_v, full_pos, query_pos, n_full, full_seq_stride, scale, out, out_seq_stride,
         out_token_stride, out_head_stride]);
