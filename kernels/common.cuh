@@ -247,6 +247,7 @@ __device__ __forceinline__ void grid_launch_dependents() {
 }
 
 #define LOG2E 1.4426950408889634f
+#define NEG_INF (-__int_as_float(0x7f800000))
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -280,7 +281,6 @@ __device__ __forceinline__ void warp_fwht(float (&y)[E], int lane) {
         }
     }
 }
-#define NEG_INF (-__int_as_float(0x7f800000))
 
 // Additive mask value of (row, cell) times log2(e); -inf hides the cell.
 __device__ __forceinline__ float mask_value_log2(const u8 *mask, i64 dtype, i64 index) {
