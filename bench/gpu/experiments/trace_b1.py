@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Phase times inside the fast decode kernel at batch 1 (32q/8kv, d=128, 4 bits, context argv[2], default 32K).
 
-Needs a trace build: apply v15_trace_tiles.diff (this folder; v9_trace_phases.diff is its 8-slot predecessor
+Needs a trace build: apply v15_trace_tiles.diff (this folder; made against e2e4a25, applies to the v19 kernels;
+v9_trace_phases.diff is its 8-slot predecessor
 for v9) and build the library; its decode kernel writes per CTA (thread 0) the globaltimer at entry, clock64
 offsets after the table fill + barrier, the dependency wait, the first item's query loads, the arrival of
 each of the first four tiles, the item loop and the partial stores, and the globaltimer at exit (12 u64),
