@@ -129,8 +129,9 @@ extern "C" __global__ void __launch_bounds__(256) tq_rotate_queries(const Rotate
         u16 *dst16 = p.q_hat16 + out_row * D;
 #pragma unroll
         for (int r = 0; r < E; r++) {
-            dst[r] = norm > 0.0f ? y[r] / norm : 0.0f;
-            dst16[q16_pos(E * lane + r)] = float_to_f16(dst[r]);
+            const float qh = norm > 0.0f ? y[r] / norm : 0.0f;
+            dst[r] = qh;
+            dst16[q16_pos(E * lane + r)] = float_to_f16(qh);
         }
         if (lane == 0) {
             p.q_coef[out_row] = norm * p.scale * LOG2E;

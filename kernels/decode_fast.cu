@@ -451,8 +451,7 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
         {
             // All of the item's query loads go out before anything waits on them: column g's pairs
             // t*DEC_PK .. +DEC_PK (f16, 8 bytes per k-tile) and the coefficients of the lane's columns
-            // 2t, 2t+1. 32-bit column arithmetic (a 64-bit division is a long
-            // subroutine on this path).
+            // 2t, 2t+1. 32-bit column arithmetic (a 64-bit division is a long subroutine on this path).
             const int c = it.cb * 8 + g;
             uint2 qv[D / 16];
             if (c < n_cols) {
