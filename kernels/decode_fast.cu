@@ -29,6 +29,12 @@ constexpr int FD_TABLE_BYTES = (1 << (2 * FD_BMAX)) * 256;
 #error "FD_STAGES is defined by the compiler options (src/backend/cuda/compile.rs)"
 #endif
 constexpr int FD_THREADS = 512;
+// The two warps of a pair (sub and sub + ceil(wph / 2) of one kv head) merge their partials in shared
+// memory at the end of each item: 16 bytes per lane for (m, l) and one per column tile of the first
+// FD_MERGE_H1, then the rest in a second round through the same buffer (fast_merge_bytes in
+// src/backend/cuda/mod.rs sizes it: one per pair, after the release counters).
+constexpr int FD_MERGE_H1 = (D / 16 + 1) / 2;
+constexpr int FD_MERGE_PAIR_BYTES = 512 * (1 + FD_MERGE_H1);
 constexpr int FD_EARLY_STAGES = 1;  // stages copied before the dependency wait (bulk-copy path)
 
 // Byte offset in the table of pair `p` of a window: ((2b bits) << 8) | col4.
@@ -67,6 +73,17 @@ __device__ __forceinline__ u32 fd_lds16(u32 a) {
     asm volatile("ld.shared.u16 %0, [%1];" : "=h"(v) : "r"(a));
     return v;
 }
+// Named barrier `id` (1-15; 0 is __syncthreads) over `n` threads (whole warps).
+__device__ __forceinline__ void fd_bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
+__device__ __forceinline__ void fd_sts4(u32 a, float4 v) {
+    asm volatile("st.shared.v4.f32 [%0], {%1,%2,%3,%4};" ::"r"(a), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
+}
+__device__ __forceinline__ float4 fd_lds4(u32 a) {
+    float4 v;
+    asm volatile("ld.shared.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(a) : "memory");
+    return v;
+}
+
 // A window of NBITS (a multiple of 8) bits at a byte address aligned to the widest load (at most SW
 // bytes: the row alignment) dividing it.
 template <int NBITS, int SW>
@@ -342,8 +359,9 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
     const bool masked = p.mask != nullptr || p.cell_pos != nullptr;
     constexpr int CBK = Codes<BITS_K>::BYTES, CBV = Codes<BITS_V>::BYTES;
     const u32 stages = sbase + FD_TABLE_BYTES;
-    // After the stages: FD_STAGES mbarriers (8 bytes each), then FD_STAGES release counters.
-    const u32 bars = stages + FD_STAGES * stage_bytes;
+    // After the stages: FD_STAGES mbarriers (8 bytes each), then FD_STAGES release counters, then (at
+    // 16 * FD_STAGES) the pairs' merge buffers.
+    const u32 bars = stages + FD_STAGES * stage_bytes, merge_base = bars + 16 * FD_STAGES;
     int *counters = reinterpret_cast<int *>(smem + FD_TABLE_BYTES + FD_STAGES * stage_bytes + 8 * FD_STAGES);
 
     FdCursor cur;
@@ -556,7 +574,66 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
             w.l[j] += __shfl_xor_sync(0xffffffffu, w.l[j], 8);
             w.l[j] += __shfl_xor_sync(0xffffffffu, w.l[j], 16);
         }
-        const i64 part = (i64)it.split * wph + sub;
+        // Warp sub + np hands its partial to warp sub (np = ceil(wph / 2)) of the same kv head, lane to
+        // lane (same fragment positions), through shared memory in two rounds between 64-thread named
+        // barriers; the receiver merges them as tq_combine would and stores one partial for both — half
+        // the partial stores and half the records tq_combine reads. With an odd wph one warp per head has
+        // no mate and passes the same barriers alone (32 threads): every warp runs every barrier, so the
+        // barriers sit in uniform control flow (guarded, they cost the loop its uniform registers).
+        const int np = (wph + 1) / 2;
+        const bool sender = sub >= np;
+        const int rsub = sender ? sub - np : sub;
+        const bool mated = rsub + np < wph, receiver = !sender && mated;
+        const int pair = hl + (int)p.heads_per_cta * rsub, bar_n = mated ? 64 : 32;
+        const u32 buf = merge_base + (u32)(pair * FD_MERGE_PAIR_BYTES) + 16u * lane;
+        float fa[2], fb[2];  // the receiver's weights for its own and its mate's partial, per column
+        if (sender) {
+            fd_sts4(buf, make_float4(w.m[0], w.m[1], w.l[0], w.l[1]));
+#pragma unroll
+            for (int mt = 0; mt < FD_MERGE_H1; mt++)
+                fd_sts4(buf + 512u * (1 + mt), make_float4(w.o[mt][0], w.o[mt][1], w.o[mt][2], w.o[mt][3]));
+        }
+        fd_bar_sync(1 + pair, bar_n);
+        if (receiver) {
+            const float4 ml = fd_lds4(buf);
+            const float mm[2] = {ml.x, ml.y}, ll[2] = {ml.z, ml.w};
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const float nm = fmaxf(w.m[j], mm[j]);
+                fa[j] = w.m[j] == NEG_INF ? 0.0f : fast_exp2(w.m[j] - nm);
+                fb[j] = mm[j] == NEG_INF ? 0.0f : fast_exp2(mm[j] - nm);
+                w.m[j] = nm;
+                w.l[j] = fa[j] * w.l[j] + fb[j] * ll[j];
+            }
+#pragma unroll
+            for (int mt = 0; mt < FD_MERGE_H1; mt++) {
+                const float4 v = fd_lds4(buf + 512u * (1 + mt));
+                w.o[mt][0] = fa[0] * w.o[mt][0] + fb[0] * v.x;
+                w.o[mt][1] = fa[1] * w.o[mt][1] + fb[1] * v.y;
+                w.o[mt][2] = fa[0] * w.o[mt][2] + fb[0] * v.z;
+                w.o[mt][3] = fa[1] * w.o[mt][3] + fb[1] * v.w;
+            }
+        }
+        fd_bar_sync(1 + pair, bar_n);
+        if (sender) {
+#pragma unroll
+            for (int mt = FD_MERGE_H1; mt < D / 16; mt++)
+                fd_sts4(buf + 512u * (1 + mt - FD_MERGE_H1), make_float4(w.o[mt][0], w.o[mt][1], w.o[mt][2], w.o[mt][3]));
+        }
+        fd_bar_sync(1 + pair, bar_n);
+        if (receiver) {
+#pragma unroll
+            for (int mt = FD_MERGE_H1; mt < D / 16; mt++) {
+                const float4 v = fd_lds4(buf + 512u * (1 + mt - FD_MERGE_H1));
+                w.o[mt][0] = fa[0] * w.o[mt][0] + fb[0] * v.x;
+                w.o[mt][1] = fa[1] * w.o[mt][1] + fb[1] * v.y;
+                w.o[mt][2] = fa[0] * w.o[mt][2] + fb[0] * v.z;
+                w.o[mt][3] = fa[1] * w.o[mt][3] + fb[1] * v.w;
+            }
+        }
+        fd_bar_sync(1 + pair, bar_n);  // the buffer is free for the next item
+        if (sender) continue;
+        const i64 part = (i64)it.split * np + sub;
 #pragma unroll
         for (int j = 0; j < 2; j++) {
             if (w.qi[j] < 0) continue;

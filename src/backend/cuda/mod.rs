@@ -266,6 +266,18 @@ const DECODE_STAGES: usize = 4;
 /// Threads of tq_decode_fast (FD_THREADS in kernels/decode_fast.cu).
 const FAST_THREADS: usize = 512;
 
+/// Shared memory of tq_decode_fast's merge buffers: one per pair of warps of a kv head (warp sub hands
+/// its partial to warp sub - ceil(wph / 2)), 512 bytes per 16-byte lane slot: one for (m, l) and one per
+/// column tile of the first round, (d / 16 + 1) / 2 of them (FD_MERGE_PAIR_BYTES in kernels/decode_fast.cu).
+fn fast_merge_bytes(d: usize, n_kv_heads: usize, warps_per_head: usize) -> usize {
+    n_kv_heads * (warps_per_head / 2) * 512 * (1 + (d / 16 + 1) / 2)
+}
+
+/// Partial records per split of tq_decode_fast: one per warp pair (and one for an odd warp out).
+fn fast_partials_per_split(warps_per_head: usize) -> usize {
+    warps_per_head.div_ceil(2)
+}
+
 /// Fixed cost of one work item of tq_decode_fast*, in cells (query fragments, partial stores).
 const FAST_ITEM_COST: usize = 64;
 
@@ -452,8 +464,9 @@ impl CudaBackend {
                 let table = 256usize << (2 * cfg.bits_k.max(cfg.bits_v));
                 let unit = 16 * fast_warps_per_head;
                 let stages = compile::fast_stages(&arch);
-                // After the stages: an mbarrier (8 bytes) and a release counter (4) per stage.
-                let sync = 16 * stages;
+                // After the stages: an mbarrier (8 bytes) and a release counter (4) per stage, then the
+                // warp pairs' merge buffers.
+                let sync = 16 * stages + fast_merge_bytes(d, cfg.n_kv_heads, fast_warps_per_head);
                 let fit = smem_optin.saturating_sub(table + sync) / (stages * unit * (k_row_bytes + v_row_bytes));
                 if fit >= 1 {
                     // Up to 256 cells over all stages (more where one unit is larger), at least one
@@ -691,8 +704,9 @@ impl CudaBackend {
         let max_partials = (self.partial_capacity / (rows * self.n_heads).max(1)).clamp(1, MAX_PARTIALS);
         if cols <= DECODE_MAX_COLUMNS && fast && self.fast_stage_cells > 0 {
             let warps_per_head = self.fast_warps_per_head;
+            let per_split = fast_partials_per_split(warps_per_head);
             let base = n_seqs * cols.div_ceil(8);
-            let max_splits = (max_partials / warps_per_head).max(1).min(max_cells.div_ceil(16).max(1));
+            let max_splits = (max_partials / per_split).max(1).min(max_cells.div_ceil(16).max(1));
             let n_splits = fast_splits(base, max_cells, self.sm_count, max_splits);
             let chunk = max_cells.div_ceil(n_splits).max(1).next_multiple_of(16);
             let n_splits = max_cells.div_ceil(chunk).max(1);
@@ -706,7 +720,7 @@ impl CudaBackend {
                 chunk,
                 warps_per_head,
                 heads_per_cta: self.n_kv_heads,
-                n_partials: n_splits * warps_per_head,
+                n_partials: n_splits * per_split,
             };
         }
         if cols <= DECODE_MAX_COLUMNS {
