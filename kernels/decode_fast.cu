@@ -18,6 +18,9 @@
 //    tiles of all its items back to back — the table is filled once and the pipeline never drains
 //    between items.
 //  * 32-bit shared-memory offsets, precomputed per lane; no 64-bit arithmetic in the inner loop.
+//
+// And at the end of each item the warps of a kv head merge their partials in pairs through shared
+// memory before storing (v20), so tq_combine reads half as many.
 
 #if BITS_K <= 4 && BITS_V <= 4 && HEAD_DIM <= 128 && (HEAD_DIM / 16 * 2 * BITS_V) % 8 == 0
 
@@ -587,11 +590,19 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
         const int pair = hl + (int)p.heads_per_cta * rsub, bar_n = mated ? 64 : 32;
         const u32 buf = merge_base + (u32)(pair * FD_MERGE_PAIR_BYTES) + 16u * lane;
         float fa[2], fb[2];  // the receiver's weights for its own and its mate's partial, per column
+        // Column tile mt of the sender's O into the buffer slot at a; the receiver's merge of it.
+        auto hand = [&](int mt, u32 a) { fd_sts4(a, make_float4(w.o[mt][0], w.o[mt][1], w.o[mt][2], w.o[mt][3])); };
+        auto absorb = [&](int mt, u32 a) {
+            const float4 v = fd_lds4(a);
+            w.o[mt][0] = fa[0] * w.o[mt][0] + fb[0] * v.x;
+            w.o[mt][1] = fa[1] * w.o[mt][1] + fb[1] * v.y;
+            w.o[mt][2] = fa[0] * w.o[mt][2] + fb[0] * v.z;
+            w.o[mt][3] = fa[1] * w.o[mt][3] + fb[1] * v.w;
+        };
         if (sender) {
             fd_sts4(buf, make_float4(w.m[0], w.m[1], w.l[0], w.l[1]));
 #pragma unroll
-            for (int mt = 0; mt < FD_MERGE_H1; mt++)
-                fd_sts4(buf + 512u * (1 + mt), make_float4(w.o[mt][0], w.o[mt][1], w.o[mt][2], w.o[mt][3]));
+            for (int mt = 0; mt < FD_MERGE_H1; mt++) hand(mt, buf + 512u * (1 + mt));
         }
         fd_bar_sync(1 + pair, bar_n);
         if (receiver) {
@@ -606,30 +617,17 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
                 w.l[j] = fa[j] * w.l[j] + fb[j] * ll[j];
             }
 #pragma unroll
-            for (int mt = 0; mt < FD_MERGE_H1; mt++) {
-                const float4 v = fd_lds4(buf + 512u * (1 + mt));
-                w.o[mt][0] = fa[0] * w.o[mt][0] + fb[0] * v.x;
-                w.o[mt][1] = fa[1] * w.o[mt][1] + fb[1] * v.y;
-                w.o[mt][2] = fa[0] * w.o[mt][2] + fb[0] * v.z;
-                w.o[mt][3] = fa[1] * w.o[mt][3] + fb[1] * v.w;
-            }
+            for (int mt = 0; mt < FD_MERGE_H1; mt++) absorb(mt, buf + 512u * (1 + mt));
         }
         fd_bar_sync(1 + pair, bar_n);
         if (sender) {
 #pragma unroll
-            for (int mt = FD_MERGE_H1; mt < D / 16; mt++)
-                fd_sts4(buf + 512u * (1 + mt - FD_MERGE_H1), make_float4(w.o[mt][0], w.o[mt][1], w.o[mt][2], w.o[mt][3]));
+            for (int mt = FD_MERGE_H1; mt < D / 16; mt++) hand(mt, buf + 512u * (1 + mt - FD_MERGE_H1));
         }
         fd_bar_sync(1 + pair, bar_n);
         if (receiver) {
 #pragma unroll
-            for (int mt = FD_MERGE_H1; mt < D / 16; mt++) {
-                const float4 v = fd_lds4(buf + 512u * (1 + mt - FD_MERGE_H1));
-                w.o[mt][0] = fa[0] * w.o[mt][0] + fb[0] * v.x;
-                w.o[mt][1] = fa[1] * w.o[mt][1] + fb[1] * v.y;
-                w.o[mt][2] = fa[0] * w.o[mt][2] + fb[0] * v.z;
-                w.o[mt][3] = fa[1] * w.o[mt][3] + fb[1] * v.w;
-            }
+            for (int mt = FD_MERGE_H1; mt < D / 16; mt++) absorb(mt, buf + 512u * (1 + mt - FD_MERGE_H1));
         }
         fd_bar_sync(1 + pair, bar_n);  // the buffer is free for the next item
         if (sender) continue;
