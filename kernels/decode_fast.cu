@@ -34,10 +34,15 @@ constexpr int FD_TABLE_BYTES = (1 << (2 * FD_BMAX)) * 256;
 constexpr int FD_THREADS = 512;
 // The two warps of a pair (sub and sub + ceil(wph / 2) of one kv head) merge their partials in shared
 // memory at the end of each item: 16 bytes per lane for (m, l) and one per column tile of the first
-// FD_MERGE_H1, then the rest in a second round through the same buffer (fast_merge_bytes in
-// src/backend/cuda/mod.rs sizes it: one per pair, after the release counters).
+// FD_MERGE_H1, then the rest in a second round through the same buffer. One buffer per pair after the
+// release counters, FD_MERGE_PAIR_BYTES each (compile::fast_merge_pair_bytes, which the host also sizes
+// the shared memory with).
 constexpr int FD_MERGE_H1 = (D / 16 + 1) / 2;
-constexpr int FD_MERGE_PAIR_BYTES = 512 * (1 + FD_MERGE_H1);
+#ifndef FD_MERGE_PAIR_BYTES
+#error "FD_MERGE_PAIR_BYTES is defined by the compiler options (src/backend/cuda/compile.rs)"
+#endif
+static_assert(FD_MERGE_PAIR_BYTES >= 32 * 16 * (1 + FD_MERGE_H1) && FD_MERGE_PAIR_BYTES >= 32 * 16 * (D / 16 - FD_MERGE_H1),
+              "a pair's merge buffer holds (m, l) and either round's column tiles, 16 bytes per lane");
 constexpr int FD_EARLY_STAGES = 1;  // stages copied before the dependency wait (bulk-copy path)
 
 // Byte offset in the table of pair `p` of a window: ((2b bits) << 8) | col4.

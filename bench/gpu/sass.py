@@ -55,7 +55,8 @@ def main():
     src = "\n".join(open(os.path.join(ROOT, "kernels", p)).read() for p in PARTS)
     stages = 2 if int("".join(c for c in a.arch[3:] if c.isdigit())) >= 90 else 4  # compile::fast_stages
     opts = [f"--gpu-architecture={a.arch}", f"-DHEAD_DIM={a.d}", f"-DBITS_K={a.bk}", f"-DBITS_V={a.bv}",
-            f"-DFD_STAGES={stages}", "--std=c++17", "-Xptxas=-v"]
+            f"-DFD_STAGES={stages}", f"-DFD_MERGE_PAIR_BYTES={512 * (1 + (a.d // 16 + 1) // 2)}",  # compile::fast_merge_pair_bytes
+            "--std=c++17", "-Xptxas=-v"]
     cubin = nvrtc_compile(src, opts)
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, "k.cubin")

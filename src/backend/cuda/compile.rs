@@ -105,6 +105,14 @@ pub fn fast_stages(arch: &str) -> usize {
     if digits.parse::<u32>().is_ok_and(|n| n >= 90) { 2 } else { 4 }
 }
 
+/// Bytes of one warp pair's merge buffer in tq_decode_fast at `head_dim`, given to the kernels as
+/// FD_MERGE_PAIR_BYTES (which check it against what they store) so that the host's shared-memory sizing
+/// and the kernels cannot disagree: 32 lanes × 16 bytes for (m, l) and for each column tile of the
+/// first of the two rounds, (head_dim / 16 + 1) / 2 of them.
+pub fn fast_merge_pair_bytes(head_dim: usize) -> usize {
+    512 * (1 + (head_dim / 16 + 1) / 2)
+}
+
 /// Compile the kernels for `arch` (e.g. "sm_90") to machine code. Errors carry the compiler log.
 pub fn compile(variant: Variant, arch: &str) -> Result<Compiled, String> {
     variant.check()?;
@@ -116,6 +124,7 @@ pub fn compile(variant: Variant, arch: &str) -> Result<Compiled, String> {
         format!("-DBITS_K={}", variant.bits_k),
         format!("-DBITS_V={}", variant.bits_v),
         format!("-DFD_STAGES={}", fast_stages(arch)),
+        format!("-DFD_MERGE_PAIR_BYTES={}", fast_merge_pair_bytes(variant.head_dim)),
         "--std=c++17".into(),
         // The encoder's roundings are fixed by the row format; it spells every one with __fmul_rn /
         // __fadd_rn / __dmul_rn (never contracted), so the rest may use fused multiply-adds.

@@ -267,10 +267,9 @@ const DECODE_STAGES: usize = 4;
 const FAST_THREADS: usize = 512;
 
 /// Shared memory of tq_decode_fast's merge buffers: one per pair of warps of a kv head (warp sub hands
-/// its partial to warp sub - ceil(wph / 2)), 512 bytes per 16-byte lane slot: one for (m, l) and one per
-/// column tile of the first round, (d / 16 + 1) / 2 of them (FD_MERGE_PAIR_BYTES in kernels/decode_fast.cu).
+/// its partial to warp sub - ceil(wph / 2)), compile::fast_merge_pair_bytes each.
 fn fast_merge_bytes(d: usize, n_kv_heads: usize, warps_per_head: usize) -> usize {
-    n_kv_heads * (warps_per_head / 2) * 512 * (1 + (d / 16 + 1) / 2)
+    n_kv_heads * (warps_per_head / 2) * compile::fast_merge_pair_bytes(d)
 }
 
 /// Partial records per split of tq_decode_fast: one per warp pair (and one for an odd warp out).
