@@ -12,8 +12,6 @@
 #define TQ_VERSION_MINOR 1
 #define TQ_VERSION_PATCH 0
 
-#define FORMAT_VERSION 1
-
 /**
  * Version of the params structs' layout; a params struct carrying another value is rejected.
  */

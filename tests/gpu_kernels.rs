@@ -21,7 +21,6 @@ use turboquant::backend::cpu::encode::HeadTensor;
 use turboquant::backend::cuda::{CudaBackend, DeviceAttend, DeviceCausal, DeviceFullRows, Stores};
 use turboquant::codec::{Dtype, KvCodec, KvConfig, Strides};
 use turboquant::ffi::context::*;
-use turboquant::ffi::cuda::tq_attend_batch;
 use turboquant::ffi::tq_status;
 use turboquant::math::quantizer::QuantizerKind;
 use turboquant::math::rotation::RotationKind;

@@ -4,6 +4,7 @@
 //! recent `residual_window` tokens and the sinks (positions < `n_sink`). A token is compressed when it
 //! leaves the window. Attention merges both sets in one softmax with causal masking by position.
 
+pub mod handle;
 pub mod persist;
 
 use crate::backend::cpu::attend::{AttendJob, FullRows, MaskSource};

@@ -10,6 +10,26 @@ pub enum Dtype {
 }
 
 impl Dtype {
+    /// Every dtype, in code order: `ALL[i].code() == i`.
+    pub const ALL: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::Bf16];
+
+    /// The value of this dtype in the C API (`tq_dtype`) and in the kernels (`TQ_DTYPE_*` defines):
+    /// the one source of the dtype codes.
+    pub const fn code(self) -> u32 {
+        match self {
+            Dtype::F32 => 0,
+            Dtype::F16 => 1,
+            Dtype::Bf16 => 2,
+        }
+    }
+
+    /// The dtype of a C API code, or an error naming the argument `arg`.
+    pub fn from_code(v: u32, arg: &str) -> crate::error::Result<Dtype> {
+        Dtype::ALL.get(v as usize).copied().ok_or_else(|| {
+            crate::error::Error::invalid(format!("{arg} is {v}: not a tq_dtype (F32=0, F16=1, BF16=2)"))
+        })
+    }
+
     pub fn size(self) -> usize {
         match self {
             Dtype::F32 => 4,

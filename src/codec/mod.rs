@@ -1,11 +1,27 @@
-//! The KV codec: the stateless-by-design engine that turns K/V head vectors into rows of the cache
-//! format (`layout`) and attends over such rows. It owns, per layer, the K and V quantizers (each with
-//! its own rotation derived from the seed) and, with centering, the frozen per-(layer, kv head) means.
+//! The KV codec: the engine that turns K/V head vectors into rows of the cache format (`layout`) and
+//! attends over such rows.
+//!
+//! - [`KvCodec`] owns, per layer, the K and V quantizers (each with its own rotation derived from the
+//!   seed) and, with centering, the frozen per-(layer, kv head) means and their saved state.
+//! - [`Codec`] is a `KvCodec` with an element type and a backend (`crate::backend`): it validates
+//!   every append/attend once (`request`) and hands the validated request to the backend. Its safe
+//!   methods ([`Codec::append`], [`Codec::attend`]) take host slices; the C shell (`crate::ffi`) calls
+//!   the raw-pointer forms ([`Codec::append_raw`], [`Codec::attend_raw`]).
+//!
 //! Storage policy (which rows exist, sequences, windows) lives above it, in the engine (slot mode) or
-//! in `cache`.
+//! in `crate::cache`.
 
 pub mod dtype;
 pub mod layout;
+pub mod request;
+mod safe;
+
+pub use safe::{Element, HostMask, HostTensor};
+
+use crate::backend::{AnyBackend, BackendChoice, Op};
+use crate::error::{Error, ErrorKind};
+type CResult<T> = crate::error::Result<T>;
+use request::{AppendArgs, AppendRequest, AttendArgs, AttendRequest, Exec, Stores};
 
 use std::sync::OnceLock;
 
@@ -95,6 +111,28 @@ impl KvCodec {
     /// The frozen means of `layer`, if centering is on and the layer has seen rows.
     pub fn means(&self, layer: usize) -> Option<&Means> {
         if self.config.centering { self.layers[layer].means.get() } else { None }
+    }
+
+    /// The means of `layer` with centering: frozen by the first call, from `compute` (the rows of that
+    /// call); None without centering. Thread-safe: concurrent first appends agree on one value.
+    pub fn freeze_means(&self, layer: usize, compute: impl FnOnce() -> Means) -> Option<&Means> {
+        if !self.config.centering {
+            return None;
+        }
+        Some(self.layers[layer].means.get_or_init(compute))
+    }
+
+    /// Replace every layer's means by a state written by `save_state` (validated first; on error
+    /// nothing changes).
+    pub fn load_state(&mut self, bytes: &[u8]) -> CResult<()> {
+        let parsed = self.parse_state(bytes)?;
+        for (layer, means) in self.layers.iter_mut().zip(parsed) {
+            layer.means = match means {
+                Some(m) => OnceLock::from(m),
+                None => OnceLock::new(),
+            };
+        }
+        Ok(())
     }
 
     /// Serialized size of the codec's mutable state (the centering means).
@@ -214,4 +252,105 @@ const STATE_VERSION: u32 = 1;
 pub enum StateError {
     Corrupt(String),
     Incompatible(String),
+}
+
+/// A codec with its element type and backend: the engine behind the C API and the safe Rust API.
+///
+/// Thread safety: `append`/`attend` take `&self` and may run concurrently from several threads, with
+/// the backend's rules (concurrent appends must write distinct cells; CUDA attends on one codec share
+/// its scratch and must be serialised, e.g. issued on one stream). `load_state` takes `&mut self`.
+pub struct Codec {
+    kv: KvCodec,
+    dtype: Dtype,
+    backend: AnyBackend,
+}
+
+impl Codec {
+    /// Build the quantizers of every layer and the chosen backend.
+    pub fn new(config: KvConfig, dtype: Dtype, backend: BackendChoice) -> CResult<Self> {
+        let kv = KvCodec::new(config).map_err(|m| Error::new(ErrorKind::Unsupported, m))?;
+        let backend = AnyBackend::new(backend, &kv, dtype)?;
+        Ok(Self { kv, dtype, backend })
+    }
+
+    /// The quantizers, layouts and means.
+    pub fn kv(&self) -> &KvCodec {
+        &self.kv
+    }
+
+    /// Element type of q, k, v and out.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    pub fn backend(&self) -> &AnyBackend {
+        &self.backend
+    }
+
+    /// Bytes of one K row and one V row (one token of one layer, all kv heads).
+    pub fn row_bytes(&self) -> (usize, usize) {
+        (self.kv.k_layout.row_bytes(), self.kv.v_layout.row_bytes())
+    }
+
+    /// Size of the saved state (`save_state`).
+    pub fn state_len(&self) -> usize {
+        self.kv.state_len()
+    }
+
+    /// The centering means of every layer, versioned and fingerprinted.
+    pub fn save_state(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.kv.state_len());
+        self.kv.save_state(&mut v);
+        v
+    }
+
+    /// Restore a state from `save_state` of a codec with the same parameters; on error nothing changes.
+    pub fn load_state(&mut self, bytes: &[u8]) -> CResult<()> {
+        self.kv.load_state(bytes)
+    }
+
+    /// Validate and run an append given as raw addresses. `n_tokens` 0 is a no-op.
+    ///
+    /// # Safety
+    /// The pointers cover what the sizes say, in the backend's memory; no one else reads or writes the
+    /// target rows during the call.
+    pub unsafe fn append_raw(&self, a: &AppendArgs, exec: Exec) -> CResult<()> {
+        if let Exec::Part { .. } = exec {
+            self.backend.require(Op::AppendPart)?;
+        }
+        if a.n_tokens == 0 {
+            return Ok(());
+        }
+        let b = self.backend.get();
+        // SAFETY: the caller guarantees the pointers.
+        let req = unsafe { AppendRequest::validate(&self.kv, self.dtype, b.memory(), a) }?;
+        // SAFETY: validated; the caller guarantees exclusive use of the target rows.
+        unsafe { b.append(&self.kv, &req, exec) }
+    }
+
+    /// Validate and run an attend given as raw addresses (one sequence, or a batch of `n_seqs`).
+    /// No query (n_q or n_seqs 0) is a no-op.
+    ///
+    /// # Safety
+    /// The pointers cover what the sizes say, in the backend's memory; `out` is not used by others.
+    pub unsafe fn attend_raw(&self, a: &AttendArgs, exec: Exec) -> CResult<()> {
+        if let Exec::Part { .. } = exec {
+            self.backend.require(Op::AttendPart)?;
+        }
+        let batch = matches!(a.stores, Stores::Batch { .. });
+        if batch {
+            self.backend.require(Op::AttendBatch)?;
+        }
+        if a.n_q == 0 || a.n_seqs == 0 {
+            return Ok(());
+        }
+        if batch && a.seq_cells.is_null() {
+            return Err(Error::null("n_cells"));
+        }
+        let b = self.backend.get();
+        // SAFETY: the caller guarantees the pointers.
+        let req = unsafe { AttendRequest::validate(&self.kv, self.dtype, b.memory(), a) }?;
+        // SAFETY: validated; the caller guarantees `out` is not used by others.
+        unsafe { b.attend(&self.kv, &req, exec) }
+    }
 }

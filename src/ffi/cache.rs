@@ -2,15 +2,14 @@
 //! memory statistics and save/load, for engines that do not manage cache cells themselves.
 
 use std::ffi::{CStr, c_char, c_void};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use super::context::{context_call, run_attend, tq_context};
-use super::error::{self, Error, Result, borrow, borrow_mut, slice, write_out};
+use super::context::{context_call, tq_context};
+use super::error::{self, Error, ErrorKind, Guarded, Result, borrow, guarded_mut, guarded_ref, slice, write_out};
 use super::{TQ_ABI_VERSION, tq_status};
-use crate::backend::cpu::encode::HeadTensor;
-use crate::cache::persist::{self, LoadError};
-use crate::cache::{CacheError, CacheParams, OwnedCache};
-use crate::codec::Strides;
+use crate::cache::persist;
+use crate::cache::{CacheParams, OwnedCache, handle};
+use crate::codec::Codec;
 
 /// Parameters of tq_cache_new(). Obtain with tq_cache_default_params(), then change fields.
 #[repr(C)]
@@ -51,6 +50,22 @@ pub struct tq_cache {
     poisoned: AtomicBool,
 }
 
+impl Guarded for tq_cache {
+    const ARG: &'static str = "cache";
+    const POISONED: &'static str = "cache is poisoned: an earlier call on it failed internally; free it";
+    fn poisoned(&self) -> &AtomicBool {
+        &self.poisoned
+    }
+    /// A panic in a cache call may have left its context's state half-updated too: poison both.
+    fn poison(&self) {
+        self.poisoned.store(true, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the context outlives its caches (tq_cache_new's contract).
+        if let Some(ctx) = unsafe { self.ctx.as_ref() } {
+            ctx.poison();
+        }
+    }
+}
+
 /// Default cache parameters (see each field). Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn tq_cache_default_params() -> tq_cache_params {
@@ -78,21 +93,10 @@ pub extern "C" fn tq_cache_params_size() -> usize {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_cache_new(ctx: *const tq_context, params: *const tq_cache_params, out: *mut *mut tq_cache) -> tq_status {
     context_call(ctx, |c| {
+        // SAFETY: the caller guarantees `params` is NULL or a tq_cache_params.
         let p = unsafe { error::read_params(params, "params", |p: &tq_cache_params| p.abi_version) }?;
         if out.is_null() {
             return Err(Error::null("out"));
-        }
-        if c.cuda.is_some() {
-            return Err(Error::new(
-                tq_status::TQ_STATUS_UNSUPPORTED,
-                "ctx uses TQ_BACKEND_CUDA: the owned cache keeps host memory; use slot mode (tq_append_kv/tq_attend) on CUDA",
-            ));
-        }
-        if p.max_seqs == 0 || p.max_seqs > 65_536 {
-            return Err(Error::invalid(format!("params->max_seqs is {}: must be in 1..=65536", p.max_seqs)));
-        }
-        if p.max_tokens == 0 {
-            return Err(Error::invalid("params->max_tokens is 0: must be ≥ 1"));
         }
         let params = CacheParams {
             max_seqs: p.max_seqs as usize,
@@ -100,8 +104,9 @@ pub unsafe extern "C" fn tq_cache_new(ctx: *const tq_context, params: *const tq_
             residual_window: p.residual_window as usize,
             n_sink: p.n_sink as usize,
         };
-        let inner = OwnedCache::new(&c.codec, params);
+        let inner = handle::new_state(&c.codec, params)?;
         let cache = Box::new(tq_cache { ctx, inner, poisoned: AtomicBool::new(false) });
+        // SAFETY: `out` is non-NULL (checked) and writable (the caller's contract).
         unsafe { write_out(out, Box::into_raw(cache), "out") }
     })
 }
@@ -114,52 +119,33 @@ pub unsafe extern "C" fn tq_cache_new(ctx: *const tq_context, params: *const tq_
 pub unsafe extern "C" fn tq_cache_free(cache: *mut tq_cache) {
     error::boundary_value((), || {
         if !cache.is_null() {
+            // SAFETY: the caller passes a live handle from tq_cache_new, not used after this call.
             drop(unsafe { Box::from_raw(cache) });
         }
     })
 }
 
-fn cache_error(e: CacheError) -> Error {
-    match e {
-        CacheError::Invalid(m) => Error::invalid(m),
-        CacheError::Capacity(m) => Error::new(tq_status::TQ_STATUS_CAPACITY_EXCEEDED, m),
-    }
+/// The context of a live cache, refused when poisoned.
+fn cache_context<'a>(ctx: *const tq_context) -> Result<&'a tq_context> {
+    // SAFETY: the context outlives its caches (tq_cache_new's contract); it is a separate allocation
+    // from the cache, so this shared borrow does not alias the cache's borrow.
+    let ctx = unsafe { borrow(ctx, "cache's context") }?;
+    ctx.check_poisoned()?;
+    Ok(ctx)
 }
 
-/// Run a call on a cache (and its context): refuse a poisoned cache, poison it on a panic.
-fn cache_call(cache: *mut tq_cache, body: impl FnOnce(&mut tq_cache, &tq_context) -> Result<()>) -> tq_status {
-    let flag: *const AtomicBool = match unsafe { cache.as_ref() } {
-        Some(c) => &c.poisoned,
-        None => std::ptr::null(),
-    };
-    let status = error::boundary(|| {
-        let c = unsafe { borrow_mut(cache, "cache") }?;
-        if c.poisoned.load(Ordering::Relaxed) {
-            return Err(Error::new(
-                tq_status::TQ_STATUS_POISONED,
-                "cache is poisoned: an earlier call on it failed internally; free it",
-            ));
-        }
-        let ctx = unsafe { borrow(c.ctx, "cache's context") }?;
-        let mut result = Ok(());
-        let status = context_call(ctx, |ctx| {
-            result = body(c, ctx);
-            Ok(())
-        });
-        if status != tq_status::TQ_STATUS_OK {
-            return Err(Error::new(status, error::last_error_string()));
-        }
-        result
-    });
-    if status == tq_status::TQ_STATUS_INTERNAL_ERROR && !flag.is_null() {
-        unsafe { (*flag).store(true, Ordering::Relaxed) };
-    }
-    status
+/// A call that reads a cache (entry points taking `const tq_cache*`): shared borrows only.
+fn cache_call(cache: *const tq_cache, body: impl FnOnce(&tq_cache, &Codec) -> Result<()>) -> tq_status {
+    guarded_ref(cache, |c| body(c, &cache_context(c.ctx)?.codec))
 }
 
-fn check_layer(ctx: &tq_context, layer: u32) -> Result<usize> {
-    let n = ctx.codec.config.n_layers;
-    if (layer as usize) < n { Ok(layer as usize) } else { Err(Error::invalid(format!("layer is {layer}: the context has {n} layers"))) }
+/// A call that changes a cache (entry points taking `tq_cache*`): the one mutable borrow of the cache
+/// for the call; its context is only read.
+fn cache_call_mut(cache: *mut tq_cache, body: impl FnOnce(&mut OwnedCache, &Codec) -> Result<()>) -> tq_status {
+    guarded_mut(cache, |c| {
+        let ctx = cache_context(c.ctx)?;
+        body(&mut c.inner, &ctx.codec)
+    })
 }
 
 /// Append `n` tokens to sequence `seq` of `layer`: `k` and `v` are packed
@@ -181,24 +167,8 @@ pub unsafe extern "C" fn tq_cache_append(
     stream: *mut c_void,
 ) -> tq_status {
     let _ = stream;
-    cache_call(cache, |c, ctx| {
-        let layer = check_layer(ctx, layer)?;
-        let cfg = &ctx.codec.config;
-        let elems = error::checked_len(n, cfg.n_kv_heads * cfg.head_dim, "k")?;
-        let size = ctx.dtype.size();
-        let kb = unsafe { slice(k.cast::<u8>(), elems * size, "k") }?;
-        let vb = unsafe { slice(v.cast::<u8>(), elems * size, "v") }?;
-        for (bytes, arg) in [(kb, "k"), (vb, "v")] {
-            let t = HeadTensor { ptr: bytes.as_ptr(), strides: Strides::packed(cfg.n_kv_heads, cfg.head_dim, ctx.dtype), dtype: ctx.dtype };
-            let mut x = vec![0.0f32; cfg.head_dim];
-            for tok in 0..n {
-                if let Some((h, i)) = unsafe { crate::backend::cpu::encode::find_non_finite(&t, tok, cfg.n_kv_heads, &mut x) } {
-                    return Err(Error::new(tq_status::TQ_STATUS_NON_FINITE, format!("{arg}[token {tok}, head {h}, element {i}] is not finite")));
-                }
-            }
-        }
-        unsafe { c.inner.append(&ctx.codec, layer, seq as usize, n, kb.as_ptr(), vb.as_ptr(), ctx.dtype) }.map_err(cache_error)
-    })
+    // SAFETY: the caller guarantees k and v hold n·n_kv_heads·head_dim elements.
+    cache_call_mut(cache, |st, codec| unsafe { handle::append_raw(codec, st, layer, seq, n, k, v) })
 }
 
 /// Attention of the queries of the last `n_q` positions of `seq` (q: packed [n_q][n_heads][head_dim]
@@ -221,31 +191,8 @@ pub unsafe extern "C" fn tq_cache_attend(
     stream: *mut c_void,
 ) -> tq_status {
     let _ = stream;
-    cache_call(cache, |c, ctx| {
-        let layer = check_layer(ctx, layer)?;
-        c.inner.check_seq(seq as usize).map_err(cache_error)?;
-        if n_q == 0 {
-            return Ok(());
-        }
-        if !scale.is_finite() {
-            return Err(Error::invalid(format!("scale is {scale}: must be finite")));
-        }
-        let cfg = &ctx.codec.config;
-        let elems = error::checked_len(n_q, cfg.n_heads * cfg.head_dim, "q")?;
-        let qb = unsafe { slice(q.cast::<u8>(), elems * ctx.dtype.size(), "q") }?;
-        let ob = unsafe { error::slice_mut(out.cast::<u8>(), elems * ctx.dtype.size(), "out") }?;
-        let qt = HeadTensor { ptr: qb.as_ptr(), strides: Strides::packed(cfg.n_heads, cfg.head_dim, ctx.dtype), dtype: ctx.dtype };
-        let mut x = vec![0.0f32; cfg.head_dim];
-        for tok in 0..n_q {
-            if let Some((h, i)) = unsafe { crate::backend::cpu::encode::find_non_finite(&qt, tok, cfg.n_heads, &mut x) } {
-                return Err(Error::new(tq_status::TQ_STATUS_NON_FINITE, format!("q[token {tok}, head {h}, element {i}] is not finite")));
-            }
-        }
-        let query_pos = c.inner.last_positions(layer, seq as usize, n_q).map_err(cache_error)?;
-        let job = c.inner.attend_job(&ctx.codec, layer, seq as usize, qt, n_q, scale, ob.as_mut_ptr(), &query_pos);
-        run_attend(&job, ctx.threads);
-        Ok(())
-    })
+    // SAFETY: the caller guarantees q holds n_q·n_heads·head_dim elements and out as many writable ones.
+    cache_call(cache, |c, codec| unsafe { handle::attend_raw(codec, &c.inner, layer, seq, q, n_q, scale, out) })
 }
 
 /// Remove positions [p0, p1) from sequence `seq` in every layer (seq < 0: every sequence; p0 < 0:
@@ -255,7 +202,7 @@ pub unsafe extern "C" fn tq_cache_attend(
 /// `cache` is NULL or live.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_cache_seq_rm(cache: *mut tq_cache, seq: i32, p0: i64, p1: i64) -> tq_status {
-    cache_call(cache, |c, ctx| c.inner.seq_rm(&ctx.codec, seq, p0, p1).map_err(cache_error))
+    cache_call_mut(cache, |st, codec| Ok(st.seq_rm(codec.kv(), seq, p0, p1)?))
 }
 
 /// Make `dst`'s positions [p0, p1) a copy of `src`'s (same stored representation, so attention is
@@ -266,7 +213,7 @@ pub unsafe extern "C" fn tq_cache_seq_rm(cache: *mut tq_cache, seq: i32, p0: i64
 /// `cache` is NULL or live.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_cache_seq_cp(cache: *mut tq_cache, src: u32, dst: u32, p0: i64, p1: i64) -> tq_status {
-    cache_call(cache, |c, ctx| c.inner.seq_cp(&ctx.codec, src as usize, dst as usize, p0, p1).map_err(cache_error))
+    cache_call_mut(cache, |st, codec| Ok(st.seq_cp(codec.kv(), src as usize, dst as usize, p0, p1)?))
 }
 
 /// Remove every sequence except `seq`.
@@ -275,7 +222,7 @@ pub unsafe extern "C" fn tq_cache_seq_cp(cache: *mut tq_cache, src: u32, dst: u3
 /// `cache` is NULL or live.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_cache_seq_keep(cache: *mut tq_cache, seq: u32) -> tq_status {
-    cache_call(cache, |c, _| c.inner.seq_keep(seq as usize).map_err(cache_error))
+    cache_call_mut(cache, |st, _| Ok(st.seq_keep(seq as usize)?))
 }
 
 /// Remove every token of every sequence (centering means, once fixed, are kept).
@@ -284,8 +231,8 @@ pub unsafe extern "C" fn tq_cache_seq_keep(cache: *mut tq_cache, seq: u32) -> tq
 /// `cache` is NULL or live.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_cache_clear(cache: *mut tq_cache) -> tq_status {
-    cache_call(cache, |c, _| {
-        c.inner.clear();
+    cache_call_mut(cache, |st, _| {
+        st.clear();
         Ok(())
     })
 }
@@ -296,8 +243,9 @@ pub unsafe extern "C" fn tq_cache_clear(cache: *mut tq_cache) -> tq_status {
 /// `cache` is NULL or live; `out` is NULL or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_cache_seq_len(cache: *const tq_cache, seq: u32, out: *mut usize) -> tq_status {
-    cache_call(cache as *mut tq_cache, |c, _| {
-        let n = c.inner.seq_len(seq as usize).map_err(cache_error)?;
+    cache_call(cache, |c, _| {
+        let n = c.inner.seq_len(seq as usize)?;
+        // SAFETY: the caller guarantees `out` is NULL or writable.
         unsafe { write_out(out, n, "out") }
     })
 }
@@ -308,8 +256,9 @@ pub unsafe extern "C" fn tq_cache_seq_len(cache: *const tq_cache, seq: u32, out:
 /// `cache` is NULL or live; `out` is NULL or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_cache_memory_usage(cache: *const tq_cache, out: *mut tq_cache_memory) -> tq_status {
-    cache_call(cache as *mut tq_cache, |c, ctx| {
-        let m = c.inner.memory(&ctx.codec);
+    cache_call(cache, |c, codec| {
+        let m = c.inner.memory(codec.kv());
+        // SAFETY: the caller guarantees `out` is NULL or writable.
         unsafe {
             write_out(
                 out,
@@ -320,13 +269,6 @@ pub unsafe extern "C" fn tq_cache_memory_usage(cache: *const tq_cache, out: *mut
     })
 }
 
-fn load_error(e: LoadError) -> Error {
-    match e {
-        LoadError::Corrupt(m) => Error::new(tq_status::TQ_STATUS_CORRUPT_DATA, m),
-        LoadError::Incompatible(m) => Error::new(tq_status::TQ_STATUS_INCOMPATIBLE, m),
-    }
-}
-
 /// Serialize the cache (versioned, parameter fingerprint, CRC-32). With `buf` NULL, only
 /// `*written` = the size needed. Otherwise `size` must be at least that; `*written` = bytes written.
 ///
@@ -334,18 +276,20 @@ fn load_error(e: LoadError) -> Error {
 /// `buf` is NULL or holds `size` writable bytes; `written` is writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_cache_save(cache: *const tq_cache, buf: *mut c_void, size: usize, written: *mut usize) -> tq_status {
-    cache_call(cache as *mut tq_cache, |c, ctx| {
+    cache_call(cache, |c, codec| {
         if written.is_null() {
             return Err(Error::null("written"));
         }
-        let bytes = persist::save(&c.inner, &ctx.codec);
+        let bytes = persist::save(&c.inner, codec.kv());
         if !buf.is_null() {
             if size < bytes.len() {
                 return Err(Error::invalid(format!("size is {size}: the saved cache needs {} bytes", bytes.len())));
             }
+            // SAFETY: the caller guarantees `buf` holds `size` ≥ bytes.len() writable bytes.
             let out = unsafe { error::slice_mut(buf.cast::<u8>(), bytes.len(), "buf") }?;
             out.copy_from_slice(&bytes);
         }
+        // SAFETY: `written` is non-NULL (checked) and writable (the caller's contract).
         unsafe { written.write(bytes.len()) };
         Ok(())
     })
@@ -359,9 +303,10 @@ pub unsafe extern "C" fn tq_cache_save(cache: *const tq_cache, buf: *mut c_void,
 /// `buf` holds `size` readable bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_cache_load(cache: *mut tq_cache, buf: *const c_void, size: usize) -> tq_status {
-    cache_call(cache, |c, ctx| {
+    cache_call_mut(cache, |st, codec| {
+        // SAFETY: the caller guarantees `buf` holds `size` readable bytes.
         let bytes = unsafe { slice(buf.cast::<u8>(), size, "buf") }?;
-        c.inner = persist::load(bytes, &ctx.codec, &c.inner.params).map_err(load_error)?;
+        *st = persist::load(bytes, codec.kv(), &st.params)?;
         Ok(())
     })
 }
@@ -370,6 +315,7 @@ fn path_arg(path: *const c_char) -> Result<std::path::PathBuf> {
     if path.is_null() {
         return Err(Error::null("path"));
     }
+    // SAFETY: `path` is non-NULL (checked) and NUL-terminated (the caller's contract).
     let s = unsafe { CStr::from_ptr(path) }.to_str().map_err(|_| Error::invalid("path is not valid UTF-8"))?;
     Ok(std::path::PathBuf::from(s))
 }
@@ -381,12 +327,12 @@ fn path_arg(path: *const c_char) -> Result<std::path::PathBuf> {
 /// `path` is NULL or a NUL-terminated string.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_cache_save_file(cache: *const tq_cache, path: *const c_char) -> tq_status {
-    cache_call(cache as *mut tq_cache, |c, ctx| {
+    cache_call(cache, |c, codec| {
         let path = path_arg(path)?;
-        let bytes = persist::save(&c.inner, &ctx.codec);
+        let bytes = persist::save(&c.inner, codec.kv());
         let mut tmp = path.clone().into_os_string();
         tmp.push(".tmp");
-        let io = |e: std::io::Error, what: &str| Error::new(tq_status::TQ_STATUS_IO_ERROR, format!("{what} {}: {e}", path.display()));
+        let io = |e: std::io::Error, what: &str| Error::new(ErrorKind::Io, format!("{what} {}: {e}", path.display()));
         std::fs::write(&tmp, &bytes).map_err(|e| io(e, "cannot write"))?;
         std::fs::rename(&tmp, &path).map_err(|e| io(e, "cannot rename into"))
     })
@@ -398,11 +344,11 @@ pub unsafe extern "C" fn tq_cache_save_file(cache: *const tq_cache, path: *const
 /// `path` is NULL or a NUL-terminated string.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_cache_load_file(cache: *mut tq_cache, path: *const c_char) -> tq_status {
-    cache_call(cache, |c, ctx| {
+    cache_call_mut(cache, |st, codec| {
         let path = path_arg(path)?;
         let bytes = std::fs::read(&path)
-            .map_err(|e| Error::new(tq_status::TQ_STATUS_IO_ERROR, format!("cannot read {}: {e}", path.display())))?;
-        c.inner = persist::load(&bytes, &ctx.codec, &c.inner.params).map_err(load_error)?;
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read {}: {e}", path.display())))?;
+        *st = persist::load(&bytes, codec.kv(), &st.params)?;
         Ok(())
     })
 }

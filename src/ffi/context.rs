@@ -1,16 +1,15 @@
 //! C API of the KV codec context and slot mode (engines that own their cache buffers).
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use super::error::{self, Error, Result, borrow, borrow_mut, slice, write_out};
+use super::error::{self, Error, Guarded, Result, guarded_mut, guarded_ref, slice, write_out};
 use super::quantizer::rotation_from_u32;
 use super::{TQ_ABI_VERSION, tq_status};
-use crate::backend::cpu::attend::{self, AttendJob, AttendScratch, MaskSource};
-use crate::backend::cpu::encode::{self, EncodeScratch, HeadTensor};
-use crate::codec::{Dtype, KvCodec, KvConfig, Means, StateError, Strides};
+use crate::backend::BackendChoice;
+use crate::codec::request::{AppendArgs, AttendArgs, Exec, Stores};
+use crate::codec::{Codec, Dtype, KvConfig, Strides};
 use crate::math::quantizer::QuantizerKind;
-use crate::parallel;
 
 /// Backend a context runs on (values of the `backend` params field).
 #[repr(u32)]
@@ -84,12 +83,16 @@ pub struct tq_context_params {
 
 /// A KV codec context. Opaque; create with tq_context_new(), free with tq_context_free().
 pub struct tq_context {
-    pub(crate) codec: KvCodec,
-    pub(crate) dtype: Dtype,
-    pub(crate) threads: usize,
+    pub(crate) codec: Codec,
     pub(crate) poisoned: AtomicBool,
-    /// The CUDA backend (TQ_BACKEND_CUDA); None for CPU contexts.
-    pub(crate) cuda: Option<super::cuda::Backend>,
+}
+
+impl Guarded for tq_context {
+    const ARG: &'static str = "ctx";
+    const POISONED: &'static str = "ctx is poisoned: an earlier call on it failed internally; free it and create a new one";
+    fn poisoned(&self) -> &AtomicBool {
+        &self.poisoned
+    }
 }
 
 /// Default parameters (see each field). Thread-safe.
@@ -120,15 +123,6 @@ pub extern "C" fn tq_context_default_params() -> tq_context_params {
 #[unsafe(no_mangle)]
 pub extern "C" fn tq_context_params_size() -> usize {
     std::mem::size_of::<tq_context_params>()
-}
-
-pub(crate) fn dtype_from_u32(v: u32, arg: &str) -> Result<Dtype> {
-    match v {
-        0 => Ok(Dtype::F32),
-        1 => Ok(Dtype::F16),
-        2 => Ok(Dtype::Bf16),
-        other => Err(Error::invalid(format!("{arg} is {other}: not a tq_dtype (F32=0, F16=1, BF16=2)"))),
-    }
 }
 
 fn config_from_params(p: &tq_context_params) -> Result<KvConfig> {
@@ -188,19 +182,14 @@ pub unsafe extern "C" fn tq_context_new(params: *const tq_context_params, out: *
             return Err(Error::null("out"));
         }
         let config = config_from_params(&p)?;
-        let dtype = dtype_from_u32(p.dtype, "params->dtype")?;
-        if p.backend > 1 {
-            return Err(Error::invalid(format!("params->backend is {}: not a tq_backend (CPU=0, CUDA=1)", p.backend)));
-        }
-        let codec = KvCodec::new(config).map_err(|m| Error::new(tq_status::TQ_STATUS_UNSUPPORTED, m))?;
-        let cuda = if p.backend == 1 { Some(super::cuda::Backend::new(&codec, dtype, &p)?) } else { None };
-        let ctx = Box::new(tq_context {
-            codec,
-            dtype,
-            threads: parallel::resolve_threads(p.n_threads),
-            poisoned: AtomicBool::new(false),
-            cuda,
-        });
+        let dtype = Dtype::from_code(p.dtype, "params->dtype")?;
+        let backend = match p.backend {
+            0 => BackendChoice::Cpu { threads: p.n_threads },
+            1 => BackendChoice::Cuda { device: p.device, max_batch: p.max_batch as usize },
+            other => return Err(Error::invalid(format!("params->backend is {other}: not a tq_backend (CPU=0, CUDA=1)"))),
+        };
+        let ctx = Box::new(tq_context { codec: Codec::new(config, dtype, backend)?, poisoned: AtomicBool::new(false) });
+        // SAFETY: the caller guarantees `out` is NULL (checked) or writable.
         unsafe { write_out(out, Box::into_raw(ctx), "out") }
     })
 }
@@ -213,31 +202,16 @@ pub unsafe extern "C" fn tq_context_new(params: *const tq_context_params, out: *
 pub unsafe extern "C" fn tq_context_free(ctx: *mut tq_context) {
     error::boundary_value((), || {
         if !ctx.is_null() {
+            // SAFETY: the caller passes a live handle from tq_context_new, not used after this call.
             drop(unsafe { Box::from_raw(ctx) });
         }
     })
 }
 
-/// Run a call on a context: refuse a poisoned context, and poison it if the call panics.
+/// Run a call on a context (shared: the entry points that take `const tq_context*`): refuse a
+/// poisoned context, and poison it if the call panics.
 pub(crate) fn context_call(ctx: *const tq_context, body: impl FnOnce(&tq_context) -> Result<()>) -> tq_status {
-    let mut handle: Option<&tq_context> = None;
-    let status = error::boundary(|| {
-        let c = unsafe { borrow(ctx, "ctx") }?;
-        handle = Some(c);
-        if c.poisoned.load(Ordering::Relaxed) {
-            return Err(Error::new(
-                tq_status::TQ_STATUS_POISONED,
-                "ctx is poisoned: an earlier call on it failed internally; free it and create a new one",
-            ));
-        }
-        body(c)
-    });
-    if status == tq_status::TQ_STATUS_INTERNAL_ERROR {
-        if let Some(c) = handle {
-            c.poisoned.store(true, Ordering::Relaxed);
-        }
-    }
-    status
+    guarded_ref(ctx, body)
 }
 
 /// Bytes per token per layer of a K row and of a V row (all kv heads): the engine allocates
@@ -251,11 +225,12 @@ pub unsafe extern "C" fn tq_context_row_bytes(ctx: *const tq_context, k_row_byte
         if k_row_bytes.is_null() && v_row_bytes.is_null() {
             return Err(Error::null("k_row_bytes and v_row_bytes"));
         }
-        if !k_row_bytes.is_null() {
-            unsafe { k_row_bytes.write(c.codec.k_layout.row_bytes()) };
-        }
-        if !v_row_bytes.is_null() {
-            unsafe { v_row_bytes.write(c.codec.v_layout.row_bytes()) };
+        let (kr, vr) = c.codec.row_bytes();
+        for (ptr, bytes) in [(k_row_bytes, kr), (v_row_bytes, vr)] {
+            if !ptr.is_null() {
+                // SAFETY: the caller guarantees a non-NULL output is writable.
+                unsafe { ptr.write(bytes) };
+            }
         }
         Ok(())
     })
@@ -267,6 +242,7 @@ pub unsafe extern "C" fn tq_context_row_bytes(ctx: *const tq_context, k_row_byte
 /// `ctx` is NULL or live; `out` is NULL or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_context_state_size(ctx: *const tq_context, out: *mut usize) -> tq_status {
+    // SAFETY: the caller guarantees `out` is NULL or writable.
     context_call(ctx, |c| unsafe { write_out(out, c.codec.state_len(), "out") })
 }
 
@@ -283,10 +259,9 @@ pub unsafe extern "C" fn tq_context_state_save(ctx: *const tq_context, buf: *mut
         if size < need {
             return Err(Error::invalid(format!("size is {size}: the state needs {need} bytes (tq_context_state_size)")));
         }
+        // SAFETY: the caller guarantees `buf` holds `size` ≥ need writable bytes.
         let out = unsafe { error::slice_mut(buf, need, "buf") }?;
-        let mut v = Vec::with_capacity(need);
-        c.codec.save_state(&mut v);
-        out.copy_from_slice(&v);
+        out.copy_from_slice(&c.codec.save_state());
         Ok(())
     })
 }
@@ -300,25 +275,11 @@ pub unsafe extern "C" fn tq_context_state_save(ctx: *const tq_context, buf: *mut
 /// `ctx` is NULL or live; `buf` holds `size` readable bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_context_state_load(ctx: *mut tq_context, buf: *const u8, size: usize) -> tq_status {
-    context_call(ctx, |_| {
-        let c = unsafe { borrow_mut(ctx, "ctx") }?;
+    guarded_mut(ctx, |c| {
+        // SAFETY: the caller guarantees `buf` holds `size` readable bytes.
         let bytes = unsafe { slice(buf, size, "buf") }?;
-        let parsed = c.codec.parse_state(bytes).map_err(state_error)?;
-        for (layer, means) in c.codec.layers.iter_mut().zip(parsed) {
-            layer.means = match means {
-                Some(m) => std::sync::OnceLock::from(m),
-                None => std::sync::OnceLock::new(),
-            };
-        }
-        Ok(())
+        c.codec.load_state(bytes)
     })
-}
-
-pub(crate) fn state_error(e: StateError) -> Error {
-    match e {
-        StateError::Corrupt(m) => Error::new(tq_status::TQ_STATUS_CORRUPT_DATA, m),
-        StateError::Incompatible(m) => Error::new(tq_status::TQ_STATUS_INCOMPATIBLE, m),
-    }
 }
 
 /// Byte strides of a [tokens][heads][head_dim] tensor whose head vectors are contiguous.
@@ -332,125 +293,14 @@ pub struct tq_strides {
     pub head: usize,
 }
 
-pub(crate) fn strides_or_packed(s: *const tq_strides, heads: usize, d: usize, dtype: Dtype, arg: &str) -> Result<Strides> {
-    match unsafe { s.as_ref() } {
-        None => Ok(Strides::packed(heads, d, dtype)),
-        Some(st) => {
-            if st.head % dtype.size() != 0 || st.token % dtype.size() != 0 {
-                return Err(Error::invalid(format!(
-                    "{arg}: strides ({}, {}) are not multiples of the element size {}",
-                    st.token,
-                    st.head,
-                    dtype.size()
-                )));
-            }
-            Ok(Strides { token: st.token, head: st.head })
-        }
-    }
+/// The caller's strides: NULL = packed.
+///
+/// # Safety
+/// `s` is NULL or points to a tq_strides.
+pub(crate) unsafe fn strides_arg(s: *const tq_strides) -> Option<Strides> {
+    // SAFETY: the caller guarantees `s` is NULL or valid.
+    unsafe { s.as_ref() }.map(|st| Strides { token: st.token, head: st.head })
 }
-
-pub(crate) fn check_layer(c: &tq_context, layer: u32) -> Result<usize> {
-    if (layer as usize) < c.codec.config.n_layers {
-        Ok(layer as usize)
-    } else {
-        Err(Error::invalid(format!("layer is {layer}: the context has {} layers", c.codec.config.n_layers)))
-    }
-}
-
-fn check_finite_tensor(t: &HeadTensor, n: usize, heads: usize, d: usize, arg: &str) -> Result<()> {
-    let mut x = vec![0.0f32; d];
-    for tok in 0..n {
-        if let Some((h, i)) = unsafe { encode::find_non_finite(t, tok, heads, &mut x) } {
-            return Err(Error::new(
-                tq_status::TQ_STATUS_NON_FINITE,
-                format!("{arg}[token {tok}, head {h}, element {i}] is not finite"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-struct AppendArgs {
-    layer: usize,
-    k_store: *mut c_void,
-    v_store: *mut c_void,
-    slots: Vec<usize>,
-    k: HeadTensor,
-    v: HeadTensor,
-}
-
-#[allow(clippy::too_many_arguments)]
-unsafe fn check_append(
-    c: &tq_context,
-    layer: u32,
-    k_store: *mut c_void,
-    v_store: *mut c_void,
-    n_cells: usize,
-    slots: *const i64,
-    n_tokens: usize,
-    k: *const c_void,
-    k_strides: *const tq_strides,
-    v: *const c_void,
-    v_strides: *const tq_strides,
-) -> Result<AppendArgs> {
-    let layer = check_layer(c, layer)?;
-    let cfg = &c.codec.config;
-    if k_store.is_null() {
-        return Err(Error::null("k_store"));
-    }
-    if v_store.is_null() {
-        return Err(Error::null("v_store"));
-    }
-    if k.is_null() {
-        return Err(Error::null("k"));
-    }
-    if v.is_null() {
-        return Err(Error::null("v"));
-    }
-    let slot_values = unsafe { slice(slots, n_tokens, "slots") }?;
-    let mut seen = std::collections::HashSet::with_capacity(n_tokens);
-    let mut cells = Vec::with_capacity(n_tokens);
-    for (i, &s) in slot_values.iter().enumerate() {
-        if s < 0 || s as u64 >= n_cells as u64 {
-            return Err(Error::invalid(format!("slots[{i}] is {s}: must be in 0..{n_cells} (n_cells)")));
-        }
-        if !seen.insert(s) {
-            return Err(Error::invalid(format!("slots[{i}] is {s}, which an earlier token of this call also uses")));
-        }
-        cells.push(s as usize);
-    }
-    let k = HeadTensor { ptr: k.cast(), strides: strides_or_packed(k_strides, cfg.n_kv_heads, cfg.head_dim, c.dtype, "k_strides")?, dtype: c.dtype };
-    let v = HeadTensor { ptr: v.cast(), strides: strides_or_packed(v_strides, cfg.n_kv_heads, cfg.head_dim, c.dtype, "v_strides")?, dtype: c.dtype };
-    check_finite_tensor(&k, n_tokens, cfg.n_kv_heads, cfg.head_dim, "k")?;
-    check_finite_tensor(&v, n_tokens, cfg.n_kv_heads, cfg.head_dim, "v")?;
-    Ok(AppendArgs { layer, k_store, v_store, slots: cells, k, v })
-}
-
-/// Freeze (once) and return the centering means of the layer, from the rows of this call.
-fn layer_means<'a>(c: &'a tq_context, a: &AppendArgs, n_tokens: usize) -> Option<&'a Means> {
-    if !c.codec.config.centering {
-        return None;
-    }
-    Some(c.codec.layers[a.layer].means.get_or_init(|| Means {
-        k: unsafe { encode::head_means(&c.codec, &a.k, n_tokens) },
-        v: unsafe { encode::head_means(&c.codec, &a.v, n_tokens) },
-    }))
-}
-
-fn append_range(c: &tq_context, a: &AppendArgs, means: Option<&Means>, range: std::ops::Range<usize>) {
-    let (kr, vr) = (c.codec.k_layout.row_bytes(), c.codec.v_layout.row_bytes());
-    let mut scratch = EncodeScratch::new(&c.codec);
-    for i in range {
-        let cell = a.slots[i];
-        // SAFETY: the store holds n_cells rows, cell < n_cells, and slots are distinct.
-        let k_row = unsafe { std::slice::from_raw_parts_mut(a.k_store.cast::<u8>().add(cell * kr), kr) };
-        let v_row = unsafe { std::slice::from_raw_parts_mut(a.v_store.cast::<u8>().add(cell * vr), vr) };
-        unsafe { encode::encode_token(&c.codec, a.layer, means, &a.k, &a.v, i, k_row, v_row, &mut scratch) };
-    }
-}
-
-// SAFETY: worker threads write disjoint rows (distinct slots) and only read the inputs.
-unsafe impl Sync for AppendArgs {}
 
 /// Compress `n_tokens` tokens of K and V (each [n_tokens][n_kv_heads][head_dim] of the context dtype,
 /// byte strides or NULL for packed) into rows of `layer` at cells `slots[i]` of the caller's stores
@@ -482,35 +332,22 @@ pub unsafe extern "C" fn tq_append_kv(
     v_strides: *const tq_strides,
     stream: *mut c_void,
 ) -> tq_status {
-    context_call(ctx, |c| {
-        if n_tokens == 0 {
-            return Ok(());
-        }
-        if let Some(cuda) = &c.cuda {
-            return unsafe {
-                cuda.append(c, layer, k_store, v_store, n_cells, slots, n_tokens, k, k_strides, v, v_strides, stream)
-            };
-        }
-        let a = unsafe { check_append(c, layer, k_store, v_store, n_cells, slots, n_tokens, k, k_strides, v, v_strides) }?;
-        let means = layer_means(c, &a, n_tokens);
-        parallel::for_each_range(n_tokens, c.threads, 4, |_, range| append_range(c, &a, means, range));
-        Ok(())
-    })
-}
-
-fn check_part(ith: u32, nth: u32) -> Result<()> {
-    if nth == 0 {
-        return Err(Error::invalid("nth is 0: must be ≥ 1"));
-    }
-    if ith >= nth {
-        return Err(Error::invalid(format!("ith is {ith}: must be < nth ({nth})")));
-    }
-    Ok(())
-}
-
-fn part_range(n: usize, ith: u32, nth: u32) -> std::ops::Range<usize> {
-    let per = n.div_ceil(nth as usize);
-    (ith as usize * per).min(n)..((ith as usize + 1) * per).min(n)
+    let a = AppendArgs {
+        layer,
+        k_store,
+        v_store,
+        n_cells,
+        slots,
+        n_tokens,
+        k,
+        // SAFETY: the caller guarantees the strides are NULL or valid.
+        k_strides: unsafe { strides_arg(k_strides) },
+        v,
+        // SAFETY: as for k_strides.
+        v_strides: unsafe { strides_arg(v_strides) },
+    };
+    // SAFETY: the caller guarantees the pointers cover what the sizes say (the function's contract).
+    context_call(ctx, |c| unsafe { c.codec.append_raw(&a, Exec::Queue(stream)) })
 }
 
 /// tq_append_kv() for engines with their own thread pool: thread `ith` of `nth` (all passing the same
@@ -535,82 +372,24 @@ pub unsafe extern "C" fn tq_append_kv_part(
     ith: u32,
     nth: u32,
 ) -> tq_status {
-    context_call(ctx, |c| {
-        check_part(ith, nth)?;
-        super::cuda::reject_part(c, "tq_append_kv_part")?;
-        if n_tokens == 0 {
-            return Ok(());
-        }
-        let a = unsafe { check_append(c, layer, k_store, v_store, n_cells, slots, n_tokens, k, k_strides, v, v_strides) }?;
-        let means = layer_means(c, &a, n_tokens);
-        append_range(c, &a, means, part_range(n_tokens, ith, nth));
-        Ok(())
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-unsafe fn check_attend<'a>(
-    c: &'a tq_context,
-    layer: u32,
-    q: *const c_void,
-    n_q: usize,
-    q_strides: *const tq_strides,
-    k_store: *const c_void,
-    v_store: *const c_void,
-    n_cells: usize,
-    mask: *const c_void,
-    mask_dtype: u32,
-    mask_row_stride: usize,
-    scale: f32,
-    out: *mut c_void,
-    out_strides: *const tq_strides,
-) -> Result<AttendJob<'a>> {
-    let layer = check_layer(c, layer)?;
-    let cfg = &c.codec.config;
-    if q.is_null() {
-        return Err(Error::null("q"));
-    }
-    if out.is_null() {
-        return Err(Error::null("out"));
-    }
-    if n_cells > 0 && k_store.is_null() {
-        return Err(Error::null("k_store"));
-    }
-    if n_cells > 0 && v_store.is_null() {
-        return Err(Error::null("v_store"));
-    }
-    if !scale.is_finite() {
-        return Err(Error::invalid(format!("scale is {scale}: must be finite")));
-    }
-    let mask = if mask.is_null() {
-        MaskSource::None
-    } else {
-        let dtype = dtype_from_u32(mask_dtype, "mask_dtype")?;
-        if mask_row_stride < n_cells {
-            return Err(Error::invalid(format!(
-                "mask_row_stride is {mask_row_stride}: must be ≥ n_cells ({n_cells})"
-            )));
-        }
-        MaskSource::Tensor { ptr: mask.cast(), dtype, row_stride: mask_row_stride }
-    };
-    let q = HeadTensor { ptr: q.cast(), strides: strides_or_packed(q_strides, cfg.n_heads, cfg.head_dim, c.dtype, "q_strides")?, dtype: c.dtype };
-    check_finite_tensor(&q, n_q, cfg.n_heads, cfg.head_dim, "q")?;
-    let out_strides = strides_or_packed(out_strides, cfg.n_heads, cfg.head_dim, c.dtype, "out_strides")?;
-    Ok(AttendJob {
-        codec: &c.codec,
+    let a = AppendArgs {
         layer,
-        means: c.codec.means(layer),
-        q,
-        n_q,
-        k_store: k_store.cast(),
-        v_store: v_store.cast(),
+        k_store,
+        v_store,
         n_cells,
-        mask,
-        full: None,
-        scale,
-        out: out.cast(),
-        out_strides,
-        out_dtype: c.dtype,
+        slots,
+        n_tokens,
+        k,
+        // SAFETY: the caller guarantees the strides are NULL or valid.
+        k_strides: unsafe { strides_arg(k_strides) },
+        v,
+        // SAFETY: as for k_strides.
+        v_strides: unsafe { strides_arg(v_strides) },
+    };
+    context_call(ctx, |c| {
+        let exec = Exec::part(ith, nth)?;
+        // SAFETY: as in tq_append_kv.
+        unsafe { c.codec.append_raw(&a, exec) }
     })
 }
 
@@ -647,28 +426,29 @@ pub unsafe extern "C" fn tq_attend(
     out_strides: *const tq_strides,
     stream: *mut c_void,
 ) -> tq_status {
-    context_call(ctx, |c| {
-        if n_q == 0 {
-            return Ok(());
-        }
-        if let Some(cuda) = &c.cuda {
-            return unsafe {
-                cuda.attend(c, layer, q, n_q, q_strides, k_store, v_store, n_cells, mask, mask_dtype, mask_row_stride, scale, out, out_strides, stream)
-            };
-        }
-        let job = unsafe {
-            check_attend(c, layer, q, n_q, q_strides, k_store, v_store, n_cells, mask, mask_dtype, mask_row_stride, scale, out, out_strides)
-        }?;
-        run_attend(&job, c.threads);
-        Ok(())
-    })
-}
-
-pub(crate) fn run_attend(job: &AttendJob, threads: usize) {
-    parallel::for_each_range(job.n_items(), threads, 1, |_, range| {
-        let mut scratch = AttendScratch::new(job.codec);
-        unsafe { attend::run_items(job, range, &mut scratch) };
-    });
+    let a = AttendArgs {
+        layer,
+        n_seqs: 1,
+        q,
+        n_q,
+        // SAFETY: the caller guarantees the strides are NULL or valid.
+        q_strides: unsafe { strides_arg(q_strides) },
+        q_seq_stride: 0,
+        stores: Stores::Single { k: k_store, v: v_store },
+        seq_cells: std::ptr::null(),
+        n_cells,
+        mask,
+        mask_dtype,
+        mask_row_stride,
+        mask_seq_stride: 0,
+        scale,
+        out,
+        // SAFETY: as for q_strides.
+        out_strides: unsafe { strides_arg(out_strides) },
+        out_seq_stride: 0,
+    };
+    // SAFETY: the caller guarantees the pointers cover what the sizes say (the function's contract).
+    context_call(ctx, |c| unsafe { c.codec.attend_raw(&a, Exec::Queue(stream)) })
 }
 
 /// tq_attend() for engines with their own thread pool: thread `ith` of `nth` (all passing the same
@@ -696,17 +476,91 @@ pub unsafe extern "C" fn tq_attend_part(
     ith: u32,
     nth: u32,
 ) -> tq_status {
+    let a = AttendArgs {
+        layer,
+        n_seqs: 1,
+        q,
+        n_q,
+        // SAFETY: the caller guarantees the strides are NULL or valid.
+        q_strides: unsafe { strides_arg(q_strides) },
+        q_seq_stride: 0,
+        stores: Stores::Single { k: k_store, v: v_store },
+        seq_cells: std::ptr::null(),
+        n_cells,
+        mask,
+        mask_dtype,
+        mask_row_stride,
+        mask_seq_stride: 0,
+        scale,
+        out,
+        // SAFETY: as for q_strides.
+        out_strides: unsafe { strides_arg(out_strides) },
+        out_seq_stride: 0,
+    };
     context_call(ctx, |c| {
-        check_part(ith, nth)?;
-        super::cuda::reject_part(c, "tq_attend_part")?;
-        if n_q == 0 {
-            return Ok(());
-        }
-        let job = unsafe {
-            check_attend(c, layer, q, n_q, q_strides, k_store, v_store, n_cells, mask, mask_dtype, mask_row_stride, scale, out, out_strides)
-        }?;
-        let mut scratch = AttendScratch::new(&c.codec);
-        unsafe { attend::run_items(&job, part_range(job.n_items(), ith, nth), &mut scratch) };
-        Ok(())
+        let exec = Exec::part(ith, nth)?;
+        // SAFETY: as in tq_attend.
+        unsafe { c.codec.attend_raw(&a, exec) }
     })
+}
+
+/// Decode attention of `n_seqs` sequences in one call (CUDA contexts): sequence s has `n_q` query
+/// tokens at `q + s·q_seq_stride` bytes ([n_q][n_heads][head_dim], `q_strides` or NULL for packed),
+/// its compressed stores `k_stores[s]`/`v_stores[s]` and `n_cells[s]` cells, and writes
+/// `out + s·out_seq_stride`. `k_stores`, `v_stores` (arrays of n_seqs device pointers, each store
+/// 16-byte aligned) and `n_cells` (n_seqs int64) are DEVICE arrays, so the call is graph-capture safe
+/// with per-step lengths; `max_cells` (host) bounds every n_cells[s] and sizes the launch. `mask`
+/// (optional) is additive: element (s, i, j) at mask[s·mask_seq_stride + i·mask_row_stride + j].
+/// n_seqs × n_q ≤ max_batch. Same semantics as tq_attend per sequence; the sequences share one
+/// launch of each kernel. CPU contexts: TQ_STATUS_UNSUPPORTED (call tq_attend per sequence).
+/// Attends on one context share its scratch: issue them on one stream.
+///
+/// # Safety
+/// Device pointers cover what the sizes say.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tq_attend_batch(
+    ctx: *const tq_context,
+    layer: u32,
+    n_seqs: usize,
+    q: *const c_void,
+    n_q: usize,
+    q_strides: *const tq_strides,
+    q_seq_stride: usize,
+    k_stores: *const *const c_void,
+    v_stores: *const *const c_void,
+    n_cells: *const i64,
+    max_cells: usize,
+    mask: *const c_void,
+    mask_dtype: u32,
+    mask_row_stride: usize,
+    mask_seq_stride: usize,
+    scale: f32,
+    out: *mut c_void,
+    out_strides: *const tq_strides,
+    out_seq_stride: usize,
+    stream: *mut c_void,
+) -> tq_status {
+    let a = AttendArgs {
+        layer,
+        n_seqs,
+        q,
+        n_q,
+        // SAFETY: the caller guarantees the strides are NULL or valid.
+        q_strides: unsafe { strides_arg(q_strides) },
+        q_seq_stride,
+        stores: Stores::Batch { k: k_stores, v: v_stores },
+        seq_cells: n_cells,
+        n_cells: max_cells,
+        mask,
+        mask_dtype,
+        mask_row_stride,
+        mask_seq_stride,
+        scale,
+        out,
+        // SAFETY: as for q_strides.
+        out_strides: unsafe { strides_arg(out_strides) },
+        out_seq_stride,
+    };
+    // SAFETY: the caller guarantees the device pointers cover what the sizes say.
+    context_call(ctx, |c| unsafe { c.codec.attend_raw(&a, Exec::Queue(stream)) })
 }

@@ -4,29 +4,11 @@
 use std::cell::RefCell;
 use std::ffi::{CStr, CString};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::status::tq_status;
 
-/// A failed call: its status and a message naming the argument and the reason.
-#[derive(Debug, Clone)]
-pub struct Error {
-    pub status: tq_status,
-    pub message: String,
-}
-
-impl Error {
-    pub fn new(status: tq_status, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
-    }
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(tq_status::TQ_STATUS_INVALID_ARGUMENT, message)
-    }
-    pub fn null(arg: &str) -> Self {
-        Self::new(tq_status::TQ_STATUS_NULL_POINTER, format!("{arg} is NULL"))
-    }
-}
-
-pub type Result<T> = std::result::Result<T, Error>;
+pub use crate::error::{Error, ErrorKind, Result};
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -63,7 +45,7 @@ pub fn boundary(body: impl FnOnce() -> Result<()>) -> tq_status {
         Ok(Ok(())) => tq_status::TQ_STATUS_OK,
         Ok(Err(e)) => {
             set_last_error(&e.message);
-            e.status
+            tq_status::from(e.kind)
         }
         Err(payload) => {
             set_last_error(&format!("internal error (panic): {}", panic_message(payload.as_ref())));
@@ -79,6 +61,64 @@ pub fn boundary_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
         Err(payload) => {
             set_last_error(&format!("internal error (panic): {}", panic_message(payload.as_ref())));
             fallback
+        }
+    }
+}
+
+/// A handle whose calls run under the panic boundary and are refused once a call has panicked.
+pub trait Guarded {
+    /// The argument name in messages.
+    const ARG: &'static str;
+    /// The message of a call on a poisoned handle.
+    const POISONED: &'static str;
+    fn poisoned(&self) -> &AtomicBool;
+    /// Mark the handle poisoned (after a panic inside a call on it).
+    fn poison(&self) {
+        self.poisoned().store(true, Ordering::Relaxed);
+    }
+    /// Refuse the call if the handle is poisoned.
+    fn check_poisoned(&self) -> Result<()> {
+        if self.poisoned().load(Ordering::Relaxed) {
+            return Err(Error::new(ErrorKind::Poisoned, Self::POISONED));
+        }
+        Ok(())
+    }
+}
+
+/// Run `body` on `&*ptr` (a shared borrow for the call) under the panic boundary; poison the handle if
+/// the body panics.
+pub fn guarded_ref<T: Guarded>(ptr: *const T, body: impl FnOnce(&T) -> Result<()>) -> tq_status {
+    let status = boundary(|| {
+        // SAFETY: the entry points' contract: `ptr` is NULL or a live handle.
+        let h = unsafe { borrow(ptr, T::ARG) }?;
+        h.check_poisoned()?;
+        body(h)
+    });
+    poison_after(ptr, status);
+    status
+}
+
+/// Run `body` on `&mut *ptr` (the only borrow of the handle for the call) under the panic boundary;
+/// poison the handle if the body panics.
+pub fn guarded_mut<T: Guarded>(ptr: *mut T, body: impl FnOnce(&mut T) -> Result<()>) -> tq_status {
+    let status = boundary(|| {
+        // SAFETY: the entry points' contract: `ptr` is NULL or a live handle that no other call uses
+        // during this one (the functions taking a mutable handle are documented not thread-safe).
+        let h = unsafe { borrow_mut(ptr, T::ARG) }?;
+        h.check_poisoned()?;
+        body(h)
+    });
+    poison_after(ptr, status);
+    status
+}
+
+/// After a call has returned or unwound (no borrow of the handle is alive any more), poison the
+/// handle if the call panicked.
+fn poison_after<T: Guarded>(ptr: *const T, status: tq_status) {
+    if status == tq_status::TQ_STATUS_INTERNAL_ERROR {
+        // SAFETY: `ptr` is NULL or live (the entry point's contract); the call's borrow has ended.
+        if let Some(h) = unsafe { ptr.as_ref() } {
+            h.poison();
         }
     }
 }
@@ -168,7 +208,7 @@ pub fn check_finite(values: &[f32], dim: usize, arg: &str) -> Result<()> {
     match first {
         None => Ok(()),
         Some(i) => Err(Error::new(
-            tq_status::TQ_STATUS_NON_FINITE,
+            ErrorKind::NonFinite,
             format!("{arg}[vector {}, element {}] is {} (input must be finite)", i / dim, i % dim, values[i]),
         )),
     }
@@ -193,7 +233,7 @@ pub unsafe fn read_params<T: Copy>(ptr: *const T, arg: &str, abi_version_of: imp
     let expected = std::mem::size_of::<T>();
     if declared != expected {
         return Err(Error::new(
-            tq_status::TQ_STATUS_ABI_MISMATCH,
+            ErrorKind::AbiMismatch,
             format!(
                 "{arg}->struct_size is {declared}, this library expects {expected}: \
                  initialise the struct with its tq_*_default_params() function and rebuild against this header"
@@ -204,7 +244,7 @@ pub unsafe fn read_params<T: Copy>(ptr: *const T, arg: &str, abi_version_of: imp
     let abi = abi_version_of(&params);
     if abi != super::TQ_ABI_VERSION {
         return Err(Error::new(
-            tq_status::TQ_STATUS_ABI_MISMATCH,
+            ErrorKind::AbiMismatch,
             format!("{arg}->abi_version is {abi}, this library implements {}", super::TQ_ABI_VERSION),
         ));
     }

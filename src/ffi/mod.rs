@@ -5,7 +5,6 @@
 
 pub mod cache;
 pub mod context;
-pub mod cuda;
 pub mod error;
 pub mod quantizer;
 pub mod status;

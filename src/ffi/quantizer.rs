@@ -66,7 +66,7 @@ pub(crate) fn rotation_from_u32(value: u32, dim: usize, arg: &str) -> Result<Rot
                 Ok(RotationKind::Hadamard)
             } else {
                 Err(Error::new(
-                    tq_status::TQ_STATUS_UNSUPPORTED,
+                    crate::error::ErrorKind::Unsupported,
                     format!("{arg}: dim {dim} is not supported by HADAMARD rotation: need a power of two; use DENSE or AUTO"),
                 ))
             }
@@ -112,7 +112,7 @@ pub unsafe extern "C" fn tq_quantizer_new(params: *const tq_quantizer_params, ou
             return Err(Error::null("out"));
         }
         let config = config_from_params(&p)?;
-        let inner = Quantizer::new(config).map_err(|m| Error::new(tq_status::TQ_STATUS_UNSUPPORTED, m))?;
+        let inner = Quantizer::new(config).map_err(|m| Error::new(crate::error::ErrorKind::Unsupported, m))?;
         let handle = Box::new(tq_quantizer { inner, threads: parallel::resolve_threads(p.n_threads) });
         unsafe { write_out(out, Box::into_raw(handle), "out") }
     })
@@ -227,7 +227,7 @@ fn check_scales(scales: &[u16], arg: &str) -> Result<()> {
     match scales.iter().position(|&s| !scale::decode(s).is_finite()) {
         None => Ok(()),
         Some(i) => Err(Error::new(
-            tq_status::TQ_STATUS_NON_FINITE,
+            crate::error::ErrorKind::NonFinite,
             format!("{arg}[{i}] is not a finite bf16 value (0x{:04x})", scales[i]),
         )),
     }

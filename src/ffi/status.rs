@@ -71,3 +71,27 @@ impl tq_status {
         ALL.iter().copied().find(|s| *s as u32 == v)
     }
 }
+
+/// The one map from the crate's error kinds to status values.
+impl From<crate::error::ErrorKind> for tq_status {
+    fn from(kind: crate::error::ErrorKind) -> Self {
+        use crate::error::ErrorKind as K;
+        use tq_status::*;
+        match kind {
+            K::InvalidArgument => TQ_STATUS_INVALID_ARGUMENT,
+            K::NullPointer => TQ_STATUS_NULL_POINTER,
+            K::Unsupported => TQ_STATUS_UNSUPPORTED,
+            K::AbiMismatch => TQ_STATUS_ABI_MISMATCH,
+            K::NonFinite => TQ_STATUS_NON_FINITE,
+            K::OutOfMemory => TQ_STATUS_OUT_OF_MEMORY,
+            K::CapacityExceeded => TQ_STATUS_CAPACITY_EXCEEDED,
+            K::BackendUnavailable => TQ_STATUS_BACKEND_UNAVAILABLE,
+            K::BackendError => TQ_STATUS_BACKEND_ERROR,
+            K::Io => TQ_STATUS_IO_ERROR,
+            K::CorruptData => TQ_STATUS_CORRUPT_DATA,
+            K::Incompatible => TQ_STATUS_INCOMPATIBLE,
+            K::Poisoned => TQ_STATUS_POISONED,
+            K::Internal => TQ_STATUS_INTERNAL_ERROR,
+        }
+    }
+}

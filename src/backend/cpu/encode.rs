@@ -1,6 +1,6 @@
 //! Encoding K/V head vectors into cache rows on the CPU.
 
-use crate::codec::{Dtype, KvCodec, Means, Strides};
+use crate::codec::{KvCodec, Means};
 use crate::math::quantizer::Scratch;
 use crate::math::scale;
 
@@ -19,27 +19,7 @@ impl EncodeScratch {
     }
 }
 
-/// A tensor of head vectors in caller memory: [tokens][heads][head_dim] with byte strides.
-#[derive(Clone, Copy)]
-pub struct HeadTensor {
-    pub ptr: *const u8,
-    pub strides: Strides,
-    pub dtype: Dtype,
-}
-
-unsafe impl Send for HeadTensor {}
-unsafe impl Sync for HeadTensor {}
-
-impl HeadTensor {
-    /// Load head vector (token, head) into `out` as f32.
-    ///
-    /// # Safety
-    /// The tensor covers (token, head).
-    #[inline]
-    pub unsafe fn load(&self, token: usize, head: usize, out: &mut [f32]) {
-        unsafe { self.dtype.load(self.ptr.add(self.strides.offset(token, head)), out) }
-    }
-}
+pub use crate::codec::request::HeadTensor;
 
 /// Mean over `n_tokens` rows of every kv head, in f64, as f32 (centering).
 ///
@@ -103,20 +83,6 @@ pub unsafe fn encode_token(
         let sc = lc.value.encode(&s.x, &mut v_row[off..off + vb], &mut s.quant);
         v_row[vl.scale_offset(head)..vl.scale_offset(head) + 2].copy_from_slice(&sc.to_le_bytes());
     }
-}
-
-/// First non-finite element of token `token` in `t`, as (head, element).
-///
-/// # Safety
-/// `t` covers `token` and `heads` heads.
-pub unsafe fn find_non_finite(t: &HeadTensor, token: usize, heads: usize, x: &mut [f32]) -> Option<(usize, usize)> {
-    for head in 0..heads {
-        unsafe { t.load(token, head, x) };
-        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-            return Some((head, i));
-        }
-    }
-    None
 }
 
 /// bf16 scale of a row's head (for tests and tools).

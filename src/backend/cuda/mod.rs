@@ -21,6 +21,7 @@
 
 pub mod compile;
 pub mod params;
+mod engine;
 
 use std::ffi::{CString, c_void};
 use std::sync::Arc;
