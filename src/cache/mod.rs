@@ -172,6 +172,7 @@ impl OwnedCache {
         let vt = HeadTensor { ptr: v, strides, dtype };
         if codec.config.centering && self.means[layer].is_none() {
             self.means[layer] =
+                // SAFETY: kt and vt cover n packed tokens (the caller's guarantee for k and v).
                 Some(Means { k: unsafe { encode::head_means(codec, &kt, n) }, v: unsafe { encode::head_means(codec, &vt, n) } });
         }
         let hd = h * d;
@@ -181,6 +182,7 @@ impl OwnedCache {
         let mut vbuf = vec![0.0f32; hd];
         for i in 0..n {
             for head in 0..h {
+                // SAFETY: token i < n and head < n_kv_heads: inside the caller's k and v.
                 unsafe {
                     kt.load(i, head, &mut kbuf[head * d..(head + 1) * d]);
                     vt.load(i, head, &mut vbuf[head * d..(head + 1) * d]);
@@ -212,6 +214,7 @@ impl OwnedCache {
         for &i in &leaving {
             let kt = HeadTensor { ptr: sl.full_k[i * hd..].as_ptr().cast(), strides, dtype: Dtype::F32 };
             let vt = HeadTensor { ptr: sl.full_v[i * hd..].as_ptr().cast(), strides, dtype: Dtype::F32 };
+            // SAFETY: kt and vt point into this token's f32 rows of the window (one packed token).
             unsafe { encode::encode_token(codec, layer, means.as_ref(), &kt, &vt, 0, &mut k_row, &mut v_row, &mut scratch) };
             let pos = sl.full_pos[i];
             sl.insert_compressed(pos, &k_row, &v_row);

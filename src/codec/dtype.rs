@@ -51,6 +51,7 @@ impl Dtype {
     /// `src` points to `out.len()` readable elements of this dtype (any alignment).
     #[inline]
     pub unsafe fn load(self, src: *const u8, out: &mut [f32]) {
+        // SAFETY: the caller guarantees out.len() readable elements of this dtype at src.
         unsafe {
             match self {
                 Dtype::F32 => std::ptr::copy_nonoverlapping(src, out.as_mut_ptr() as *mut u8, out.len() * 4),
@@ -74,6 +75,7 @@ impl Dtype {
     /// `dst` points to `values.len()` writable elements of this dtype (any alignment).
     #[inline]
     pub unsafe fn store(self, values: &[f32], dst: *mut u8) {
+        // SAFETY: the caller guarantees values.len() writable elements of this dtype at dst.
         unsafe {
             match self {
                 Dtype::F32 => std::ptr::copy_nonoverlapping(values.as_ptr() as *const u8, dst, values.len() * 4),

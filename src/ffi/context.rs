@@ -177,6 +177,7 @@ fn config_from_params(p: &tq_context_params) -> Result<KvConfig> {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_context_new(params: *const tq_context_params, out: *mut *mut tq_context) -> tq_status {
     error::boundary(|| {
+        // SAFETY: the caller guarantees `params` is NULL or a tq_context_params.
         let p = unsafe { error::read_params(params, "params", |p: &tq_context_params| p.abi_version) }?;
         if out.is_null() {
             return Err(Error::null("out"));

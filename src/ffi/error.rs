@@ -87,7 +87,7 @@ pub trait Guarded {
 
 /// Run `body` on `&*ptr` (a shared borrow for the call) under the panic boundary; poison the handle if
 /// the body panics.
-pub fn guarded_ref<T: Guarded>(ptr: *const T, body: impl FnOnce(&T) -> Result<()>) -> tq_status {
+pub(crate) fn guarded_ref<T: Guarded>(ptr: *const T, body: impl FnOnce(&T) -> Result<()>) -> tq_status {
     let status = boundary(|| {
         // SAFETY: the entry points' contract: `ptr` is NULL or a live handle.
         let h = unsafe { borrow(ptr, T::ARG) }?;
@@ -100,7 +100,7 @@ pub fn guarded_ref<T: Guarded>(ptr: *const T, body: impl FnOnce(&T) -> Result<()
 
 /// Run `body` on `&mut *ptr` (the only borrow of the handle for the call) under the panic boundary;
 /// poison the handle if the body panics.
-pub fn guarded_mut<T: Guarded>(ptr: *mut T, body: impl FnOnce(&mut T) -> Result<()>) -> tq_status {
+pub(crate) fn guarded_mut<T: Guarded>(ptr: *mut T, body: impl FnOnce(&mut T) -> Result<()>) -> tq_status {
     let status = boundary(|| {
         // SAFETY: the entry points' contract: `ptr` is NULL or a live handle that no other call uses
         // during this one (the functions taking a mutable handle are documented not thread-safe).
@@ -128,6 +128,7 @@ fn poison_after<T: Guarded>(ptr: *const T, status: tq_status) {
 /// # Safety
 /// `ptr` is NULL or points to a live `T`.
 pub unsafe fn borrow<'a, T>(ptr: *const T, arg: &str) -> Result<&'a T> {
+    // SAFETY: the caller guarantees `ptr` is NULL or a live T.
     unsafe { ptr.as_ref() }.ok_or_else(|| Error::null(arg))
 }
 
@@ -136,6 +137,7 @@ pub unsafe fn borrow<'a, T>(ptr: *const T, arg: &str) -> Result<&'a T> {
 /// # Safety
 /// `ptr` is NULL or points to a live `T` not aliased for the call's duration.
 pub unsafe fn borrow_mut<'a, T>(ptr: *mut T, arg: &str) -> Result<&'a mut T> {
+    // SAFETY: the caller guarantees `ptr` is NULL or a live T that nothing else borrows.
     unsafe { ptr.as_mut() }.ok_or_else(|| Error::null(arg))
 }
 
@@ -164,6 +166,7 @@ pub unsafe fn slice<'a, T>(ptr: *const T, len: usize, arg: &str) -> Result<&'a [
         return Ok(&[]);
     }
     check_array(ptr, len, arg)?;
+    // SAFETY: non-NULL, aligned, size fits isize (check_array); the caller guarantees `len` live elements.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
@@ -176,6 +179,7 @@ pub unsafe fn slice_mut<'a, T>(ptr: *mut T, len: usize, arg: &str) -> Result<&'a
         return Ok(&mut []);
     }
     check_array(ptr, len, arg)?;
+    // SAFETY: as in slice; the caller guarantees the elements are writable and not aliased.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
 }
 
@@ -187,6 +191,7 @@ pub unsafe fn write_out<T>(ptr: *mut T, value: T, arg: &str) -> Result<()> {
     if ptr.is_null() {
         return Err(Error::null(arg));
     }
+    // SAFETY: non-NULL (checked); the caller guarantees it is writable.
     unsafe { ptr.write(value) };
     Ok(())
 }
@@ -229,6 +234,7 @@ pub unsafe fn read_params<T: Copy>(ptr: *const T, arg: &str, abi_version_of: imp
     if ptr.is_null() {
         return Err(Error::null(arg));
     }
+    // SAFETY: non-NULL (checked); the caller guarantees at least a usize is readable.
     let declared = unsafe { (ptr as *const usize).read_unaligned() };
     let expected = std::mem::size_of::<T>();
     if declared != expected {
@@ -240,6 +246,7 @@ pub unsafe fn read_params<T: Copy>(ptr: *const T, arg: &str, abi_version_of: imp
             ),
         ));
     }
+    // SAFETY: the first field equals size_of::<T>(), so the caller guarantees a whole T.
     let params = unsafe { ptr.read_unaligned() };
     let abi = abi_version_of(&params);
     if abi != super::TQ_ABI_VERSION {

@@ -107,6 +107,7 @@ fn config_from_params(p: &tq_quantizer_params) -> Result<QuantizerConfig> {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_quantizer_new(params: *const tq_quantizer_params, out: *mut *mut tq_quantizer) -> tq_status {
     boundary(|| {
+        // SAFETY: the caller guarantees `params` is NULL or a tq_quantizer_params.
         let p = unsafe { error::read_params(params, "params", |p: &tq_quantizer_params| p.abi_version) }?;
         if out.is_null() {
             return Err(Error::null("out"));
@@ -114,6 +115,7 @@ pub unsafe extern "C" fn tq_quantizer_new(params: *const tq_quantizer_params, ou
         let config = config_from_params(&p)?;
         let inner = Quantizer::new(config).map_err(|m| Error::new(crate::error::ErrorKind::Unsupported, m))?;
         let handle = Box::new(tq_quantizer { inner, threads: parallel::resolve_threads(p.n_threads) });
+        // SAFETY: the caller guarantees `out` is NULL or writable.
         unsafe { write_out(out, Box::into_raw(handle), "out") }
     })
 }
@@ -126,6 +128,7 @@ pub unsafe extern "C" fn tq_quantizer_new(params: *const tq_quantizer_params, ou
 pub unsafe extern "C" fn tq_quantizer_free(q: *mut tq_quantizer) {
     error::boundary_value((), || {
         if !q.is_null() {
+            // SAFETY: the caller passes a live handle from tq_quantizer_new, not used after this call.
             drop(unsafe { Box::from_raw(q) });
         }
     })
@@ -139,7 +142,9 @@ pub unsafe extern "C" fn tq_quantizer_free(q: *mut tq_quantizer) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_quantizer_code_bytes(q: *const tq_quantizer, out: *mut usize) -> tq_status {
     boundary(|| {
+        // SAFETY: the caller guarantees `q` is NULL or a live handle.
         let q = unsafe { borrow(q, "q") }?;
+        // SAFETY: the caller guarantees `out` is NULL or writable.
         unsafe { write_out(out, q.inner.code_bytes(), "out") }
     })
 }
@@ -152,7 +157,9 @@ pub unsafe extern "C" fn tq_quantizer_code_bytes(q: *const tq_quantizer, out: *m
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_quantizer_scale_count(q: *const tq_quantizer, out: *mut usize) -> tq_status {
     boundary(|| {
+        // SAFETY: the caller guarantees `q` is NULL or a live handle.
         let q = unsafe { borrow(q, "q") }?;
+        // SAFETY: the caller guarantees `out` is NULL or writable.
         unsafe { write_out(out, q.inner.scale_count(), "out") }
     })
 }
@@ -165,7 +172,9 @@ pub unsafe extern "C" fn tq_quantizer_scale_count(q: *const tq_quantizer, out: *
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_quantizer_expected_mse(q: *const tq_quantizer, out: *mut f64) -> tq_status {
     boundary(|| {
+        // SAFETY: the caller guarantees `q` is NULL or a live handle.
         let q = unsafe { borrow(q, "q") }?;
+        // SAFETY: the caller guarantees `out` is NULL or writable.
         unsafe { write_out(out, q.inner.mse_stage_nmse(), "out") }
     })
 }
@@ -177,7 +186,9 @@ pub unsafe extern "C" fn tq_quantizer_expected_mse(q: *const tq_quantizer, out: 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_bf16_to_float(bf16_in: *const u16, n: usize, out: *mut f32) -> tq_status {
     boundary(|| {
+        // SAFETY: the caller guarantees the array holds the stated number of elements.
         let input = unsafe { slice(bf16_in, n, "bf16_in") }?;
+        // SAFETY: the caller guarantees the array holds the stated number of elements.
         let output = unsafe { slice_mut(out, n, "out") }?;
         for (o, &b) in output.iter_mut().zip(input) {
             *o = scale::decode(b);
@@ -203,11 +214,15 @@ pub unsafe extern "C" fn tq_quantize(
     scales_out: *mut u16,
 ) -> tq_status {
     boundary(|| {
+        // SAFETY: the caller guarantees `q` is NULL or a live handle.
         let q = unsafe { borrow(q, "q") }?;
         let quant = &q.inner;
         let (d, cb, sc) = (quant.dim(), quant.code_bytes(), quant.scale_count());
+        // SAFETY: the caller guarantees the array holds the stated number of elements.
         let x = unsafe { slice(x, checked_len(n, d, "x")?, "x") }?;
+        // SAFETY: the caller guarantees the array holds the stated number of elements.
         let codes = unsafe { slice_mut(codes_out, checked_len(n, cb, "codes_out")?, "codes_out") }?;
+        // SAFETY: the caller guarantees the array holds the stated number of elements.
         let scales = unsafe { slice_mut(scales_out, checked_len(n, sc, "scales_out")?, "scales_out") }?;
         check_finite(x, d, "x")?;
         let codes_addr = SendPtr(codes.as_mut_ptr());
@@ -216,6 +231,7 @@ pub unsafe extern "C" fn tq_quantize(
             let mut scratch = quant.scratch();
             // SAFETY: ranges are disjoint, so each thread writes its own rows.
             let codes = unsafe { std::slice::from_raw_parts_mut(codes_addr.get().add(range.start * cb), range.len() * cb) };
+            // SAFETY: each worker's range of rows is disjoint and inside the checked output array.
             let scales = unsafe { std::slice::from_raw_parts_mut(scales_addr.get().add(range.start * sc), range.len() * sc) };
             quant.quantize_batch(&x[range.start * d..range.end * d], codes, scales, &mut scratch);
         });
@@ -248,11 +264,15 @@ pub unsafe extern "C" fn tq_dequantize(
     x_out: *mut f32,
 ) -> tq_status {
     boundary(|| {
+        // SAFETY: the caller guarantees `q` is NULL or a live handle.
         let q = unsafe { borrow(q, "q") }?;
         let quant = &q.inner;
         let (d, cb, sc) = (quant.dim(), quant.code_bytes(), quant.scale_count());
+        // SAFETY: the caller guarantees the array holds the stated number of elements.
         let codes = unsafe { slice(codes, checked_len(n, cb, "codes")?, "codes") }?;
+        // SAFETY: the caller guarantees the array holds the stated number of elements.
         let scales = unsafe { slice(scales, checked_len(n, sc, "scales")?, "scales") }?;
+        // SAFETY: the caller guarantees the array holds the stated number of elements.
         let out = unsafe { slice_mut(x_out, checked_len(n, d, "x_out")?, "x_out") }?;
         check_scales(scales, "scales")?;
         let out_addr = SendPtr(out.as_mut_ptr());
@@ -285,12 +305,17 @@ pub unsafe extern "C" fn tq_inner_product(
     out: *mut f32,
 ) -> tq_status {
     boundary(|| {
+        // SAFETY: the caller guarantees `q` is NULL or a live handle.
         let q = unsafe { borrow(q, "q") }?;
         let quant = &q.inner;
         let (d, cb, sc) = (quant.dim(), quant.code_bytes(), quant.scale_count());
+        // SAFETY: the caller guarantees the array holds the stated number of elements.
         let y = unsafe { slice(y, d, "y") }?;
+        // SAFETY: the caller guarantees the array holds the stated number of elements.
         let codes = unsafe { slice(codes, checked_len(n, cb, "codes")?, "codes") }?;
+        // SAFETY: the caller guarantees the array holds the stated number of elements.
         let scales = unsafe { slice(scales, checked_len(n, sc, "scales")?, "scales") }?;
+        // SAFETY: the caller guarantees the array holds the stated number of elements.
         let out = unsafe { slice_mut(out, n, "out") }?;
         check_finite(y, d, "y")?;
         check_scales(scales, "scales")?;
@@ -311,7 +336,9 @@ pub unsafe extern "C" fn tq_inner_product(
 /// A raw pointer that may cross to the scoped worker threads (each writes a disjoint range).
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr<T>(pub *mut T);
+// SAFETY: SendPtr carries the address of the caller's output array; workers write disjoint ranges.
 unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as for Send.
 unsafe impl<T> Sync for SendPtr<T> {}
 impl<T> SendPtr<T> {
     pub fn get(self) -> *mut T {

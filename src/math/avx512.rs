@@ -313,6 +313,7 @@ pub unsafe fn encode_hadamard(
     packed: &mut [u8],
     norms: &mut [f64],
 ) {
+    // SAFETY: the caller detected AVX-512 and passes slices of the lengths the kernels take.
     unsafe { by_dim_and_bits!(encode_many, dim, bits, (x, signs_in, signs_out_scaled, boundaries, packed, norms)) }
 }
 
@@ -329,5 +330,6 @@ pub unsafe fn decode_hadamard(
     centroids: &[f32],
     out: &mut [f32],
 ) {
+    // SAFETY: the caller detected AVX-512 and passes slices of the lengths the kernels take.
     unsafe { by_dim_and_bits!(decode_n, out.len(), bits, (packed, scale, signs_in, signs_out_scaled, centroids, out)) }
 }

@@ -23,7 +23,9 @@ pub enum MaskSource<'a> {
     Causal { cell_pos: &'a [i64], query_pos: &'a [i64] },
 }
 
+// SAFETY: a mask is a read-only view of caller memory (or of slices it borrows), valid for the call.
 unsafe impl Send for MaskSource<'_> {}
+// SAFETY: as for Send: shared use only reads.
 unsafe impl Sync for MaskSource<'_> {}
 
 impl MaskSource<'_> {
@@ -35,6 +37,7 @@ impl MaskSource<'_> {
     unsafe fn value(&self, t: usize, j: usize) -> f32 {
         match *self {
             MaskSource::None => 0.0,
+            // SAFETY: the caller guarantees the mask covers (t, j): n_q rows of row_stride ≥ n_cells elements.
             MaskSource::Tensor { ptr, dtype, row_stride } => unsafe {
                 let p = ptr.add((t * row_stride + j) * dtype.size());
                 match dtype {
@@ -79,7 +82,9 @@ pub struct AttendJob<'a> {
     pub out_dtype: Dtype,
 }
 
+// SAFETY: a job reads caller memory valid for the call and its items write disjoint parts of `out`.
 unsafe impl Send for AttendJob<'_> {}
+// SAFETY: as for Send: items of one job write disjoint outputs, everything else is read.
 unsafe impl Sync for AttendJob<'_> {}
 
 /// Cells per softmax block.
@@ -154,6 +159,7 @@ pub unsafe fn run_items(job: &AttendJob, items: std::ops::Range<usize>, s: &mut 
         let (tile, g) = (item / n_kv, item % n_kv);
         let t0 = tile * QUERY_TILE;
         let t1 = (t0 + QUERY_TILE).min(job.n_q);
+        // SAFETY: the caller guarantees the job's pointers; t0..t1 < n_q and g < n_kv_heads.
         unsafe { run_tile(job, t0, t1, g, s) };
     }
 }
@@ -191,6 +197,7 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
     for lane in 0..lanes {
         let (t, h) = (t0 + lane / group, lane % group);
         let q = &mut s.q[lane * d..(lane + 1) * d];
+        // SAFETY: t < n_q and the head index < n_heads: inside the validated q tensor.
         unsafe { job.q.load(t, g * group + h, q) };
         if let Some(m) = key_mse {
             m.rotation().rotate(q, &mut s.q_rot[lane * d..(lane + 1) * d]);
@@ -214,6 +221,7 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
         for j in j0..j1 {
             let mut any = false;
             for t in 0..nt {
+                // SAFETY: t0 + t < n_q and j < n_cells: inside the mask (validated row stride ≥ n_cells).
                 s.masks[t] = unsafe { job.mask.value(t0 + t, j) };
                 any |= s.masks[t] != f32::NEG_INFINITY;
             }
@@ -223,13 +231,16 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
                 }
                 continue;
             }
+            // SAFETY: j < n_cells and the K store holds n_cells rows of k_row_bytes.
             let row = unsafe { job.k_store.add(j * k_row_bytes) };
             let ks = read_scale(row, kl.scale_offset(g));
             if let Some(m) = key_mse {
+                // SAFETY: the codes of head g lie inside the row (RowLayout offsets).
                 let packed = unsafe { std::slice::from_raw_parts(row.add(kl.codes_offset(g)), kl.code_bytes()) };
                 lookup(packed, m.bits(), k_table, &mut s.row, &mut s.codes);
             }
             if prod {
+                // SAFETY: the sign bits of head g lie inside the row (RowLayout offsets).
                 let packed = unsafe { std::slice::from_raw_parts(row.add(kl.signs_offset(g)), kl.sign_bytes()) };
                 lookup(packed, 1, &[-1.0, 1.0], &mut s.signs, &mut s.codes);
             }
@@ -267,8 +278,10 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
             if !(0..lanes).any(|lane| s.scores[lane * BLOCK + (j - j0)] > 0.0) {
                 continue;
             }
+            // SAFETY: j < n_cells and the V store holds n_cells rows of v_row_bytes.
             let row = unsafe { job.v_store.add(j * v_row_bytes) };
             let vs = read_scale(row, vl.scale_offset(g));
+            // SAFETY: the codes of head g lie inside the row (RowLayout offsets).
             let packed = unsafe { std::slice::from_raw_parts(row.add(vl.codes_offset(g)), vl.code_bytes()) };
             lookup(packed, lc.value.bits(), v_table, &mut s.row, &mut s.codes);
             for lane in 0..lanes {
@@ -303,6 +316,7 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
     // Un-rotate once, add the centering mean and the full-precision part, normalise, store.
     for lane in 0..lanes {
         let (t, h) = (t0 + lane / group, lane % group);
+        // SAFETY: t < n_q and the head index < n_heads: inside the validated out tensor.
         let out_ptr = unsafe { job.out.add(job.out_strides.offset(t, g * group + h)) };
         if s.l[lane] == 0.0 {
             s.out.iter_mut().for_each(|v| *v = 0.0);
@@ -315,6 +329,7 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
                 s.out[i] = (s.out[i] + mu * mu_w + s.acc_full[lane * d + i]) * inv;
             }
         }
+        // SAFETY: out_ptr addresses head_dim writable elements of this item only.
         unsafe { job.out_dtype.store(&s.out, out_ptr) };
     }
 }

@@ -31,6 +31,7 @@ pub unsafe fn head_means(codec: &KvCodec, t: &HeadTensor, n_tokens: usize) -> Ve
     let mut x = vec![0.0f32; d];
     for tok in 0..n_tokens {
         for head in 0..h {
+            // SAFETY: the caller guarantees the tensor covers tokens 0..n_tokens and every kv head.
             unsafe { t.load(tok, head, &mut x) };
             for (s, &v) in sum[head * d..(head + 1) * d].iter_mut().zip(&x) {
                 *s += v as f64;
@@ -59,6 +60,7 @@ pub unsafe fn encode_token(
     let (kl, vl) = (&codec.k_layout, &codec.v_layout);
     let d = codec.config.head_dim;
     for head in 0..codec.config.n_kv_heads {
+        // SAFETY: the caller guarantees the tensors cover `token` and every kv head.
         unsafe { k.load(token, head, &mut s.x) };
         if let Some(m) = means {
             s.x.iter_mut().zip(&m.k[head * d..(head + 1) * d]).for_each(|(x, mu)| *x -= mu);
@@ -74,6 +76,7 @@ pub unsafe fn encode_token(
         }
         k_row[kl.scale_offset(head)..kl.scale_offset(head) + 2].copy_from_slice(&s.scales[0].to_le_bytes());
 
+        // SAFETY: as for k above.
         unsafe { v.load(token, head, &mut s.x) };
         if let Some(m) = means {
             s.x.iter_mut().zip(&m.v[head * d..(head + 1) * d]).for_each(|(x, mu)| *x -= mu);

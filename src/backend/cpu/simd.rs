@@ -150,6 +150,7 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: this function is only called where AVX-512F was detected; loads stay inside the slices (chunks of 16).
         unsafe {
             let mut acc0 = _mm512_setzero_ps();
             let mut acc1 = _mm512_setzero_ps();
@@ -171,6 +172,7 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub unsafe fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
+        // SAFETY: as in dot: AVX-512F detected; loads and stores stay inside x and y.
         unsafe {
             let wv = _mm512_set1_ps(w);
             for i in 0..x.len() / 16 {
@@ -184,6 +186,7 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub unsafe fn exp_shifted_sum(v: &mut [f32], m: f32) -> f32 {
+        // SAFETY: as in dot: AVX-512F detected; loads and stores stay inside v.
         unsafe {
             let mv = _mm512_set1_ps(m);
             let mut sum = _mm512_setzero_ps();
@@ -211,6 +214,7 @@ mod x86 {
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn lookup4_avx512(packed: &[u8], table: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
+    // SAFETY: AVX-512F detected by the caller; reads stay inside packed and table, writes inside out.
     unsafe {
         let t = _mm512_loadu_ps(table.as_ptr());
         let mask = _mm_set1_epi8(0x0f);
@@ -230,6 +234,7 @@ unsafe fn lookup4_avx512(packed: &[u8], table: &[f32], out: &mut [f32]) {
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn lookup_bytes_avx512(codes: &[u8], table: &[f32; 16], out: &mut [f32]) {
     use std::arch::x86_64::*;
+    // SAFETY: AVX-512F detected by the caller; reads stay inside codes and table, writes inside out.
     unsafe {
         let t = _mm512_loadu_ps(table.as_ptr());
         for (chunk, o) in out.chunks_exact_mut(16).enumerate() {

@@ -248,6 +248,7 @@ pub struct CudaBackend {
 // context is current there; every entry point binds the context first. Mutation happens only in
 // `new` and `drop`.
 unsafe impl Send for CudaBackend {}
+// SAFETY: as for Send (above).
 unsafe impl Sync for CudaBackend {}
 
 fn table_words(bits: u32) -> usize {
@@ -412,6 +413,7 @@ impl CudaBackend {
         let module = unsafe { result::module::load_data(compiled.cubin.as_ptr() as *const c_void) }
             .map_err(driver_err("module load"))?;
         let get = |name: &str| -> Result<sys::CUfunction, CudaError> {
+            // SAFETY: `module` was loaded just above and the name is a NUL-terminated kernel name.
             unsafe { result::module::get_function(module, CString::new(name).unwrap()) }.map_err(driver_err("kernel lookup"))
         };
         let kernels = Kernels {
