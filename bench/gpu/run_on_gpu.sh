@@ -8,6 +8,7 @@
 #   quickbench, compare (fast vs general kernels with per-kernel times), sweep (batch 1 over context),
 #   targets (the target cases with per-kernel times, for each library in TQ_LIBS)
 #   ncu, ncufast, ncustall, ncusrc   hardware counters / stall reasons / stall locations of decode
+export TQ_REQUIRE_GPU=1  # a skipped GPU test fails here (tests/gpu/mod.rs)
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-$HERE/out}

@@ -9,7 +9,8 @@ use turboquant::ffi::context::*;
 use turboquant::ffi::tq_status;
 
 /// True when a CUDA device and NVRTC are usable. Otherwise prints a loud SKIPPED line (stdout and
-/// stderr) naming the test: a skipped GPU test is NOT a pass.
+/// stderr) naming the test: a skipped GPU test is NOT a pass. Where a GPU is required
+/// (`TQ_REQUIRE_GPU=1`, set on the GPU machine by bench/gpu/run_on_gpu.sh), a skip is a failure.
 pub fn gpu_or_skip(test: &str) -> bool {
     let reason = if !cuda::driver_available() {
         Some("no CUDA driver (libcuda.so)")
@@ -28,9 +29,15 @@ pub fn gpu_or_skip(test: &str) -> bool {
             use std::io::Write;
             let line = format!("\n*** SKIPPED: {test}: {r} — this GPU test did NOT run ***\n");
             let _ = std::io::stderr().write_all(line.as_bytes());
+            assert!(!gpu_required(), "{test}: {r}, but TQ_REQUIRE_GPU=1: a GPU test must run here");
             false
         }
     }
+}
+
+/// Whether the environment requires the GPU tests to run (`TQ_REQUIRE_GPU=1`).
+pub fn gpu_required() -> bool {
+    std::env::var("TQ_REQUIRE_GPU").as_deref() == Ok("1")
 }
 
 /// Whether to run the reduced set (compute-sanitizer runs).
