@@ -303,6 +303,82 @@ pub(crate) unsafe fn strides_arg(s: *const tq_strides) -> Option<Strides> {
     unsafe { s.as_ref() }.map(|st| Strides { token: st.token, head: st.head })
 }
 
+/// The raw append of tq_append_kv / tq_append_kv_part.
+///
+/// # Safety
+/// The strides are NULL or valid.
+#[allow(clippy::too_many_arguments)]
+unsafe fn append_args(
+    layer: u32,
+    k_store: *mut c_void,
+    v_store: *mut c_void,
+    n_cells: usize,
+    slots: *const i64,
+    n_tokens: usize,
+    k: *const c_void,
+    k_strides: *const tq_strides,
+    v: *const c_void,
+    v_strides: *const tq_strides,
+) -> AppendArgs {
+    AppendArgs {
+        layer,
+        k_store,
+        v_store,
+        n_cells,
+        slots,
+        n_tokens,
+        k,
+        // SAFETY: the caller guarantees the strides are NULL or valid.
+        k_strides: unsafe { strides_arg(k_strides) },
+        v,
+        // SAFETY: as for k_strides.
+        v_strides: unsafe { strides_arg(v_strides) },
+    }
+}
+
+/// The raw single-sequence attend of tq_attend / tq_attend_part.
+///
+/// # Safety
+/// The strides are NULL or valid.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_args(
+    layer: u32,
+    q: *const c_void,
+    n_q: usize,
+    q_strides: *const tq_strides,
+    k_store: *const c_void,
+    v_store: *const c_void,
+    n_cells: usize,
+    mask: *const c_void,
+    mask_dtype: u32,
+    mask_row_stride: usize,
+    scale: f32,
+    out: *mut c_void,
+    out_strides: *const tq_strides,
+) -> AttendArgs {
+    AttendArgs {
+        layer,
+        n_seqs: 1,
+        q,
+        n_q,
+        // SAFETY: the caller guarantees the strides are NULL or valid.
+        q_strides: unsafe { strides_arg(q_strides) },
+        q_seq_stride: 0,
+        stores: Stores::Single { k: k_store, v: v_store },
+        seq_cells: std::ptr::null(),
+        n_cells,
+        mask,
+        mask_dtype,
+        mask_row_stride,
+        mask_seq_stride: 0,
+        scale,
+        out,
+        // SAFETY: as for q_strides.
+        out_strides: unsafe { strides_arg(out_strides) },
+        out_seq_stride: 0,
+    }
+}
+
 /// Compress `n_tokens` tokens of K and V (each [n_tokens][n_kv_heads][head_dim] of the context dtype,
 /// byte strides or NULL for packed) into rows of `layer` at cells `slots[i]` of the caller's stores
 /// (`k_store`/`v_store`: n_cells × tq_context_row_bytes bytes each; host memory on the CPU backend,
@@ -333,20 +409,8 @@ pub unsafe extern "C" fn tq_append_kv(
     v_strides: *const tq_strides,
     stream: *mut c_void,
 ) -> tq_status {
-    let a = AppendArgs {
-        layer,
-        k_store,
-        v_store,
-        n_cells,
-        slots,
-        n_tokens,
-        k,
-        // SAFETY: the caller guarantees the strides are NULL or valid.
-        k_strides: unsafe { strides_arg(k_strides) },
-        v,
-        // SAFETY: as for k_strides.
-        v_strides: unsafe { strides_arg(v_strides) },
-    };
+    // SAFETY: the caller guarantees the strides are NULL or valid.
+    let a = unsafe { append_args(layer, k_store, v_store, n_cells, slots, n_tokens, k, k_strides, v, v_strides) };
     // SAFETY: the caller guarantees the pointers cover what the sizes say (the function's contract).
     context_call(ctx, |c| unsafe { c.codec.append_raw(&a, Exec::Queue(stream)) })
 }
@@ -373,20 +437,8 @@ pub unsafe extern "C" fn tq_append_kv_part(
     ith: u32,
     nth: u32,
 ) -> tq_status {
-    let a = AppendArgs {
-        layer,
-        k_store,
-        v_store,
-        n_cells,
-        slots,
-        n_tokens,
-        k,
-        // SAFETY: the caller guarantees the strides are NULL or valid.
-        k_strides: unsafe { strides_arg(k_strides) },
-        v,
-        // SAFETY: as for k_strides.
-        v_strides: unsafe { strides_arg(v_strides) },
-    };
+    // SAFETY: the caller guarantees the strides are NULL or valid.
+    let a = unsafe { append_args(layer, k_store, v_store, n_cells, slots, n_tokens, k, k_strides, v, v_strides) };
     context_call(ctx, |c| {
         let exec = Exec::part(ith, nth)?;
         // SAFETY: as in tq_append_kv.
@@ -427,26 +479,9 @@ pub unsafe extern "C" fn tq_attend(
     out_strides: *const tq_strides,
     stream: *mut c_void,
 ) -> tq_status {
-    let a = AttendArgs {
-        layer,
-        n_seqs: 1,
-        q,
-        n_q,
-        // SAFETY: the caller guarantees the strides are NULL or valid.
-        q_strides: unsafe { strides_arg(q_strides) },
-        q_seq_stride: 0,
-        stores: Stores::Single { k: k_store, v: v_store },
-        seq_cells: std::ptr::null(),
-        n_cells,
-        mask,
-        mask_dtype,
-        mask_row_stride,
-        mask_seq_stride: 0,
-        scale,
-        out,
-        // SAFETY: as for q_strides.
-        out_strides: unsafe { strides_arg(out_strides) },
-        out_seq_stride: 0,
+    // SAFETY: the caller guarantees the strides are NULL or valid.
+    let a = unsafe {
+        attend_args(layer, q, n_q, q_strides, k_store, v_store, n_cells, mask, mask_dtype, mask_row_stride, scale, out, out_strides)
     };
     // SAFETY: the caller guarantees the pointers cover what the sizes say (the function's contract).
     context_call(ctx, |c| unsafe { c.codec.attend_raw(&a, Exec::Queue(stream)) })
@@ -477,26 +512,9 @@ pub unsafe extern "C" fn tq_attend_part(
     ith: u32,
     nth: u32,
 ) -> tq_status {
-    let a = AttendArgs {
-        layer,
-        n_seqs: 1,
-        q,
-        n_q,
-        // SAFETY: the caller guarantees the strides are NULL or valid.
-        q_strides: unsafe { strides_arg(q_strides) },
-        q_seq_stride: 0,
-        stores: Stores::Single { k: k_store, v: v_store },
-        seq_cells: std::ptr::null(),
-        n_cells,
-        mask,
-        mask_dtype,
-        mask_row_stride,
-        mask_seq_stride: 0,
-        scale,
-        out,
-        // SAFETY: as for q_strides.
-        out_strides: unsafe { strides_arg(out_strides) },
-        out_seq_stride: 0,
+    // SAFETY: the caller guarantees the strides are NULL or valid.
+    let a = unsafe {
+        attend_args(layer, q, n_q, q_strides, k_store, v_store, n_cells, mask, mask_dtype, mask_row_stride, scale, out, out_strides)
     };
     context_call(ctx, |c| {
         let exec = Exec::part(ith, nth)?;
