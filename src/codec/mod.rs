@@ -13,6 +13,7 @@
 
 pub mod dtype;
 pub mod layout;
+pub mod limits;
 pub mod request;
 mod safe;
 
@@ -351,6 +352,17 @@ impl Codec {
         // SAFETY: the caller guarantees the pointers.
         let req = unsafe { AttendRequest::validate(&self.kv, self.dtype, b.memory(), a) }?;
         // SAFETY: validated; the caller guarantees `out` is not used by others.
-        unsafe { b.attend(&self.kv, &req, exec) }
+        unsafe { b.attend(&self.kv, &req, exec) }?;
+        if b.memory() == request::Memory::Host && matches!(exec, Exec::Queue(_)) {
+            let c = &self.kv.config;
+            for s in 0..req.n_seqs {
+                // SAFETY: validated: out covers n_seqs blocks of n_q tokens × n_heads heads in host memory.
+                unsafe {
+                    let out = req.out.add(s * req.out_seq_stride);
+                    limits::check_finite_output(out, req.out_strides, self.dtype, req.n_q, c.n_heads, c.head_dim)
+                }?;
+            }
+        }
+        Ok(())
     }
 }

@@ -10,6 +10,7 @@ use crate::backend::BackendChoice;
 use crate::codec::request::{AppendArgs, AttendArgs, Exec, Stores};
 use crate::codec::{Codec, Dtype, KvConfig, Strides};
 use crate::math::quantizer::QuantizerKind;
+use crate::math::rotation::RotationKind;
 
 /// Backend a context runs on (values of the `backend` params field).
 #[repr(u32)]
@@ -48,7 +49,7 @@ pub struct tq_context_params {
     pub struct_size: usize,
     /// TQ_ABI_VERSION; set by tq_context_default_params().
     pub abi_version: u32,
-    /// Number of layers (≥ 1). Default 1.
+    /// Number of layers, 1..=4096. Default 1.
     pub n_layers: u32,
     /// Query heads (a multiple of n_kv_heads). Default 32.
     pub n_heads: u32,
@@ -60,7 +61,9 @@ pub struct tq_context_params {
     pub bits_k: u32,
     /// Bits per V coordinate, 1..=8. Default 4.
     pub bits_v: u32,
-    /// A tq_rotation value. Default TQ_ROTATION_AUTO.
+    /// A tq_rotation value. Default TQ_ROTATION_AUTO. DENSE (also AUTO with a head_dim that is not a
+    /// power of two) builds two head_dim × head_dim QR factorizations per layer: it is refused with
+    /// TQ_STATUS_UNSUPPORTED when n_layers · head_dim³ > 2^33 (seconds, not minutes, of set-up).
     pub rotation: u32,
     /// A tq_key_mode value. Default TQ_KEY_MODE_MSE.
     pub key_mode: u32,
@@ -70,7 +73,9 @@ pub struct tq_context_params {
     pub backend: u32,
     /// CUDA device ordinal. Default 0.
     pub device: i32,
-    /// CPU threads used by tq_append_kv / tq_attend (not by the _part variants); 0 = all cores. Default 0.
+    /// CPU threads used by tq_append_kv / tq_attend (not by the _part variants); 0 = all cores, and
+    /// larger values are capped at the machine's parallelism. If the system cannot start a thread, the
+    /// work runs on the threads it has (no error, nothing printed). Default 0.
     pub n_threads: u32,
     /// Most tokens per append and query tokens per attend call (CUDA scratch sizing). Default 512.
     pub max_batch: u32,
@@ -153,6 +158,9 @@ fn config_from_params(p: &tq_context_params) -> Result<KvConfig> {
     let bits_k = field("bits_k", p.bits_k, min_k, 8)? as u32;
     let bits_v = field("bits_v", p.bits_v, 1, 8)? as u32;
     let rotation = rotation_from_u32(p.rotation, head_dim, "params->rotation")?;
+    if rotation == RotationKind::Dense {
+        crate::codec::limits::check_dense_cost(n_layers, head_dim)?;
+    }
     Ok(KvConfig {
         n_layers,
         n_heads,
