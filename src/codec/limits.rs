@@ -10,6 +10,14 @@ use crate::error::{Error, ErrorKind, Result};
 /// larger one are refused, so positions never wrap.
 pub const MAX_POSITION: i64 = 1 << 62;
 
+/// Largest magnitude of a K, V or q element (2^64): larger finite values are refused like NaN, so
+/// norms, centering and saved files stay far inside f32.
+pub const MAX_INPUT_ABS: f32 = 18_446_744_073_709_551_616.0;
+
+/// Largest bf16 row scale a file may hold (2^71 ≥ √1024 · 2 · 2^64: the norm of any centered head
+/// vector of in-range elements).
+pub const MAX_ROW_SCALE: f32 = 2_361_183_241_434_822_606_848.0;
+
 /// Bound on n_layers · head_dim³ for DENSE rotation (2^33: about 15 s of set-up on one core of a
 /// 2020s x86-64 machine; e.g. 4096 layers at head_dim 128, 512 at 256, 8 at 1024).
 pub const DENSE_COST_LIMIT: u128 = 1 << 33;
@@ -122,9 +130,10 @@ pub fn check_dense_cost(n_layers: usize, head_dim: usize) -> Result<()> {
 pub unsafe fn check_finite_output(out: *const u8, strides: Strides, dtype: Dtype, n: usize, heads: usize, d: usize) -> Result<()> {
     let t = super::request::HeadTensor { ptr: out, strides, dtype };
     let mut x = vec![0.0f32; d];
-    for tok in 0..n {
-        // SAFETY: the caller guarantees `out` covers (tok, 0..heads).
-        if let Some((h, i)) = unsafe { t.find_non_finite(tok, heads, &mut x) } {
+    for (tok, h) in (0..n).flat_map(|tok| (0..heads).map(move |h| (tok, h))) {
+        // SAFETY: the caller guarantees `out` covers (tok, h).
+        unsafe { t.load(tok, h, &mut x) };
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
             return Err(Error::new(
                 ErrorKind::NonFinite,
                 format!(

@@ -45,7 +45,8 @@ impl HeadTensor {
         unsafe { self.dtype.load(self.ptr.add(self.strides.offset(token, head)), out) }
     }
 
-    /// First non-finite element of token `token`, as (head, element).
+    /// First element of token `token` that is not finite or exceeds [`limits::MAX_INPUT_ABS`] in
+    /// magnitude, as (head, element).
     ///
     /// # Safety
     /// The tensor covers `token` and `heads` heads, in host memory.
@@ -53,7 +54,7 @@ impl HeadTensor {
         for head in 0..heads {
             // SAFETY: the caller guarantees the tensor covers (token, head).
             unsafe { self.load(token, head, x) };
-            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            if let Some(i) = x.iter().position(|v| !(v.abs() <= limits::MAX_INPUT_ABS)) {
                 return Some((head, i));
             }
         }
@@ -88,7 +89,8 @@ pub fn strides_or_packed(s: Option<Strides>, heads: usize, d: usize, dtype: Dtyp
     }
 }
 
-/// Reject a host tensor holding NaN or ±inf, naming the first offender.
+/// Reject a host tensor holding NaN, ±inf or an element above 2^64 in magnitude, naming the first
+/// offender.
 ///
 /// # Safety
 /// `t` is host memory covering tokens 0..n and heads 0..heads.
@@ -97,7 +99,10 @@ pub unsafe fn check_finite_tensor(t: &HeadTensor, n: usize, heads: usize, d: usi
     for tok in 0..n {
         // SAFETY: the caller guarantees the tensor covers tokens 0..n and heads 0..heads.
         if let Some((h, i)) = unsafe { t.find_non_finite(tok, heads, &mut x) } {
-            return Err(Error::new(ErrorKind::NonFinite, format!("{arg}[token {tok}, head {h}, element {i}] is not finite")));
+            return Err(Error::new(
+                ErrorKind::NonFinite,
+                format!("{arg}[token {tok}, head {h}, element {i}] is {}: not finite or above 2^64 in magnitude", x[i]),
+            ));
         }
     }
     Ok(())
