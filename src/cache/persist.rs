@@ -206,3 +206,60 @@ fn check_row_scales(rows: &[u8], row_bytes: usize, layout: &RowLayout) -> Result
     }
     Ok(())
 }
+
+/// Write `bytes` to `path` atomically: a temporary with a unique name beside the target, created
+/// exclusively (never through an existing file or symlink), fsynced, then renamed over `path`. On any
+/// failure the temporary is removed and `path` is untouched.
+pub fn write_file(path: &std::path::Path, bytes: &[u8]) -> crate::error::Result<()> {
+    use crate::error::{Error, ErrorKind};
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().filter(|n| !n.is_empty()).ok_or_else(|| {
+        Error::invalid(format!("path \"{}\" does not name a file", path.display()))
+    })?;
+    let io = |e: std::io::Error, what: &str| Error::new(ErrorKind::Io, format!("{what} {}: {e}", path.display()));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let (tmp, mut file) = loop {
+        let mut t = std::ffi::OsString::from(".");
+        t.push(name);
+        t.push(format!(".{}.{}.tmp", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let tmp = dir.join(t);
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io(e, "cannot create a temporary file beside")),
+        }
+    };
+    let result = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io(e, "cannot write"))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| io(e, "cannot rename into")));
+    drop(file);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The contents of `path`, which must be a regular file (FIFOs, devices and directories are refused
+/// without being read, so a load never blocks on them).
+pub fn read_file(path: &std::path::Path) -> crate::error::Result<Vec<u8>> {
+    use crate::error::{Error, ErrorKind};
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("cannot read {}: {e}", path.display()));
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; the type is checked on the open file.
+    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::Io, format!("cannot read {}: not a regular file", path.display())));
+    }
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(meta.len() as usize).map_err(|_| {
+        Error::new(ErrorKind::OutOfMemory, format!("{}: cannot allocate {} bytes", path.display(), meta.len()))
+    })?;
+    file.read_to_end(&mut bytes).map_err(io)?;
+    Ok(bytes)
+}
