@@ -254,7 +254,7 @@ pub unsafe extern "C" fn tq_context_state_size(ctx: *const tq_context, out: *mut
     context_call(ctx, |c| unsafe { write_out(out, c.codec.state_len(), "out") })
 }
 
-/// Save the context's state (centering means; versioned, with a parameter fingerprint) into `buf`
+/// Save the context's state (centering means; versioned, with a parameter fingerprint and a CRC-32) into `buf`
 /// of `size` ≥ tq_context_state_size() bytes. An engine that saves its cache rows saves this too.
 /// Not thread-safe with appends on the same context.
 ///
