@@ -222,10 +222,11 @@ static void case9_size_arithmetic(void) {
     CHECK_FAILS(tq_attend(ctx, 0, q2, 2, &wrapped, ks, vs, 1, NULL, 0, 0, 0.25f, out2, NULL, NULL),
                 TQ_STATUS_INVALID_ARGUMENT, "q_strides");
     CHECK_STATUS(tq_append_kv(ctx, 0, ks, vs, 4, &s0, 1, kv, NULL, kv, NULL, NULL), TQ_STATUS_OK);
-    CHECK_FAILS(tq_attend(ctx, 0, q, 2, NULL, ks, vs, 1, mask, TQ_DTYPE_F32, SIZE_MAX, 0.25f, out, NULL, NULL),
+    CHECK_FAILS(tq_attend(ctx, 0, q2, 2, NULL, ks, vs, 1, mask, TQ_DTYPE_F32, SIZE_MAX, 0.25f, out2, NULL, NULL),
                 TQ_STATUS_INVALID_ARGUMENT, "mask_row_stride");
     tq_strides far = {(size_t)1 << 62, 64};
-    CHECK_FAILS(tq_attend(ctx, 0, q, 3, NULL, ks, vs, 1, NULL, 0, 0, 0.25f, out, &far, NULL),
+    float q3[48] = {0};
+    CHECK_FAILS(tq_attend(ctx, 0, q3, 3, NULL, ks, vs, 1, NULL, 0, 0, 0.25f, out, &far, NULL),
                 TQ_STATUS_INVALID_ARGUMENT, "out_strides");
     free(ks); free(vs);
     tq_context_free(ctx);

@@ -10,7 +10,7 @@
 #include "turboquant.h"
 
 /* One layer, one head of dimension 16, F32, MSE keys. */
-static tq_context *small_context(int centering, uint32_t n_threads) {
+static inline tq_context *small_context(int centering, uint32_t n_threads) {
     tq_context_params p = tq_context_default_params();
     p.n_layers = 1; p.n_heads = 1; p.n_kv_heads = 1; p.head_dim = 16;
     p.centering = centering; p.n_threads = n_threads;
@@ -20,7 +20,7 @@ static tq_context *small_context(int centering, uint32_t n_threads) {
 }
 
 /* A cache (residual window 2, max_tokens 64) holding `n` tokens of sequence 0. */
-static tq_cache *filled_cache(tq_context *ctx, int n) {
+static inline tq_cache *filled_cache(tq_context *ctx, int n) {
     tq_cache_params cp = tq_cache_default_params();
     cp.max_tokens = 64; cp.residual_window = 2;
     tq_cache *cache = NULL;
@@ -33,7 +33,7 @@ static tq_cache *filled_cache(tq_context *ctx, int n) {
     return cache;
 }
 
-static uint32_t crc32_ieee(const uint8_t *p, size_t n) {
+static inline uint32_t crc32_ieee(const uint8_t *p, size_t n) {
     uint32_t c = 0xFFFFFFFFu;
     for (size_t i = 0; i < n; i++) {
         c ^= p[i];
@@ -43,7 +43,7 @@ static uint32_t crc32_ieee(const uint8_t *p, size_t n) {
 }
 
 /* Recompute the trailing CRC-32 of a saved cache. */
-static void fix_crc(uint8_t *b, size_t size) {
+static inline void fix_crc(uint8_t *b, size_t size) {
     uint32_t c = crc32_ieee(b, size - 4);
     memcpy(b + size - 4, &c, 4);
 }
@@ -51,7 +51,7 @@ static void fix_crc(uint8_t *b, size_t size) {
 /* Offsets in a saved one-layer, one-sequence, uncentered cache of one kv head of dimension 16. */
 typedef struct { uint32_t nc, nf; size_t comp_pos, comp_k, comp_v, full_pos, full_k, full_v; } cache_layout;
 
-static cache_layout layout_of(const uint8_t *b, size_t kr, size_t vr) {
+static inline cache_layout layout_of(const uint8_t *b, size_t kr, size_t vr) {
     cache_layout L;
     size_t o = 8 + 4 + 8 + 9 * 4 + 1; /* magic, version, fingerprint, header, centering flag 0 */
     memcpy(&L.nc, b + o, 4); o += 4;
