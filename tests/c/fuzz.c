@@ -49,7 +49,9 @@ static void null_arguments(void) {
     CHECK(tq_cache_attend(cache, 0, 0, NULL, 1, 1.0f, x, NULL) != TQ_STATUS_OK);
     CHECK(tq_cache_attend(cache, 0, 0, x, 1, 1.0f, NULL, NULL) != TQ_STATUS_OK);
     CHECK(tq_cache_attend(cache, 0, 0, x, 1, NAN, x, NULL) != TQ_STATUS_OK);
-    CHECK(tq_cache_attend(cache, 0, 0, x, 99, 1.0f, x, NULL) != TQ_STATUS_OK);
+    float *big = calloc(99 * 16, sizeof(float));
+    CHECK(tq_cache_attend(cache, 0, 0, big, 99, 1.0f, big, NULL) != TQ_STATUS_OK);
+    free(big);
     CHECK(tq_cache_seq_rm(NULL, 0, 0, 1) != TQ_STATUS_OK);
     CHECK(tq_cache_seq_rm(cache, 5, 0, 1) != TQ_STATUS_OK);
     CHECK(tq_cache_seq_cp(NULL, 0, 0, 0, 1) != TQ_STATUS_OK);
