@@ -15,7 +15,7 @@ FUZZ_ENV := LD_LIBRARY_PATH=$(abspath $(FUZZ_LIB)) ASAN_OPTIONS=detect_leaks=1:a
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 LSAN_OPTIONS=suppressions=$(abspath tests/c/lsan.supp)
 
 .PHONY: fuzz fuzz-long tsan
-test: fuzz
+test: fuzz tsan
 
 $(FUZZ_DIR)/%-asan: tests/c/%.c tests/c/robust.h tests/c/check.h include/turboquant.h build
 	@mkdir -p $(FUZZ_DIR)
