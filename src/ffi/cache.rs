@@ -86,6 +86,8 @@ pub extern "C" fn tq_cache_params_size() -> usize {
 }
 
 /// Create an empty cache for `ctx` (CPU backend). The cache borrows `ctx`, which must outlive it.
+/// Memory grows with use: a sequence's per-layer records are allocated by its first append, so
+/// max_seqs (1..=65536) costs 24 bytes per sequence up front whatever n_layers is.
 /// On success `*out` receives a handle the caller owns (free with tq_cache_free()). Thread-safe.
 ///
 /// # Safety
@@ -152,6 +154,8 @@ fn cache_call_mut(cache: *mut tq_cache, body: impl FnOnce(&mut OwnedCache, &Code
 /// [n][n_kv_heads][head_dim] of the context dtype, finite. Positions continue the sequence. Tokens
 /// older than the residual window (and not sinks) are compressed. Past max_tokens the call fails
 /// with TQ_STATUS_CAPACITY_EXCEEDED and the cache is unchanged. `stream` is ignored (CPU).
+/// Elements must be finite with |x| ≤ 2^64 (TQ_STATUS_NON_FINITE); positions end at 2^62 (an append
+/// past it is TQ_STATUS_CAPACITY_EXCEEDED). A loaded file is held to the same limits.
 /// Not thread-safe with other calls on the same cache.
 ///
 /// # Safety

@@ -315,6 +315,9 @@ pub(crate) unsafe fn strides_arg(s: *const tq_strides) -> Option<Strides> {
 /// (`k_store`/`v_store`: n_cells × tq_context_row_bytes bytes each; host memory on the CPU backend,
 /// device memory on CUDA). Slots must be distinct and < n_cells; K and V must be finite; everything is
 /// checked before any row is written. With centering, the first append to a layer fixes its means.
+/// Limits: n_tokens ≤ n_cells (distinct slots); n_cells × row bytes and each tensor's extent under
+/// its strides must fit in the address space (else TQ_STATUS_INVALID_ARGUMENT, before anything is
+/// read or allocated); every element finite with |x| ≤ 2^64 (else TQ_STATUS_NON_FINITE).
 /// CPU: uses the context's n_threads; `stream` is ignored. n_tokens = 0 is a no-op.
 /// CUDA: `slots`, `k`, `v` and the stores are device memory; the rows are the same bytes the CPU
 /// backend writes. The call only enqueues one kernel on `stream` (a CUstream/cudaStream_t; NULL = the
@@ -408,6 +411,10 @@ pub unsafe extern "C" fn tq_append_kv_part(
 /// head h / (n_heads / n_kv_heads). A query that sees no cell gets a zero row. Cells must hold rows
 /// written by tq_append_kv() with this context (cells never written hold whatever the buffer held:
 /// mask them). The cache is never dequantized to memory. CPU: uses n_threads; `stream` is ignored.
+/// Limits: the mask's extent (n_q rows of mask_row_stride elements) and q/out under their strides
+/// must fit in the address space; q elements |x| ≤ 2^64. An output that overflows f32 (inputs or
+/// scale far too large) is refused with TQ_STATUS_NON_FINITE on the CPU backend; the _part variants
+/// (each call writes one share) and CUDA do not scan the output.
 /// Thread-safe with other attends on the same context.
 /// CUDA: q, stores, mask and out are device memory; the call enqueues three kernels on `stream`
 /// (graph-capture safe: no allocation, synchronisation or host copy). q·k uses f16 tensor-core
