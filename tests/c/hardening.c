@@ -296,17 +296,15 @@ static void case11_threads_capped(void) {
     tq_context_free(many);
 }
 
-int main(void) {
-    case1_n_tokens_before_allocation();
-    case2_cache_new_is_lazy();
-    case3_dense_cost_bounded();
-    case4_semantic_load_checks();
-    case5_position_range();
-    case6_state_checksum();
-    case7_save_file();
-    case8_fifo();
-    case9_size_arithmetic();
-    case10_finite_in_finite_out();
-    case11_threads_capped();
+/* With an argument N, only case N runs (to show each case failing against an older library). */
+int main(int argc, char **argv) {
+    void (*cases[11])(void) = {
+        case1_n_tokens_before_allocation, case2_cache_new_is_lazy, case3_dense_cost_bounded,
+        case4_semantic_load_checks, case5_position_range, case6_state_checksum, case7_save_file,
+        case8_fifo, case9_size_arithmetic, case10_finite_in_finite_out, case11_threads_capped,
+    };
+    int only = argc > 1 ? atoi(argv[1]) : 0;
+    for (int i = 0; i < 11; i++)
+        if (only == 0 || only == i + 1) cases[i]();
     return check_summary("hardening");
 }
