@@ -7,7 +7,7 @@
 FUZZ_CC ?= cc
 FUZZ_DIR := target/fuzz
 FUZZ_SEED ?= 1
-FUZZ_ITERS ?= 300
+FUZZ_ITERS ?= 3000
 FUZZ_LIB := target/release
 FUZZ_CFLAGS := -std=c11 -g -O1 -Iinclude -Itests/c -fno-omit-frame-pointer
 FUZZ_LINK := -L$(FUZZ_LIB) -Wl,-rpath,$(abspath $(FUZZ_LIB)) -lturboquant -lm -lpthread
