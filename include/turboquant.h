@@ -314,7 +314,7 @@ typedef struct tq_context_params {
   /**
    * A tq_rotation value. Default TQ_ROTATION_AUTO. DENSE (also AUTO with a head_dim that is not a
    * power of two) builds two head_dim × head_dim QR factorizations per layer: it is refused with
-   * TQ_STATUS_UNSUPPORTED when n_layers · head_dim³ > 2^33 (seconds, not minutes, of set-up).
+   * TQ_STATUS_UNSUPPORTED when n_layers · head_dim³ > 2^32 (at most about 15 s of set-up).
    */
   uint32_t rotation;
   /**

@@ -63,7 +63,7 @@ pub struct tq_context_params {
     pub bits_v: u32,
     /// A tq_rotation value. Default TQ_ROTATION_AUTO. DENSE (also AUTO with a head_dim that is not a
     /// power of two) builds two head_dim × head_dim QR factorizations per layer: it is refused with
-    /// TQ_STATUS_UNSUPPORTED when n_layers · head_dim³ > 2^33 (seconds, not minutes, of set-up).
+    /// TQ_STATUS_UNSUPPORTED when n_layers · head_dim³ > 2^32 (at most about 15 s of set-up).
     pub rotation: u32,
     /// A tq_key_mode value. Default TQ_KEY_MODE_MSE.
     pub key_mode: u32,
