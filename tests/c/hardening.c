@@ -96,6 +96,31 @@ static void case4_semantic_load_checks(void) {
     }
     CHECK_STATUS(tq_cache_load(cache, bytes, size), TQ_STATUS_OK);
     free(b); free(bytes);
+    /* The scale checks accept what appends write, for PROD keys (norm and residual scales) too. */
+    tq_context_params pp = tq_context_default_params();
+    pp.n_layers = 2; pp.n_heads = 4; pp.n_kv_heads = 2; pp.head_dim = 32; pp.key_mode = TQ_KEY_MODE_PROD;
+    pp.bits_k = 3; pp.n_threads = 1;
+    tq_context *prod = NULL;
+    CHECK_STATUS(tq_context_new(&pp, &prod), TQ_STATUS_OK);
+    tq_cache_params cp = tq_cache_default_params();
+    cp.max_seqs = 2; cp.residual_window = 1;
+    tq_cache *pc = NULL, *pc2 = NULL;
+    CHECK_STATUS(tq_cache_new(prod, &cp, &pc), TQ_STATUS_OK);
+    CHECK_STATUS(tq_cache_new(prod, &cp, &pc2), TQ_STATUS_OK);
+    float kv[6 * 64];
+    for (int i = 0; i < 6 * 64; i++) kv[i] = (float)((i * 37) % 23) / 7.0f - 1.5f;
+    for (uint32_t l = 0; l < 2; l++)
+        for (uint32_t sq = 0; sq < 2; sq++) CHECK_STATUS(tq_cache_append(pc, l, sq, 6, kv, kv, NULL), TQ_STATUS_OK);
+    size_t psize = 0;
+    tq_cache_save(pc, NULL, 0, &psize);
+    uint8_t *pb = malloc(psize), *pb2 = malloc(psize);
+    CHECK_STATUS(tq_cache_save(pc, pb, psize, &psize), TQ_STATUS_OK);
+    CHECK_STATUS(tq_cache_load(pc2, pb, psize), TQ_STATUS_OK);
+    CHECK_STATUS(tq_cache_save(pc2, pb2, psize, &psize), TQ_STATUS_OK);
+    CHECK(memcmp(pb, pb2, psize) == 0);
+    free(pb); free(pb2);
+    tq_cache_free(pc); tq_cache_free(pc2);
+    tq_context_free(prod);
     tq_cache_free(cache);
     tq_context_free(ctx);
 }
