@@ -288,7 +288,7 @@ typedef struct tq_context_params {
    */
   uint32_t abi_version;
   /**
-   * Number of layers (≥ 1). Default 1.
+   * Number of layers, 1..=4096. Default 1.
    */
   uint32_t n_layers;
   /**
@@ -312,7 +312,9 @@ typedef struct tq_context_params {
    */
   uint32_t bits_v;
   /**
-   * A tq_rotation value. Default TQ_ROTATION_AUTO.
+   * A tq_rotation value. Default TQ_ROTATION_AUTO. DENSE (also AUTO with a head_dim that is not a
+   * power of two) builds two head_dim × head_dim QR factorizations per layer: it is refused with
+   * TQ_STATUS_UNSUPPORTED when n_layers · head_dim³ > 2^32 (at most about 15 s of set-up).
    */
   uint32_t rotation;
   /**
@@ -332,7 +334,9 @@ typedef struct tq_context_params {
    */
   int32_t device;
   /**
-   * CPU threads used by tq_append_kv / tq_attend (not by the _part variants); 0 = all cores. Default 0.
+   * CPU threads used by tq_append_kv / tq_attend (not by the _part variants); 0 = all cores, and
+   * larger values are capped at the machine's parallelism. If the system cannot start a thread, the
+   * work runs on the threads it has (no error, nothing printed). Default 0.
    */
   uint32_t n_threads;
   /**
@@ -437,6 +441,8 @@ size_t tq_cache_params_size(void);
 
 /**
  * Create an empty cache for `ctx` (CPU backend). The cache borrows `ctx`, which must outlive it.
+ * Memory grows with use: a sequence's per-layer records are allocated by its first append, so
+ * max_seqs (1..=65536) costs 24 bytes per sequence up front whatever n_layers is.
  * On success `*out` receives a handle the caller owns (free with tq_cache_free()). Thread-safe.
  *
  * # Safety
@@ -459,6 +465,8 @@ void tq_cache_free(struct tq_cache *cache);
  * [n][n_kv_heads][head_dim] of the context dtype, finite. Positions continue the sequence. Tokens
  * older than the residual window (and not sinks) are compressed. Past max_tokens the call fails
  * with TQ_STATUS_CAPACITY_EXCEEDED and the cache is unchanged. `stream` is ignored (CPU).
+ * Elements must be finite with |x| ≤ 2^64 (TQ_STATUS_NON_FINITE); positions end at 2^62 (an append
+ * past it is TQ_STATUS_CAPACITY_EXCEEDED). A loaded file is held to the same limits.
  * Not thread-safe with other calls on the same cache.
  *
  * # Safety
@@ -566,16 +574,20 @@ enum tq_status tq_cache_save(const struct tq_cache *cache, void *buf, size_t siz
 enum tq_status tq_cache_load(struct tq_cache *cache, const void *buf, size_t size);
 
 /**
- * tq_cache_save() to a file (written to a temporary name in the same folder, then renamed, so a
- * failure never leaves a partial file under `path`).
+ * tq_cache_save() to a file: written to a new temporary file with a unique name in the same folder
+ * (created exclusively, never through an existing file or symlink), fsynced, then renamed over
+ * `path`, so a failure never leaves a partial file under `path`; on failure the temporary is removed.
+ * An empty path or one ending in a folder separator is TQ_STATUS_INVALID_ARGUMENT.
  *
  * # Safety
  * `path` is NULL or a NUL-terminated string.
  */
-enum tq_status tq_cache_save_file(const struct tq_cache *cache, const char *path);
+enum tq_status tq_cache_save_file(const struct tq_cache *cache,
+                                  const char *path);
 
 /**
- * tq_cache_load() from a file.
+ * tq_cache_load() from a file, which must be a regular file (a FIFO, device or folder is refused
+ * with TQ_STATUS_IO_ERROR without blocking).
  *
  * # Safety
  * `path` is NULL or a NUL-terminated string.
@@ -631,14 +643,16 @@ enum tq_status tq_context_row_bytes(const struct tq_context *ctx,
 enum tq_status tq_context_state_size(const struct tq_context *ctx, size_t *out);
 
 /**
- * Save the context's state (centering means; versioned, with a parameter fingerprint) into `buf`
+ * Save the context's state (centering means; versioned, with a parameter fingerprint and a CRC-32) into `buf`
  * of `size` ≥ tq_context_state_size() bytes. An engine that saves its cache rows saves this too.
  * Not thread-safe with appends on the same context.
  *
  * # Safety
  * `ctx` is NULL or live; `buf` holds `size` writable bytes.
  */
-enum tq_status tq_context_state_save(const struct tq_context *ctx, uint8_t *buf, size_t size);
+enum tq_status tq_context_state_save(const struct tq_context *ctx,
+                                     uint8_t *buf,
+                                     size_t size);
 
 /**
  * Restore a state saved by tq_context_state_save() from a context with the same parameters.
@@ -657,6 +671,9 @@ enum tq_status tq_context_state_load(struct tq_context *ctx, const uint8_t *buf,
  * (`k_store`/`v_store`: n_cells × tq_context_row_bytes bytes each; host memory on the CPU backend,
  * device memory on CUDA). Slots must be distinct and < n_cells; K and V must be finite; everything is
  * checked before any row is written. With centering, the first append to a layer fixes its means.
+ * Limits: n_tokens ≤ n_cells (distinct slots); n_cells × row bytes and each tensor's extent under
+ * its strides must fit in the address space (else TQ_STATUS_INVALID_ARGUMENT, before anything is
+ * read or allocated); every element finite with |x| ≤ 2^64 (else TQ_STATUS_NON_FINITE).
  * CPU: uses the context's n_threads; `stream` is ignored. n_tokens = 0 is a no-op.
  * CUDA: `slots`, `k`, `v` and the stores are device memory; the rows are the same bytes the CPU
  * backend writes. The call only enqueues one kernel on `stream` (a CUstream/cudaStream_t; NULL = the
@@ -711,6 +728,10 @@ enum tq_status tq_append_kv_part(struct tq_context *ctx,
  * head h / (n_heads / n_kv_heads). A query that sees no cell gets a zero row. Cells must hold rows
  * written by tq_append_kv() with this context (cells never written hold whatever the buffer held:
  * mask them). The cache is never dequantized to memory. CPU: uses n_threads; `stream` is ignored.
+ * Limits: the mask's extent (n_q rows of mask_row_stride elements) and q/out under their strides
+ * must fit in the address space; q elements |x| ≤ 2^64. An output that overflows f32 (inputs or
+ * scale far too large) is refused with TQ_STATUS_NON_FINITE on the CPU backend; the _part variants
+ * (each call writes one share) and CUDA do not scan the output.
  * Thread-safe with other attends on the same context.
  * CUDA: q, stores, mask and out are device memory; the call enqueues three kernels on `stream`
  * (graph-capture safe: no allocation, synchronisation or host copy). q·k uses f16 tensor-core

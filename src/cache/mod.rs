@@ -124,9 +124,34 @@ impl OwnedCache {
         let n_layers = codec.config.n_layers;
         Self {
             params,
-            seqs: (0..params.max_seqs).map(|_| vec![SeqLayer::default(); n_layers]).collect(),
+            // Per-sequence layers are allocated by the first write to the sequence (lazy: max_seqs ×
+            // n_layers records up front would be gigabytes for documented-valid parameters).
+            seqs: (0..params.max_seqs).map(|_| Vec::new()).collect(),
             means: vec![None; n_layers],
         }
+    }
+
+    /// The tokens of (`seq`, `layer`); an untouched sequence has none.
+    pub fn layer(&self, seq: usize, layer: usize) -> &SeqLayer {
+        static EMPTY: SeqLayer = SeqLayer {
+            comp_k: Vec::new(),
+            comp_v: Vec::new(),
+            comp_pos: Vec::new(),
+            full_k: Vec::new(),
+            full_v: Vec::new(),
+            full_pos: Vec::new(),
+        };
+        self.seqs[seq].get(layer).unwrap_or(&EMPTY)
+    }
+
+    /// The tokens of (`seq`, `layer`) for writing: the sequence's layers are allocated on first use.
+    pub fn layer_mut(&mut self, seq: usize, layer: usize) -> &mut SeqLayer {
+        let n_layers = self.means.len();
+        let layers = &mut self.seqs[seq];
+        if layers.is_empty() {
+            layers.resize_with(n_layers, SeqLayer::default);
+        }
+        &mut layers[layer]
     }
 
     fn head_elems(codec: &KvCodec) -> usize {
@@ -156,7 +181,7 @@ impl OwnedCache {
         dtype: Dtype,
     ) -> Result<(), CacheError> {
         self.check_seq(seq)?;
-        let have = self.seqs[seq][layer].len();
+        let have = self.layer(seq, layer).len();
         if have + n > self.params.max_tokens {
             return Err(CacheError::Capacity(format!(
                 "seq {seq} layer {layer} holds {have} tokens; {n} more exceed max_tokens = {}",
@@ -165,6 +190,12 @@ impl OwnedCache {
         }
         if n == 0 {
             return Ok(());
+        }
+        let next = self.layer(seq, layer).next_pos();
+        if next.checked_add(n as i64).is_none_or(|end| end > crate::codec::limits::MAX_POSITION) {
+            return Err(CacheError::Capacity(format!(
+                "seq {seq} layer {layer}: positions {next}.. plus {n} tokens pass the largest position 2^62"
+            )));
         }
         let (h, d) = (codec.config.n_kv_heads, codec.config.head_dim);
         let strides = Strides::packed(h, d, dtype);
@@ -176,7 +207,7 @@ impl OwnedCache {
                 Some(Means { k: unsafe { encode::head_means(codec, &kt, n) }, v: unsafe { encode::head_means(codec, &vt, n) } });
         }
         let hd = h * d;
-        let sl = &mut self.seqs[seq][layer];
+        let sl = self.layer_mut(seq, layer);
         let first = sl.next_pos();
         let mut kbuf = vec![0.0f32; hd];
         let mut vbuf = vec![0.0f32; hd];
@@ -201,7 +232,7 @@ impl OwnedCache {
         let hd = Self::head_elems(codec);
         let (kr, vr) = (codec.k_layout.row_bytes(), codec.v_layout.row_bytes());
         let means = self.means[layer].clone();
-        let sl = &mut self.seqs[seq][layer];
+        let sl = self.layer_mut(seq, layer);
         let recent: Vec<usize> = (0..sl.full_pos.len()).filter(|&i| sl.full_pos[i] >= n_sink).collect();
         if recent.len() <= window {
             return;
@@ -247,7 +278,7 @@ impl OwnedCache {
         out: *mut u8,
         query_pos: &'a [i64],
     ) -> AttendJob<'a> {
-        let sl = &self.seqs[seq][layer];
+        let sl = self.layer(seq, layer);
         let d = codec.config.head_dim;
         AttendJob {
             codec,
@@ -269,7 +300,7 @@ impl OwnedCache {
 
     /// Positions of the last `n_q` tokens of `seq` in `layer` (the queries of an attend call).
     pub fn last_positions(&self, layer: usize, seq: usize, n_q: usize) -> Result<Vec<i64>, CacheError> {
-        let sl = &self.seqs[seq][layer];
+        let sl = self.layer(seq, layer);
         let mut all: Vec<i64> = sl.comp_pos.iter().chain(&sl.full_pos).copied().collect();
         if n_q > all.len() {
             return Err(CacheError::Invalid(format!(
@@ -313,7 +344,9 @@ impl OwnedCache {
         }
         let (lo, hi) = bounds(p0, p1);
         let inside = |p: i64| p >= lo && p < hi;
-        for (layer, (s, d)) in self.seqs[src].iter().zip(&self.seqs[dst]).enumerate() {
+        let n_layers = self.means.len();
+        for layer in 0..n_layers {
+            let (s, d) = (self.layer(src, layer), self.layer(dst, layer));
             let kept = d.comp_pos.iter().chain(&d.full_pos).filter(|&&p| !inside(p)).count();
             let copied = s.comp_pos.iter().chain(&s.full_pos).filter(|&&p| inside(p)).count();
             if kept + copied > self.params.max_tokens {
@@ -325,9 +358,12 @@ impl OwnedCache {
             }
         }
         let (kr, vr, hd) = (codec.k_layout.row_bytes(), codec.v_layout.row_bytes(), Self::head_elems(codec));
-        for layer in 0..self.seqs[src].len() {
-            let s = self.seqs[src][layer].clone();
-            let d = &mut self.seqs[dst][layer];
+        for layer in 0..n_layers {
+            let s = self.layer(src, layer).clone();
+            if s.is_empty() && self.layer(dst, layer).is_empty() {
+                continue;
+            }
+            let d = self.layer_mut(dst, layer);
             d.retain(kr, vr, hd, |p| !inside(p));
             for i in 0..s.comp_pos.len() {
                 if inside(s.comp_pos[i]) {
@@ -348,7 +384,7 @@ impl OwnedCache {
         self.check_seq(seq)?;
         for (s, layers) in self.seqs.iter_mut().enumerate() {
             if s != seq {
-                layers.iter_mut().for_each(|l| *l = SeqLayer::default());
+                *layers = Vec::new();
             }
         }
         Ok(())
@@ -357,7 +393,7 @@ impl OwnedCache {
     /// Remove every token (centering means stay: rows encoded later must use the same means).
     pub fn clear(&mut self) {
         for layers in &mut self.seqs {
-            layers.iter_mut().for_each(|l| *l = SeqLayer::default());
+            *layers = Vec::new();
         }
     }
 

@@ -9,6 +9,8 @@
 //! and only then replaces the cache's contents.
 
 use super::{CacheParams, OwnedCache, SeqLayer};
+use crate::codec::layout::RowLayout;
+use crate::codec::limits::{MAX_INPUT_ABS, MAX_POSITION, MAX_ROW_SCALE};
 use crate::codec::{KvCodec, Means};
 
 const MAGIC: &[u8; 8] = b"TQKVCACH";
@@ -53,8 +55,8 @@ pub fn save(cache: &OwnedCache, codec: &KvCodec) -> Vec<u8> {
             None => out.push(0),
         }
     }
-    for layers in &cache.seqs {
-        for l in layers {
+    for s in 0..cache.seqs.len() {
+        for l in (0..codec.config.n_layers).map(|l| cache.layer(s, l)) {
             out.extend_from_slice(&(l.comp_pos.len() as u32).to_le_bytes());
             l.comp_pos.iter().for_each(|p| out.extend_from_slice(&p.to_le_bytes()));
             out.extend_from_slice(&l.comp_k);
@@ -89,16 +91,16 @@ impl<'a> Reader<'a> {
     fn f32s(&mut self, n: usize, what: &str) -> Result<Vec<f32>, LoadError> {
         let raw = self.take(n.checked_mul(4).ok_or_else(|| LoadError::Corrupt(format!("{what}: size overflow")))?, what)?;
         let v: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-        if v.iter().any(|x| !x.is_finite()) {
-            return Err(LoadError::Corrupt(format!("{what}: non-finite value")));
+        if let Some(x) = v.iter().find(|x| !(x.abs() <= MAX_INPUT_ABS)) {
+            return Err(LoadError::Corrupt(format!("{what}: value {x} is not finite or exceeds 2^64 in magnitude")));
         }
         Ok(v)
     }
     fn positions(&mut self, n: usize, what: &str) -> Result<Vec<i64>, LoadError> {
         let raw = self.take(n * 8, what)?;
         let v: Vec<i64> = raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
-        if v.iter().any(|&p| p < 0) || v.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(LoadError::Corrupt(format!("{what}: positions are not increasing and non-negative")));
+        if v.iter().any(|&p| !(0..MAX_POSITION).contains(&p)) || v.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(LoadError::Corrupt(format!("{what}: positions are not increasing and in 0..2^62")));
         }
         Ok(v)
     }
@@ -173,11 +175,91 @@ pub fn load(bytes: &[u8], codec: &KvCodec, params: &CacheParams) -> Result<Owned
             if full_pos.iter().any(|p| comp_pos.binary_search(p).is_ok()) {
                 return Err(LoadError::Corrupt(format!("{what}: a position is stored twice")));
             }
-            cache.seqs[s][l] = SeqLayer { comp_k, comp_v, comp_pos, full_k, full_v, full_pos };
+            for (rows, row_bytes, layout, what) in [(&comp_k, kr, &codec.k_layout, "K"), (&comp_v, vr, &codec.v_layout, "V")] {
+                check_row_scales(rows, row_bytes, layout).map_err(|m| LoadError::Corrupt(format!("seq {s} layer {l}: {what} {m}")))?;
+            }
+            if nc + nf > 0 {
+                *cache.layer_mut(s, l) = SeqLayer { comp_k, comp_v, comp_pos, full_k, full_v, full_pos };
+            }
         }
     }
     if r.pos != body.len() {
         return Err(LoadError::Corrupt(format!("{} unexpected trailing bytes", body.len() - r.pos)));
     }
     Ok(cache)
+}
+
+/// Every bf16 scale of compressed rows (norm scales and, for PROD keys, residual scales) must be
+/// finite, non-negative and at most [`MAX_ROW_SCALE`]: what an append of in-range values can write.
+fn check_row_scales(rows: &[u8], row_bytes: usize, layout: &RowLayout) -> Result<(), String> {
+    let mut offsets: Vec<usize> = (0..layout.n_kv_heads).map(|h| layout.scale_offset(h)).collect();
+    if layout.qjl {
+        offsets.extend((0..layout.n_kv_heads).map(|h| layout.gamma_offset(h)));
+    }
+    for (i, row) in rows.chunks_exact(row_bytes).enumerate() {
+        for &o in &offsets {
+            let x = half::bf16::from_le_bytes([row[o], row[o + 1]]).to_f32();
+            if !(0.0..=MAX_ROW_SCALE).contains(&x) {
+                return Err(format!("row {i}: scale {x} is not finite, negative or above 2^71"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Write `bytes` to `path` atomically: a temporary with a unique name beside the target, created
+/// exclusively (never through an existing file or symlink), fsynced, then renamed over `path`. On any
+/// failure the temporary is removed and `path` is untouched.
+pub fn write_file(path: &std::path::Path, bytes: &[u8]) -> crate::error::Result<()> {
+    use crate::error::{Error, ErrorKind};
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().filter(|n| !n.is_empty()).ok_or_else(|| {
+        Error::invalid(format!("path \"{}\" does not name a file", path.display()))
+    })?;
+    let io = |e: std::io::Error, what: &str| Error::new(ErrorKind::Io, format!("{what} {}: {e}", path.display()));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let (tmp, mut file) = loop {
+        let mut t = std::ffi::OsString::from(".");
+        t.push(name);
+        t.push(format!(".{}.{}.tmp", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let tmp = dir.join(t);
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io(e, "cannot create a temporary file beside")),
+        }
+    };
+    let result = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io(e, "cannot write"))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| io(e, "cannot rename into")));
+    drop(file);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The contents of `path`, which must be a regular file (FIFOs, devices and directories are refused
+/// without being read, so a load never blocks on them).
+pub fn read_file(path: &std::path::Path) -> crate::error::Result<Vec<u8>> {
+    use crate::error::{Error, ErrorKind};
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("cannot read {}: {e}", path.display()));
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; the type is checked on the open file.
+    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::Io, format!("cannot read {}: not a regular file", path.display())));
+    }
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(meta.len() as usize).map_err(|_| {
+        Error::new(ErrorKind::OutOfMemory, format!("{}: cannot allocate {} bytes", path.display(), meta.len()))
+    })?;
+    file.read_to_end(&mut bytes).map_err(io)?;
+    Ok(bytes)
 }

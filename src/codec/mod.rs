@@ -13,6 +13,7 @@
 
 pub mod dtype;
 pub mod layout;
+pub mod limits;
 pub mod request;
 mod safe;
 
@@ -138,7 +139,7 @@ impl KvCodec {
     /// Serialized size of the codec's mutable state (the centering means).
     pub fn state_len(&self) -> usize {
         let per_layer = 1 + 2 * self.config.n_kv_heads * self.config.head_dim * 4;
-        STATE_MAGIC.len() + 4 + 8 + self.layers.len() * per_layer
+        STATE_MAGIC.len() + 4 + 8 + self.layers.len() * per_layer + 4
     }
 
     /// A fingerprint of everything that defines the row bytes (saved state is checked against it).
@@ -173,8 +174,10 @@ impl KvCodec {
         h
     }
 
-    /// Write the state: magic, version, fingerprint, then per layer a frozen flag and the means.
+    /// Write the state: magic, version, fingerprint, then per layer a frozen flag and the means, then
+    /// a CRC-32 of everything before it.
     pub fn save_state(&self, out: &mut Vec<u8>) {
+        let start = out.len();
         out.extend_from_slice(STATE_MAGIC);
         out.extend_from_slice(&STATE_VERSION.to_le_bytes());
         out.extend_from_slice(&self.fingerprint().to_le_bytes());
@@ -191,6 +194,8 @@ impl KvCodec {
                 }
             }
         }
+        let crc = crc32fast::hash(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
     }
 
     /// Parse a state written by `save_state` into per-layer means (validated, not yet applied).
@@ -204,6 +209,10 @@ impl KvCodec {
         }
         if &bytes[..STATE_MAGIC.len()] != STATE_MAGIC {
             return Err(StateError::Corrupt("not a libturboquant context state (bad magic)".into()));
+        }
+        let (bytes, tail) = bytes.split_at(bytes.len() - 4);
+        if crc32fast::hash(bytes) != u32::from_le_bytes(tail.try_into().unwrap()) {
+            return Err(StateError::Corrupt("context state checksum mismatch: the data is damaged".into()));
         }
         let mut pos = STATE_MAGIC.len();
         let version = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap());
@@ -231,10 +240,11 @@ impl KvCodec {
                 .collect();
             pos += 2 * n * 4;
             match flag {
-                0 => result.push(None),
+                0 if floats.iter().all(|&v| v.to_bits() == 0) => result.push(None),
+                0 => return Err(StateError::Corrupt(format!("layer {l}: means stored for a layer marked unset"))),
                 1 => {
-                    if floats.iter().any(|v| !v.is_finite()) {
-                        return Err(StateError::Corrupt(format!("layer {l}: non-finite centering mean")));
+                    if floats.iter().any(|v| !(v.abs() <= limits::MAX_INPUT_ABS)) {
+                        return Err(StateError::Corrupt(format!("layer {l}: centering mean not finite or above 2^64")));
                     }
                     result.push(Some(Means { k: floats[..n].to_vec(), v: floats[n..].to_vec() }));
                 }
@@ -246,7 +256,8 @@ impl KvCodec {
 }
 
 const STATE_MAGIC: &[u8; 8] = b"TQCTXST\0";
-const STATE_VERSION: u32 = 1;
+/// 2: a CRC-32 follows the means (version 1 had none).
+const STATE_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum StateError {
@@ -351,6 +362,17 @@ impl Codec {
         // SAFETY: the caller guarantees the pointers.
         let req = unsafe { AttendRequest::validate(&self.kv, self.dtype, b.memory(), a) }?;
         // SAFETY: validated; the caller guarantees `out` is not used by others.
-        unsafe { b.attend(&self.kv, &req, exec) }
+        unsafe { b.attend(&self.kv, &req, exec) }?;
+        if b.memory() == request::Memory::Host && matches!(exec, Exec::Queue(_)) {
+            let c = &self.kv.config;
+            for s in 0..req.n_seqs {
+                // SAFETY: validated: out covers n_seqs blocks of n_q tokens × n_heads heads in host memory.
+                unsafe {
+                    let out = req.out.add(s * req.out_seq_stride);
+                    limits::check_finite_output(out, req.out_strides, self.dtype, req.n_q, c.n_heads, c.head_dim)
+                }?;
+            }
+        }
+        Ok(())
     }
 }

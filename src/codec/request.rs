@@ -8,7 +8,7 @@
 
 use std::ffi::c_void;
 
-use super::{Dtype, KvCodec, Strides};
+use super::{Dtype, KvCodec, Strides, limits};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Where a backend's tensors live: what the host may read during validation.
@@ -45,7 +45,8 @@ impl HeadTensor {
         unsafe { self.dtype.load(self.ptr.add(self.strides.offset(token, head)), out) }
     }
 
-    /// First non-finite element of token `token`, as (head, element).
+    /// First element of token `token` that is not finite or exceeds [`limits::MAX_INPUT_ABS`] in
+    /// magnitude, as (head, element).
     ///
     /// # Safety
     /// The tensor covers `token` and `heads` heads, in host memory.
@@ -53,7 +54,7 @@ impl HeadTensor {
         for head in 0..heads {
             // SAFETY: the caller guarantees the tensor covers (token, head).
             unsafe { self.load(token, head, x) };
-            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            if let Some(i) = x.iter().position(|v| !(v.abs() <= limits::MAX_INPUT_ABS)) {
                 return Some((head, i));
             }
         }
@@ -88,7 +89,8 @@ pub fn strides_or_packed(s: Option<Strides>, heads: usize, d: usize, dtype: Dtyp
     }
 }
 
-/// Reject a host tensor holding NaN or ±inf, naming the first offender.
+/// Reject a host tensor holding NaN, ±inf or an element above 2^64 in magnitude, naming the first
+/// offender.
 ///
 /// # Safety
 /// `t` is host memory covering tokens 0..n and heads 0..heads.
@@ -97,7 +99,10 @@ pub unsafe fn check_finite_tensor(t: &HeadTensor, n: usize, heads: usize, d: usi
     for tok in 0..n {
         // SAFETY: the caller guarantees the tensor covers tokens 0..n and heads 0..heads.
         if let Some((h, i)) = unsafe { t.find_non_finite(tok, heads, &mut x) } {
-            return Err(Error::new(ErrorKind::NonFinite, format!("{arg}[token {tok}, head {h}, element {i}] is not finite")));
+            return Err(Error::new(
+                ErrorKind::NonFinite,
+                format!("{arg}[token {tok}, head {h}, element {i}] is {}: not finite or above 2^64 in magnitude", x[i]),
+            ));
         }
     }
     Ok(())
@@ -194,12 +199,21 @@ impl AppendRequest {
         if a.v.is_null() {
             return Err(Error::null("v"));
         }
+        limits::check_tokens_fit(a.n_tokens, a.n_cells)?;
+        limits::check_store(a.n_cells, codec.k_layout.row_bytes(), "k_store")?;
+        limits::check_store(a.n_cells, codec.v_layout.row_bytes(), "v_store")?;
         let slots = match memory {
             Memory::Host => {
                 // SAFETY: the caller guarantees `slots` holds n_tokens readable values.
                 let slot_values = unsafe { host_slice(a.slots, a.n_tokens, "slots") }?;
-                let mut seen = std::collections::HashSet::with_capacity(a.n_tokens);
-                let mut cells = Vec::with_capacity(a.n_tokens);
+                let mut seen = std::collections::HashSet::new();
+                seen.try_reserve(a.n_tokens).map_err(|_| {
+                    Error::new(ErrorKind::OutOfMemory, format!("slots: cannot allocate a set of {} slots", a.n_tokens))
+                })?;
+                let mut cells = Vec::new();
+                cells.try_reserve_exact(a.n_tokens).map_err(|_| {
+                    Error::new(ErrorKind::OutOfMemory, format!("slots: cannot allocate {} cell indices", a.n_tokens))
+                })?;
                 for (i, &s) in slot_values.iter().enumerate() {
                     if s < 0 || s as u64 >= a.n_cells as u64 {
                         return Err(Error::invalid(format!("slots[{i}] is {s}: must be in 0..{} (n_cells)", a.n_cells)));
@@ -220,6 +234,8 @@ impl AppendRequest {
         };
         let k_strides = strides_or_packed(a.k_strides, cfg.n_kv_heads, cfg.head_dim, dtype, "k_strides")?;
         let v_strides = strides_or_packed(a.v_strides, cfg.n_kv_heads, cfg.head_dim, dtype, "v_strides")?;
+        limits::tensor_span(a.k.cast(), k_strides, a.n_tokens, cfg.n_kv_heads, cfg.head_dim, dtype, "k_strides")?;
+        limits::tensor_span(a.v.cast(), v_strides, a.n_tokens, cfg.n_kv_heads, cfg.head_dim, dtype, "v_strides")?;
         let k = HeadTensor { ptr: a.k.cast(), strides: k_strides, dtype };
         let v = HeadTensor { ptr: a.v.cast(), strides: v_strides, dtype };
         if memory == Memory::Host {
@@ -346,15 +362,22 @@ impl AttendRequest {
                     a.mask_row_stride, a.n_cells
                 )));
             }
+            limits::check_mask(a.n_seqs, a.n_q, a.n_cells, a.mask_row_stride, a.mask_seq_stride, dtype.size())?;
             Some(Mask { ptr: a.mask.cast(), dtype, row_stride: a.mask_row_stride, seq_stride: a.mask_seq_stride })
         };
         let q_strides = strides_or_packed(a.q_strides, cfg.n_heads, cfg.head_dim, dtype, "q_strides")?;
+        limits::check_store(a.n_cells, codec.k_layout.row_bytes(), "k_store")?;
+        limits::check_store(a.n_cells, codec.v_layout.row_bytes(), "v_store")?;
+        let q_span = limits::tensor_span(a.q.cast(), q_strides, a.n_q, cfg.n_heads, cfg.head_dim, dtype, "q_strides")?;
+        limits::seq_span(a.q.cast(), a.q_seq_stride, a.n_seqs, q_span, "q_seq_stride")?;
         let q = HeadTensor { ptr: a.q.cast(), strides: q_strides, dtype };
         if memory == Memory::Host {
             // SAFETY: the caller guarantees a host q covering n_q tokens of n_heads heads.
             unsafe { check_finite_tensor(&q, a.n_q, cfg.n_heads, cfg.head_dim, "q") }?;
         }
         let out_strides = strides_or_packed(a.out_strides, cfg.n_heads, cfg.head_dim, dtype, "out_strides")?;
+        let out_span = limits::tensor_span(a.out.cast(), out_strides, a.n_q, cfg.n_heads, cfg.head_dim, dtype, "out_strides")?;
+        limits::seq_span(a.out.cast(), a.out_seq_stride, a.n_seqs, out_span, "out_seq_stride")?;
         Ok(AttendRequest {
             layer,
             n_seqs: a.n_seqs,

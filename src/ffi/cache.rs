@@ -5,7 +5,7 @@ use std::ffi::{CStr, c_char, c_void};
 use std::sync::atomic::AtomicBool;
 
 use super::context::{context_call, tq_context};
-use super::error::{self, Error, ErrorKind, Guarded, Result, borrow, guarded_mut, guarded_ref, slice, write_out};
+use super::error::{self, Error, Guarded, Result, borrow, guarded_mut, guarded_ref, slice, write_out};
 use super::{TQ_ABI_VERSION, tq_status};
 use crate::cache::persist;
 use crate::cache::{CacheParams, OwnedCache, handle};
@@ -86,6 +86,8 @@ pub extern "C" fn tq_cache_params_size() -> usize {
 }
 
 /// Create an empty cache for `ctx` (CPU backend). The cache borrows `ctx`, which must outlive it.
+/// Memory grows with use: a sequence's per-layer records are allocated by its first append, so
+/// max_seqs (1..=65536) costs 24 bytes per sequence up front whatever n_layers is.
 /// On success `*out` receives a handle the caller owns (free with tq_cache_free()). Thread-safe.
 ///
 /// # Safety
@@ -152,6 +154,8 @@ fn cache_call_mut(cache: *mut tq_cache, body: impl FnOnce(&mut OwnedCache, &Code
 /// [n][n_kv_heads][head_dim] of the context dtype, finite. Positions continue the sequence. Tokens
 /// older than the residual window (and not sinks) are compressed. Past max_tokens the call fails
 /// with TQ_STATUS_CAPACITY_EXCEEDED and the cache is unchanged. `stream` is ignored (CPU).
+/// Elements must be finite with |x| ≤ 2^64 (TQ_STATUS_NON_FINITE); positions end at 2^62 (an append
+/// past it is TQ_STATUS_CAPACITY_EXCEEDED). A loaded file is held to the same limits.
 /// Not thread-safe with other calls on the same cache.
 ///
 /// # Safety
@@ -320,8 +324,10 @@ fn path_arg(path: *const c_char) -> Result<std::path::PathBuf> {
     Ok(std::path::PathBuf::from(s))
 }
 
-/// tq_cache_save() to a file (written to a temporary name in the same folder, then renamed, so a
-/// failure never leaves a partial file under `path`).
+/// tq_cache_save() to a file: written to a new temporary file with a unique name in the same folder
+/// (created exclusively, never through an existing file or symlink), fsynced, then renamed over
+/// `path`, so a failure never leaves a partial file under `path`; on failure the temporary is removed.
+/// An empty path or one ending in a folder separator is TQ_STATUS_INVALID_ARGUMENT.
 ///
 /// # Safety
 /// `path` is NULL or a NUL-terminated string.
@@ -330,15 +336,12 @@ pub unsafe extern "C" fn tq_cache_save_file(cache: *const tq_cache, path: *const
     cache_call(cache, |c, codec| {
         let path = path_arg(path)?;
         let bytes = persist::save(&c.inner, codec.kv());
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(".tmp");
-        let io = |e: std::io::Error, what: &str| Error::new(ErrorKind::Io, format!("{what} {}: {e}", path.display()));
-        std::fs::write(&tmp, &bytes).map_err(|e| io(e, "cannot write"))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io(e, "cannot rename into"))
+        persist::write_file(&path, &bytes)
     })
 }
 
-/// tq_cache_load() from a file.
+/// tq_cache_load() from a file, which must be a regular file (a FIFO, device or folder is refused
+/// with TQ_STATUS_IO_ERROR without blocking).
 ///
 /// # Safety
 /// `path` is NULL or a NUL-terminated string.
@@ -346,8 +349,7 @@ pub unsafe extern "C" fn tq_cache_save_file(cache: *const tq_cache, path: *const
 pub unsafe extern "C" fn tq_cache_load_file(cache: *mut tq_cache, path: *const c_char) -> tq_status {
     cache_call_mut(cache, |st, codec| {
         let path = path_arg(path)?;
-        let bytes = std::fs::read(&path)
-            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read {}: {e}", path.display())))?;
+        let bytes = persist::read_file(&path)?;
         *st = persist::load(&bytes, codec.kv(), &st.params)?;
         Ok(())
     })

@@ -10,6 +10,7 @@ use crate::backend::BackendChoice;
 use crate::codec::request::{AppendArgs, AttendArgs, Exec, Stores};
 use crate::codec::{Codec, Dtype, KvConfig, Strides};
 use crate::math::quantizer::QuantizerKind;
+use crate::math::rotation::RotationKind;
 
 /// Backend a context runs on (values of the `backend` params field).
 #[repr(u32)]
@@ -48,7 +49,7 @@ pub struct tq_context_params {
     pub struct_size: usize,
     /// TQ_ABI_VERSION; set by tq_context_default_params().
     pub abi_version: u32,
-    /// Number of layers (≥ 1). Default 1.
+    /// Number of layers, 1..=4096. Default 1.
     pub n_layers: u32,
     /// Query heads (a multiple of n_kv_heads). Default 32.
     pub n_heads: u32,
@@ -60,7 +61,9 @@ pub struct tq_context_params {
     pub bits_k: u32,
     /// Bits per V coordinate, 1..=8. Default 4.
     pub bits_v: u32,
-    /// A tq_rotation value. Default TQ_ROTATION_AUTO.
+    /// A tq_rotation value. Default TQ_ROTATION_AUTO. DENSE (also AUTO with a head_dim that is not a
+    /// power of two) builds two head_dim × head_dim QR factorizations per layer: it is refused with
+    /// TQ_STATUS_UNSUPPORTED when n_layers · head_dim³ > 2^32 (at most about 15 s of set-up).
     pub rotation: u32,
     /// A tq_key_mode value. Default TQ_KEY_MODE_MSE.
     pub key_mode: u32,
@@ -70,7 +73,9 @@ pub struct tq_context_params {
     pub backend: u32,
     /// CUDA device ordinal. Default 0.
     pub device: i32,
-    /// CPU threads used by tq_append_kv / tq_attend (not by the _part variants); 0 = all cores. Default 0.
+    /// CPU threads used by tq_append_kv / tq_attend (not by the _part variants); 0 = all cores, and
+    /// larger values are capped at the machine's parallelism. If the system cannot start a thread, the
+    /// work runs on the threads it has (no error, nothing printed). Default 0.
     pub n_threads: u32,
     /// Most tokens per append and query tokens per attend call (CUDA scratch sizing). Default 512.
     pub max_batch: u32,
@@ -153,6 +158,9 @@ fn config_from_params(p: &tq_context_params) -> Result<KvConfig> {
     let bits_k = field("bits_k", p.bits_k, min_k, 8)? as u32;
     let bits_v = field("bits_v", p.bits_v, 1, 8)? as u32;
     let rotation = rotation_from_u32(p.rotation, head_dim, "params->rotation")?;
+    if rotation == RotationKind::Dense {
+        crate::codec::limits::check_dense_cost(n_layers, head_dim)?;
+    }
     Ok(KvConfig {
         n_layers,
         n_heads,
@@ -247,7 +255,7 @@ pub unsafe extern "C" fn tq_context_state_size(ctx: *const tq_context, out: *mut
     context_call(ctx, |c| unsafe { write_out(out, c.codec.state_len(), "out") })
 }
 
-/// Save the context's state (centering means; versioned, with a parameter fingerprint) into `buf`
+/// Save the context's state (centering means; versioned, with a parameter fingerprint and a CRC-32) into `buf`
 /// of `size` ≥ tq_context_state_size() bytes. An engine that saves its cache rows saves this too.
 /// Not thread-safe with appends on the same context.
 ///
@@ -384,6 +392,9 @@ unsafe fn attend_args(
 /// (`k_store`/`v_store`: n_cells × tq_context_row_bytes bytes each; host memory on the CPU backend,
 /// device memory on CUDA). Slots must be distinct and < n_cells; K and V must be finite; everything is
 /// checked before any row is written. With centering, the first append to a layer fixes its means.
+/// Limits: n_tokens ≤ n_cells (distinct slots); n_cells × row bytes and each tensor's extent under
+/// its strides must fit in the address space (else TQ_STATUS_INVALID_ARGUMENT, before anything is
+/// read or allocated); every element finite with |x| ≤ 2^64 (else TQ_STATUS_NON_FINITE).
 /// CPU: uses the context's n_threads; `stream` is ignored. n_tokens = 0 is a no-op.
 /// CUDA: `slots`, `k`, `v` and the stores are device memory; the rows are the same bytes the CPU
 /// backend writes. The call only enqueues one kernel on `stream` (a CUstream/cudaStream_t; NULL = the
@@ -453,6 +464,10 @@ pub unsafe extern "C" fn tq_append_kv_part(
 /// head h / (n_heads / n_kv_heads). A query that sees no cell gets a zero row. Cells must hold rows
 /// written by tq_append_kv() with this context (cells never written hold whatever the buffer held:
 /// mask them). The cache is never dequantized to memory. CPU: uses n_threads; `stream` is ignored.
+/// Limits: the mask's extent (n_q rows of mask_row_stride elements) and q/out under their strides
+/// must fit in the address space; q elements |x| ≤ 2^64. An output that overflows f32 (inputs or
+/// scale far too large) is refused with TQ_STATUS_NON_FINITE on the CPU backend; the _part variants
+/// (each call writes one share) and CUDA do not scan the output.
 /// Thread-safe with other attends on the same context.
 /// CUDA: q, stores, mask and out are device memory; the call enqueues three kernels on `stream`
 /// (graph-capture safe: no allocation, synchronisation or host copy). q·k uses f16 tensor-core

@@ -4,7 +4,8 @@
 use std::cell::RefCell;
 use std::ffi::{CStr, CString};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::status::tq_status;
 
@@ -39,9 +40,31 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Entry-point calls in progress, on any thread (the panic hook stays silent while one runs).
+static ACTIVE_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// `body` under the panic boundary's accounting: a panic inside it (on this thread or a worker it
+/// starts) is reported through the status and the last-error message only — the library never writes
+/// to the host's stderr. Panics outside entry-point calls go to the hook that was installed before.
+fn silenced<T>(body: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if ACTIVE_CALLS.load(Ordering::SeqCst) == 0 {
+                previous(info);
+            }
+        }));
+    });
+    ACTIVE_CALLS.fetch_add(1, Ordering::SeqCst);
+    let r = catch_unwind(AssertUnwindSafe(body));
+    ACTIVE_CALLS.fetch_sub(1, Ordering::SeqCst);
+    r
+}
+
 /// Run `body` under the panic boundary: errors and panics become a status plus the last-error message.
 pub fn boundary(body: impl FnOnce() -> Result<()>) -> tq_status {
-    match catch_unwind(AssertUnwindSafe(body)) {
+    match silenced(body) {
         Ok(Ok(())) => tq_status::TQ_STATUS_OK,
         Ok(Err(e)) => {
             set_last_error(&e.message);
@@ -56,7 +79,7 @@ pub fn boundary(body: impl FnOnce() -> Result<()>) -> tq_status {
 
 /// Like `boundary` for infallible entry points that return a value: a panic yields `fallback`.
 pub fn boundary_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(body)) {
+    match silenced(body) {
         Ok(v) => v,
         Err(payload) => {
             set_last_error(&format!("internal error (panic): {}", panic_message(payload.as_ref())));
