@@ -34,7 +34,9 @@ bench:
 clean:
 	$(CARGO) clean
 
--include mk/*.mk
+# mk/tools.mk first: the others name its variables in their prerequisites (expanded as they are read).
+include mk/tools.mk
+-include $(filter-out mk/tools.mk,$(sort $(wildcard mk/*.mk)))
 
 # Attention error of the compressed cache against exact attention, by bit width (README table).
 .PHONY: attend-table
