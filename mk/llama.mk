@@ -1,7 +1,7 @@
 # llama.cpp integration: the pinned llama.cpp with the TurboQuant KV-cache patch series (patches/llama.cpp),
 # built for the CPU and linked against libturboquant.
 #
-#   make llama-example        fetch + patch + build, then greedy generation with a TurboQuant and an f16 cache
+#   make llama-example        fetch + patch + build, then a long prompt + question answered with an f16 and a TurboQuant cache
 #   make llama-quality        perplexity / KL divergence table (bench/llama/quality.md) on CORPUS=<text file>
 #   make llama-server-test    llama-server with a TurboQuant cache answers a /v1/chat/completions request
 #   make llama-bench-decode   llama-bench decode tok/s at depth 0 and 4096: f16, q4_0, TurboQuant
@@ -32,7 +32,7 @@ comma := ,
 llama_say = @printf '\n== %s\n' $(1)
 
 .PHONY: llama-example llama-quality llama-server-test llama-bench-decode test-llama \
-        llama-fetch llama-model llama-lib llama-configure llama-bin-cli llama-bin-perplexity \
+        llama-fetch llama-model llama-lib llama-configure llama-bin-cli llama-bin-completion llama-bin-perplexity \
         llama-bin-server llama-bin-bench llama-clean
 
 test: test-llama
@@ -126,6 +126,9 @@ llama_build = printf '\n== %s\n' "building $(1) (cmake --build -j$(LLAMA_JOBS); 
 llama-bin-cli: SHELL := /bin/bash
 llama-bin-cli: llama-configure
 	@$(call llama_build,llama-cli)
+llama-bin-completion: SHELL := /bin/bash
+llama-bin-completion: llama-configure
+	@$(call llama_build,llama-completion)
 llama-bin-perplexity: SHELL := /bin/bash
 llama-bin-perplexity: llama-configure
 	@$(call llama_build,llama-perplexity)
@@ -138,8 +141,10 @@ llama-bin-bench: llama-configure
 
 # --- the demo -------------------------------------------------------------------------------------
 
-llama-example: llama-bin-cli $(LLAMA_MODEL)
-	$(call llama_say,"greedy generation: TurboQuant KV cache vs f16 (llama-cli$(comma) $(LLAMA_THREADS) threads)")
+# llama-completion (the classic one-shot tool) rather than llama-cli: it needs no server or mtmd objects,
+# so after `make test` (which builds llama-perplexity) only its own file is compiled
+llama-example: llama-bin-completion $(LLAMA_MODEL)
+	$(call llama_say,"a long prompt and a question: f16 KV cache vs TurboQuant (llama-completion$(comma) $(LLAMA_THREADS) threads)")
 	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) THREADS=$(LLAMA_THREADS) bash tools/llama/example.sh
 
 # --- quality, server, bench -----------------------------------------------------------------------

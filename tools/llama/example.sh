@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo (`make example`): a long prompt — a few thousand tokens of a novel, then a question about it —
-# answered by llama-cli (greedy, single turn) with an f16 KV cache and with the TurboQuant defaults, same
-# build. Prints both answers, prompt and generation tokens/s, and the KV cache memory of each.
+# answered by llama-completion (the chat template applied, greedy, one turn) with an f16 KV cache and with
+# the TurboQuant defaults, same build. Prints both answers, prompt and generation tokens/s, and the KV cache memory of each.
 # Environment: LLAMA_BIN (llama.cpp bin dir), MODEL (gguf), THREADS; optional CORPUS (text file), QUESTION,
 # N_PREDICT, CTX, TQ_K, TQ_V, TQ_FLAGS (extra llama-cli flags of the TurboQuant run), LOGDIR.
 set -euo pipefail
@@ -26,28 +26,29 @@ prompt=$LOGDIR/prompt.txt
 run() { # name ctk ctv [flags...]
     local name=$1 ctk=$2 ctv=$3
     shift 3
-    local out="$LOGDIR/$name.out" log="$LOGDIR/$name.log" conv="$LOGDIR/$name.conversation.txt"
+    local out="$LOGDIR/$name.out" log="$LOGDIR/$name.log"
     printf '\n-- %s cache (-ctk %s -ctv %s%s), %s threads, greedy, %s tokens max\n' \
         "$name" "$ctk" "$ctv" "${*:+ $*}" "$THREADS" "$N_PREDICT"
-    rm -f -- "$conv"
     local start=$SECONDS
     # progress: the prompt takes a while on a small CPU
     (while sleep 10; do printf '   ... %ss (prompt of %s, then generation)\n' $((SECONDS - start)) "$(basename "$CORPUS")"; done) &
     local ticker=$!
     local rc=0
-    "$LLAMA_BIN/llama-cli" -m "$MODEL" -st -f "$prompt" -o "$conv" -n "$N_PREDICT" --temp 0 --seed 1 -t "$THREADS" \
-        -c "$CTX" -ctk "$ctk" -ctv "$ctv" "$@" -lv 4 --no-warmup >"$out" 2>"$log" </dev/null || rc=$?
+    "$LLAMA_BIN/llama-completion" -m "$MODEL" -cnv -st --no-display-prompt -f "$prompt" -n "$N_PREDICT" \
+        --temp 0 --seed 1 -t "$THREADS" -c "$CTX" -ctk "$ctk" -ctv "$ctv" "$@" --no-warmup \
+        >"$out" 2>"$log" </dev/null || rc=$?
     kill "$ticker" 2>/dev/null; wait "$ticker" 2>/dev/null || true
-    if ((rc != 0)) || [[ ! -f $conv ]]; then
-        echo "llama-cli failed (exit $rc); last lines of $log:"; tail -20 -- "$log"; exit 1
+    if ((rc != 0)); then
+        echo "llama-completion failed (exit $rc); last lines of $log:"; tail -20 -- "$log"; exit 1
     fi
     echo "   answer:"
-    sed -n '/^Assistant:$/,$p' -- "$conv" | sed '1d;/^$/d;s/^/     /'
-    local n_prompt
-    n_prompt=$(grep -oE 'prompt eval time = .* / +[0-9]+ tokens' -- "$log" | grep -oE '[0-9]+ tokens' | tail -1 || true)
-    printf '   %s in %ss wall%s\n' "$(grep -oE '\[ Prompt: [0-9.]+ t/s \| Generation: [0-9.]+ t/s \]' -- "$out" | tail -1)" \
-        $((SECONDS - start)) "${n_prompt:+; prompt $n_prompt}"
-    grep -E 'llama_kv_cache: (size|TurboQuant)' -- "$log" | sed -E 's/^[0-9.]+ I llama_kv_cache: /   KV: /'
+    sed -e 's/^> *//' -e '/^EOF by user/d' -e '/^[[:space:]]*$/d' -e 's/^/     /' -- "$out"
+    # llama_perf_context_print: prompt eval time = T ms / N tokens (... ms per token, R tokens per second)
+    local pe ev
+    pe=$(grep -E 'prompt eval time' -- "$log" | tail -1 | sed -E 's#.*/ *([0-9]+) tokens.*, *([0-9.]+) tokens per second.*#\1 tokens at \2 tok/s#')
+    ev=$(grep -E '[^t] eval time' -- "$log" | grep -v prompt | tail -1 | sed -E 's#.*/ *([0-9]+) runs.*, *([0-9.]+) tokens per second.*#\1 tokens at \2 tok/s#')
+    printf '   prompt: %s; generation: %s; %ss wall\n' "${pe:-?}" "${ev:-?}" $((SECONDS - start))
+    grep -E 'llama_kv_cache: (size|TurboQuant)' -- "$log" | sed -E 's/^.*llama_kv_cache: /   KV: /'
 }
 
 echo "model:    $MODEL"
