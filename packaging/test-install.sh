@@ -115,6 +115,7 @@ expected_files="./include/turboquant.h
 ./lib/libturboquant.so.$major
 ./lib/libturboquant.so.$version
 ./lib/pkgconfig/turboquant.pc
+./share/doc/turboquant/LICENSE
 ./share/turboquant/install-manifest.txt"
 
 files_under() { (cd -- "$1" && find . -mindepth 1 \( -type f -o -type l \) | LC_ALL=C sort); }

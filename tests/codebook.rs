@@ -4,7 +4,7 @@ use turboquant::math::codebook::{self, SphereCoordinate, signed_mass};
 
 fn oracle() -> serde_json::Value {
     let path = std::env::var("TQ_LLOYD_MAX_REFERENCE").unwrap_or_else(|_| {
-        format!("{}/../shared/data/lloyd_max_reference.json", env!("CARGO_MANIFEST_DIR"))
+        format!("{}/tests/data/lloyd_max_reference.json", env!("CARGO_MANIFEST_DIR"))
     });
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read the Lloyd–Max oracle {path}: {e}; set TQ_LLOYD_MAX_REFERENCE"));

@@ -134,9 +134,13 @@ class Context:
         ``part=(ith, nth)`` runs tq_append_kv_part (CPU only): this call's share of the work.
         """
         layer = self._layer(layer)
-        slots = host_array(np.asarray(slots) if isinstance(slots, (list, tuple)) else slots,
-                           "slots", np.int64, (None,))
-        n = slots.shape[0]
+        if self.backend == BACKENDS["cuda"]:
+            slots = self._device_slots(slots)
+            n, slots_ptr = slots.numel(), ctypes.cast(slots.data_ptr(), ctypes.POINTER(c_int64))
+        else:
+            slots = host_array(np.asarray(slots) if isinstance(slots, (list, tuple)) else slots,
+                               "slots", np.int64, (None,))
+            n, slots_ptr = slots.shape[0], ptr(slots, c_int64)
         ka = self._tensor(k, "k", self.n_kv_heads)
         va = self._tensor(v, "v", self.n_kv_heads)
         if ka.shape[0] != n or va.shape[0] != n:
@@ -146,13 +150,27 @@ class Context:
         vs_ = va.strides()
         if part is None:
             self._lib.tq_append_kv(self.handle, layer, ks.ptr, vs.ptr, n_cells,
-                                   ptr(slots, c_int64), n, ka.ptr, ctypes.byref(ks_), va.ptr,
+                                   slots_ptr, n, ka.ptr, ctypes.byref(ks_), va.ptr,
                                    ctypes.byref(vs_), ka.stream)
         else:
             ith, nth = part
             self._lib.tq_append_kv_part(self.handle, layer, ks.ptr, vs.ptr, n_cells,
-                                        ptr(slots, c_int64), n, ka.ptr, ctypes.byref(ks_), va.ptr,
+                                        slots_ptr, n, ka.ptr, ctypes.byref(ks_), va.ptr,
                                         ctypes.byref(vs_), ith, nth)
+
+    def _device_slots(self, slots: Any):
+        """Slots for the CUDA backend: device memory (the kernel reads them), int64, 1-D, packed.
+        A CUDA tensor is used as it is; host slots (list, numpy, CPU tensor) are copied over."""
+        import torch
+        if not (isinstance(slots, torch.Tensor) and slots.is_cuda):
+            slots = torch.as_tensor(np.asarray(slots, dtype=np.int64), device=f"cuda:{self.device}")
+        if slots.dtype != torch.int64 or slots.dim() != 1 or not slots.is_contiguous():
+            raise TypeError(f"slots must be a 1-D contiguous int64 tensor, got {slots.dtype} of "
+                            f"shape {tuple(slots.shape)}")
+        index = slots.device.index if slots.device.index is not None else torch.cuda.current_device()
+        if index != self.device:
+            raise ValueError(f"slots is on cuda:{index} but the context is on cuda:{self.device}")
+        return slots
 
     def _stores(self, k_store: Any, v_store: Any, n_cells: int | None = None):
         def cells(x, name, row_bytes):

@@ -11,9 +11,20 @@ around ``"sdpa"`` so that models on the default SDPA attention need no change) s
 calls ``tq_cache_append`` + ``tq_cache_attend`` (causal, also for the prompt), one sequence per batch
 row. Attention of models whose cache is not a TurboQuantCache is left exactly as it was.
 
-Supported: decoder-only models with full causal attention (llama architecture and alike), host
-(CPU) tensors, batches without padding, greedy/sampling generation. Padding masks, sliding windows,
-beam search and CUDA tensors are refused with an error (the owned cache is a CPU cache).
+Supported: decoder-only models whose layers are plain causal attention — the llama, Qwen2, Mistral,
+Gemma 2 and Gemma 3 architectures (``SUPPORTED_MODEL_TYPES``; Mistral without a sliding window, Gemma
+without logit soft-capping, and only layers without a sliding window); other architectures are refused
+at the first forward with an error naming them. Batches without padding, greedy/sampling generation.
+Padding masks, sliding windows and beam search are refused with an error.
+
+Host (CPU) tensors use the library's owned cache (``tq_cache``). CUDA tensors use a Python-level owned
+cache over the library's slot mode on a CUDA context (the library's owned cache is CPU-only): per layer
+and batch row, K and V stores are device byte buffers allocated with torch that grow by doubling;
+``tq_append_kv``/``tq_attend`` run on ``torch.cuda.current_stream()`` with device slot indices. The first
+prompt of a sequence attends its own fresh K/V exactly (SDPA) and is then appended compressed; every
+later step appends its tokens and attends the compressed cache. On CUDA there is no residual window or
+sink (every cached token is compressed) and no centering (not on the CUDA backend yet): ``centering``
+defaults to on for CPU tensors and off for CUDA tensors.
 """
 
 from __future__ import annotations
@@ -27,12 +38,16 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from ._arrays import DTYPE_BF16, DTYPE_F16
 from .context import Cache as OwnedCache
-from .context import Context
+from .context import CacheMemoryUsage, Context
 from ._lib import Library
 
 ATTENTION_NAME = "turboquant"
 _TAG = "_turboquant_layer"
+
+#: config.model_type values whose decoder layers can be plain causal attention.
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "gemma2", "gemma3", "gemma3_text")
 
 
 class TurboQuantLayer(CacheLayerMixin):
@@ -60,10 +75,9 @@ class TurboQuantLayer(CacheLayerMixin):
                 f"'{ATTENTION_NAME}' (model.set_attn_implementation('{ATTENTION_NAME}')).")
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        if key_states.device.type != "cpu":
+        if key_states.device.type not in ("cpu", "cuda"):
             raise NotImplementedError(
-                f"TurboQuantCache holds host tensors only (the owned cache is a CPU cache); got K/V "
-                f"on {key_states.device}")
+                f"TurboQuantCache takes CPU or CUDA tensors; got K/V on {key_states.device}")
         self.pending = (key_states, value_states)
         self.length += key_states.shape[-2]
         setattr(key_states, _TAG, self)
@@ -87,7 +101,10 @@ class TurboQuantLayer(CacheLayerMixin):
             raise ValueError("crop takes a negative number of tokens to remove")
         keep = max(self.length + tokens_to_remove, 0)
         if self.parent.cache is not None and keep < self.length:
-            self.parent.cache.seq_rm(-1, keep, -1)
+            if isinstance(self.parent.cache, CudaSlotCache):
+                self.parent.cache.truncate(self.layer_idx, keep)
+            else:
+                self.parent.cache.seq_rm(-1, keep, -1)
         self.length = keep
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -106,16 +123,18 @@ class TurboQuantCache(Cache):
 
     ``bits`` sets both K and V (or ``bits_k``/``bits_v``); ``residual_window`` most recent and
     ``n_sink`` first tokens stay full precision (library defaults when None); ``max_tokens`` per
-    sequence defaults to the model's max_position_embeddings. ``centering`` (default on) subtracts
-    per-head K and V means estimated from the prompt before quantizing: exact for attention, and it
-    takes the large constant key components of llama-family models out of the error budget. The
-    library context and cache are created at the first attention call, when the shapes are known.
+    sequence defaults to the model's max_position_embeddings. ``centering`` (default: on for CPU
+    tensors, off for CUDA tensors, where the backend lacks it) subtracts per-head K and V means
+    estimated from the prompt before quantizing: exact for attention, and it takes the large
+    constant key components of llama-family models out of the error budget. The library context
+    and cache are created at the first attention call, when the shapes and the device are known.
+    On CUDA the cache is a :class:`CudaSlotCache` (see the module docstring).
     """
 
     def __init__(self, bits: int = 4, *, bits_k: int | None = None, bits_v: int | None = None,
                  residual_window: int | None = None, n_sink: int | None = None,
                  max_tokens: int | None = None, key_mode: str = "mse", rotation: str = "auto",
-                 seed: int = 0, centering: bool = True, n_threads: int = 0,
+                 seed: int = 0, centering: bool | None = None, n_threads: int = 0,
                  lib: Library | None = None):
         super().__init__(layers=[])
         self.bits_k = bits if bits_k is None else bits_k
@@ -140,8 +159,8 @@ class TurboQuantCache(Cache):
             self.cache.clear()
 
     def memory_usage(self):
-        """The library's tq_cache_memory for this cache (bytes_used, bytes_fp16, n_tokens,
-        n_compressed), or None before the first forward."""
+        """The cache's memory (bytes_used, bytes_fp16, n_tokens, n_compressed; tq_cache_memory on
+        the CPU), or None before the first forward."""
         return None if self.cache is None else self.cache.memory_usage()
 
     def close(self) -> None:
@@ -163,11 +182,30 @@ class TurboQuantCache(Cache):
                 raise ValueError(f"TurboQuantCache was filled with batch size {self._batch}, got {batch}")
             return
         config = module.config
+        _check_architecture(config)
         n_layers = getattr(config, "num_hidden_layers", None) or len(self.layers)
+        if query.is_cuda:
+            if self.centering:
+                raise NotImplementedError("TurboQuantCache(centering=True) is CPU-only: the CUDA "
+                                          "backend has no centering yet (leave centering unset)")
+            if self.residual_window or self.n_sink:
+                raise NotImplementedError("TurboQuantCache on CUDA compresses every cached token: "
+                                          "residual_window and n_sink are CPU-only")
+            dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(query.dtype, "float32")
+            device = query.device.index if query.device.index is not None else torch.cuda.current_device()
+            self.context = Context(n_layers, n_heads, n_kv_heads, head_dim, bits_k=self.bits_k,
+                                   bits_v=self.bits_v, rotation=self.rotation,
+                                   key_mode=self.key_mode, dtype=dtype, backend="cuda",
+                                   device=device, max_batch=CudaSlotCache.CHUNK, seed=self.seed,
+                                   centering=False, lib=self._lib)
+            self.cache = CudaSlotCache(self.context, batch, self.max_tokens)
+            self._batch = batch
+            return
         max_tokens = self.max_tokens or getattr(config, "max_position_embeddings", 0) or 4096
         self.context = Context(n_layers, n_heads, n_kv_heads, head_dim, bits_k=self.bits_k,
                                bits_v=self.bits_v, rotation=self.rotation, key_mode=self.key_mode,
-                               dtype="float32", seed=self.seed, centering=self.centering,
+                               dtype="float32", seed=self.seed,
+                               centering=True if self.centering is None else self.centering,
                                n_threads=self.n_threads, lib=self._lib)
         self.cache = OwnedCache(self.context, max_seqs=batch, max_tokens=max_tokens,
                                 residual_window=self.residual_window, n_sink=self.n_sink)
@@ -182,10 +220,11 @@ class TurboQuantCache(Cache):
         k, v = layer.pending
         layer.pending = None
         _check_causal_mask(attention_mask, query.shape[2], layer.length)
+        _check_layer(module)
         self._ensure(module, query, k)
-        if query.device.type != "cpu":
-            raise NotImplementedError(f"TurboQuantCache takes host tensors; query is on {query.device}")
         scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
+        if query.is_cuda:
+            return self.cache.step(layer.layer_idx, module, query, k, v, attention_mask, scale)
         # [B, heads, tokens, head_dim] -> [B, tokens, heads, head_dim], f32, packed
         k = k.detach().transpose(1, 2).to(torch.float32).contiguous()
         v = v.detach().transpose(1, 2).to(torch.float32).contiguous()
@@ -195,6 +234,133 @@ class TurboQuantCache(Cache):
             self.cache.append(layer.layer_idx, b, k[b], v[b])
             self.cache.attend(layer.layer_idx, b, q[b], scale=scale, out=out[b])
         return out.to(query.dtype)
+
+
+class CudaSlotCache:
+    """A Python-level owned cache over the library's slot mode on a CUDA context (the library's own
+    owned cache, tq_cache, is CPU-only).
+
+    Per layer: K and V stores of shape (batch, capacity, row bytes), uint8 device tensors allocated
+    with torch: the first prompt's size plus MIN_CELLS, then doubling when full (rows do not depend
+    on their cell, so growing is a copy). Cells 0..length of each batch row hold its tokens in order. ``step`` appends a step's
+    K/V at device slot indices and attends: a sequence's first prompt attends its own fresh K/V
+    exactly with SDPA (nothing compressed exists yet) and is then appended; later steps append
+    first, then attend the compressed cache (with a causal mask when a step has several tokens).
+    Every library call is enqueued on torch.cuda.current_stream(); nothing synchronises.
+    """
+
+    MIN_CELLS = 256
+    #: tokens per tq_append_kv and queries per tq_attend (the CUDA context's max_batch)
+    CHUNK = 512
+
+    def __init__(self, context: Context, batch: int, max_tokens: int | None = None):
+        self.context, self.batch, self.max_tokens = context, batch, max_tokens
+        n = context.n_layers
+        self.stores: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n
+        self.lengths = [0] * n
+
+    def _reserve(self, layer: int, need: int, device: torch.device):
+        if self.max_tokens and need > self.max_tokens:
+            raise ValueError(f"TurboQuantCache: {need} tokens exceed max_tokens={self.max_tokens}")
+        old = self.stores[layer]
+        capacity = 0 if old is None else old[0].shape[1]
+        if need <= capacity:
+            return old
+        # the first prompt gets its size plus MIN_CELLS cells of room, then capacity doubles
+        cells = need + self.MIN_CELLS if capacity == 0 else max(2 * capacity, need)
+        ctx, length = self.context, self.lengths[layer]
+        k = torch.empty((self.batch, cells, ctx.k_row_bytes), dtype=torch.uint8, device=device)
+        v = torch.empty((self.batch, cells, ctx.v_row_bytes), dtype=torch.uint8, device=device)
+        if old is not None and length:
+            k[:, :length].copy_(old[0][:, :length])
+            v[:, :length].copy_(old[1][:, :length])
+        self.stores[layer] = (k, v)
+        return k, v
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: [batch, tokens, n_kv_heads, head_dim] in the context's dtype, packed."""
+        n, start = k.shape[1], self.lengths[layer]
+        ks, vs = self._reserve(layer, start + n, k.device)
+        slots = torch.arange(start, start + n, dtype=torch.int64, device=k.device)
+        for i in range(0, n, self.CHUNK):
+            j = min(i + self.CHUNK, n)
+            for b in range(self.batch):
+                self.context.append_kv(layer, ks[b], vs[b], slots[i:j], k[b, i:j], v[b, i:j])
+        self.lengths[layer] = start + n
+
+    def step(self, layer: int, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+             value: torch.Tensor, attention_mask: Any, scale: float) -> torch.Tensor:
+        """One attention call of ``layer``: query [B, heads, n_q, d] and the step's key/value
+        [B, kv heads, n_q, d]. Returns [B, n_q, heads, d] in the query's dtype."""
+        dtype = {DTYPE_F16: torch.float16, DTYPE_BF16: torch.bfloat16}.get(self.context.dtype,
+                                                                            torch.float32)
+        k = key.detach().transpose(1, 2).to(dtype).contiguous()
+        v = value.detach().transpose(1, 2).to(dtype).contiguous()
+        if self.lengths[layer] == 0:
+            out, _ = _sdpa(module, query, key, value, attention_mask, scaling=scale)
+            self.append(layer, k, v)
+            return out
+        self.append(layer, k, v)
+        q = query.detach().transpose(1, 2).to(dtype).contiguous()
+        n_q, n_cells = q.shape[1], self.lengths[layer]
+        mask = None
+        if n_q > 1:  # the step's own tokens see each other causally
+            mask = torch.zeros((n_q, n_cells), dtype=torch.float32, device=q.device)
+            mask[:, n_cells - n_q:] = torch.full((n_q, n_q), float("-inf"), device=q.device).triu(1)
+        ks, vs = self.stores[layer]
+        out = torch.empty_like(q)
+        for i in range(0, n_q, self.CHUNK):
+            j = min(i + self.CHUNK, n_q)
+            rows = None if mask is None else mask[i:j]
+            for b in range(self.batch):
+                self.context.attend(layer, q[b, i:j], ks[b], vs[b], n_cells=n_cells, mask=rows,
+                                    scale=scale, out=out[b, i:j])
+        return out.to(query.dtype)
+
+    def truncate(self, layer: int, keep: int) -> None:
+        self.lengths[layer] = min(self.lengths[layer], keep)
+
+    def clear(self) -> None:
+        self.lengths = [0] * len(self.lengths)
+
+    def memory_usage(self):
+        """bytes_used: the stores as allocated (their capacity); bytes_fp16: an FP16 K and V of the
+        cached tokens; n_tokens: the longest layer's tokens, all compressed."""
+        ctx = self.context
+        used = sum(k.numel() + v.numel() for k, v in filter(None, self.stores))
+        tokens = max(self.lengths, default=0)
+        fp16 = sum(self.lengths) * self.batch * 2 * ctx.n_kv_heads * ctx.head_dim * 2
+        return CacheMemoryUsage(used, fp16, tokens, tokens)
+
+    def close(self) -> None:
+        self.stores = [None] * len(self.stores)
+
+
+def _check_architecture(config: Any) -> None:
+    model_type = getattr(config, "model_type", None)
+    text = getattr(config, "text_config", None)
+    if model_type not in SUPPORTED_MODEL_TYPES and text is not None:
+        model_type, config = getattr(text, "model_type", model_type), text
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise NotImplementedError(
+            f"TurboQuantCache does not support the {model_type!r} architecture: it handles models "
+            f"whose layers are plain causal attention ({', '.join(SUPPORTED_MODEL_TYPES)})")
+    if getattr(config, "attn_logit_softcapping", None):
+        raise NotImplementedError(
+            f"TurboQuantCache: {model_type} with attn_logit_softcapping="
+            f"{config.attn_logit_softcapping} is not plain attention (set it to None)")
+    if model_type == "mistral" and getattr(config, "sliding_window", None):
+        raise NotImplementedError(
+            f"TurboQuantCache: mistral with sliding_window={config.sliding_window} is not plain "
+            f"causal attention (set sliding_window=None)")
+
+
+def _check_layer(module: torch.nn.Module) -> None:
+    window = getattr(module, "sliding_window", None)
+    if window:
+        raise NotImplementedError(
+            f"TurboQuantCache: layer {getattr(module, 'layer_idx', '?')} is sliding-window "
+            f"attention (window {window}); only plain causal attention layers are supported")
 
 
 def _check_causal_mask(mask: Any, n_q: int, length: int) -> None:
