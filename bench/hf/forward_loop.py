@@ -1,0 +1,71 @@
+"""Cross-check of bench.py without generate(): the same random-weight Llama-3-8B-shaped model, a prompt of
+--context tokens through model(), then --steps single-token forwards with the same cache, each timed with
+CUDA synchronisation; prints the median step and, with --profile, the top CUDA/CPU ops of 5 steps.
+
+    python forward_loop.py --cache dynamic|ours --context 32768 [--layers 4 --steps 48 --profile]
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+p = argparse.ArgumentParser()
+p.add_argument("--cache", choices=["dynamic", "ours"], required=True)
+p.add_argument("--context", type=int, required=True)
+p.add_argument("--layers", type=int, default=4)
+p.add_argument("--steps", type=int, default=48)
+p.add_argument("--ours-path", default=None)
+p.add_argument("--profile", action="store_true")
+a = p.parse_args()
+
+if a.cache == "ours":
+    sys.path.insert(0, a.ours_path)
+    from turboquant.hf import TurboQuantCache
+    make_cache = lambda: TurboQuantCache(bits=4)
+else:
+    make_cache = DynamicCache
+
+torch.manual_seed(0)
+config = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, num_hidden_layers=a.layers,
+                     vocab_size=128256, max_position_embeddings=a.context + a.steps + 256,
+                     rope_theta=500000.0)
+with torch.device("cuda"):
+    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+ids = torch.randint(0, config.vocab_size, (1, a.context), device="cuda")
+
+
+def run(steps, prof=None):
+    cache = make_cache()
+    times = []
+    with torch.no_grad():
+        out = model(ids, past_key_values=cache, use_cache=True)
+        nxt = out.logits[:, -1:].argmax(-1)
+        for i in range(steps):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            out = model(nxt, past_key_values=cache, use_cache=True)
+            nxt = out.logits[:, -1:].argmax(-1)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+            if prof is not None:
+                prof.step()
+    return sorted(times)[len(times) // 2]
+
+
+run(4)
+med = run(a.steps)
+print("RESULT " + json.dumps({"loop": "forward", "cache": a.cache, "context": a.context, "layers": a.layers,
+                              "steps": a.steps, "median_step_ms": round(med * 1e3, 3),
+                              "tok_s": round(1.0 / med, 1), "attn_impl": model.config._attn_implementation,
+                              "device": torch.cuda.get_device_name()}), flush=True)
+if a.profile:
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run(5)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12))
