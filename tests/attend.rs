@@ -8,7 +8,7 @@ use common::*;
 use turboquant::codec::layout::RowLayout;
 use turboquant::ffi::context::*;
 use turboquant::ffi::tq_status;
-use turboquant::math::quantizer::{MseQuantizer, Quantizer, QuantizerConfig, QuantizerKind, Scratch};
+use turboquant::math::quantizer::{MseQuantizer, Quantizer, QuantizerConfig, QuantizerKind};
 use turboquant::math::rotation::RotationKind;
 
 struct Case {
@@ -22,45 +22,6 @@ struct Case {
     rotation: u32,
     /// Add a large per-channel constant (3..7) to every key, as some model families have.
     key_offset: bool,
-}
-
-/// Dequantize one head of a row independently of the attention code path (math layer only).
-fn dequant_rows(
-    store: &[u8],
-    layout: &RowLayout,
-    n_cells: usize,
-    key: Option<&Quantizer>,
-    value: Option<&MseQuantizer>,
-    mean: Option<&[f32]>,
-) -> Vec<f64> {
-    let (d, h) = (layout.head_dim, layout.n_kv_heads);
-    let rb = layout.row_bytes();
-    let mut out = vec![0.0f64; n_cells * h * d];
-    let mut scratch = Scratch::new(d);
-    let mut x = vec![0.0f32; d];
-    for j in 0..n_cells {
-        let row = &store[j * rb..(j + 1) * rb];
-        for g in 0..h {
-            let sc = u16::from_le_bytes([row[layout.scale_offset(g)], row[layout.scale_offset(g) + 1]]);
-            let codes = &row[layout.codes_offset(g)..layout.codes_offset(g) + layout.code_bytes()];
-            if let Some(v) = value {
-                v.decode(codes, sc, &mut x, &mut scratch);
-            } else {
-                let key = key.unwrap();
-                let mut all = codes.to_vec();
-                let mut scales = vec![sc];
-                if layout.qjl {
-                    all.extend_from_slice(&row[layout.signs_offset(g)..layout.signs_offset(g) + layout.sign_bytes()]);
-                    scales.push(u16::from_le_bytes([row[layout.gamma_offset(g)], row[layout.gamma_offset(g) + 1]]));
-                }
-                key.dequantize_one(&all, &scales, &mut x, &mut scratch);
-            }
-            for i in 0..d {
-                out[(j * h + g) * d + i] = x[i] as f64 + mean.map_or(0.0, |m| m[g * d + i] as f64);
-            }
-        }
-    }
-    out
 }
 
 /// Returns (error vs dequantized reference, error vs exact attention over the original K/V).
