@@ -730,8 +730,9 @@ enum tq_status tq_append_kv_part(struct tq_context *ctx,
  * mask them). The cache is never dequantized to memory. CPU: uses n_threads; `stream` is ignored.
  * Limits: the mask's extent (n_q rows of mask_row_stride elements) and q/out under their strides
  * must fit in the address space; q elements |x| ≤ 2^64. An output that overflows f32 (inputs or
- * scale far too large) is refused with TQ_STATUS_NON_FINITE on the CPU backend; the _part variants
- * (each call writes one share) and CUDA do not scan the output.
+ * scale far too large) is refused with TQ_STATUS_NON_FINITE on the CPU backend (tq_attend_part
+ * checks the share it wrote). CUDA does not scan the output: the call only enqueues kernels, so no
+ * status can report what they compute.
  * Thread-safe with other attends on the same context.
  * CUDA: q, stores, mask and out are device memory; the call enqueues three kernels on `stream`
  * (graph-capture safe: no allocation, synchronisation or host copy). q·k uses f16 tensor-core

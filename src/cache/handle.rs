@@ -79,7 +79,7 @@ pub unsafe fn attend_raw(codec: &Codec, st: &OwnedCache, layer: u32, seq: u32, q
     let job = st.attend_job(codec.kv(), layer, seq as usize, qt, n_q, scale, out.cast(), &query_pos);
     let cpu = codec.backend().cpu().ok_or_else(|| Error::unsupported("the owned cache runs on the CPU backend"))?;
     // SAFETY: the job reads the cache's own rows and q, and writes `out` (the caller's guarantee).
-    unsafe { cpu.run_attend(&job, Exec::Queue(std::ptr::null_mut())) };
+    unsafe { cpu.run_attend(&job, Exec::Queue(std::ptr::null_mut())) }?;
     let out_strides = Strides::packed(cfg.n_heads, cfg.head_dim, dtype);
     // SAFETY: `out` holds n_q packed tokens, just written.
     unsafe { crate::codec::limits::check_finite_output(out.cast(), out_strides, dtype, n_q, cfg.n_heads, cfg.head_dim) }

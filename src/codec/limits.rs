@@ -129,9 +129,24 @@ pub fn check_dense_cost(n_layers: usize, head_dim: usize) -> Result<()> {
 /// # Safety
 /// `out` covers `n` tokens × `heads` heads of `d` elements of `dtype` with `strides`, in host memory.
 pub unsafe fn check_finite_output(out: *const u8, strides: Strides, dtype: Dtype, n: usize, heads: usize, d: usize) -> Result<()> {
+    // SAFETY: the caller guarantees `out` covers every (token, head) of 0..n × 0..heads.
+    unsafe { check_finite_rows(out, strides, dtype, d, (0..n).flat_map(|tok| (0..heads).map(move |h| (tok, h)))) }
+}
+
+/// `check_finite_output` over the given (token, head) vectors only (the share of a `_part` call).
+///
+/// # Safety
+/// `out` covers every (token, head) of `rows`, `d` elements of `dtype` with `strides`, in host memory.
+pub unsafe fn check_finite_rows(
+    out: *const u8,
+    strides: Strides,
+    dtype: Dtype,
+    d: usize,
+    rows: impl Iterator<Item = (usize, usize)>,
+) -> Result<()> {
     let t = super::request::HeadTensor { ptr: out, strides, dtype };
     let mut x = vec![0.0f32; d];
-    for (tok, h) in (0..n).flat_map(|tok| (0..heads).map(move |h| (tok, h))) {
+    for (tok, h) in rows {
         // SAFETY: the caller guarantees `out` covers (tok, h).
         unsafe { t.load(tok, h, &mut x) };
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {

@@ -283,6 +283,17 @@ static void case10_finite_in_finite_out(void) {
     for (int i = 0; i < 16; i++) q[i] = (float)(i % 2 ? 1 : -1);
     s = tq_attend(ctx, 0, q, 1, NULL, ks, vs, 2, NULL, 0, 0, 3e38f, out, NULL, NULL);
     CHECK(s == TQ_STATUS_NON_FINITE || (s == TQ_STATUS_OK && all_finite(out, 16)));
+    /* The _part variant: each share checks the vectors it wrote, so the shares together refuse what
+       the whole call refuses, and a share that returns OK wrote only finite values. */
+    tq_status whole = s;
+    int refused = 0;
+    for (uint32_t ith = 0; ith < 2; ith++) {
+        for (int i = 0; i < 16; i++) out[i] = 0.0f;
+        s = tq_attend_part(ctx, 0, q, 1, NULL, ks, vs, 2, NULL, 0, 0, 3e38f, out, NULL, ith, 2);
+        CHECK(s == TQ_STATUS_NON_FINITE || (s == TQ_STATUS_OK && all_finite(out, 16)));
+        refused += s == TQ_STATUS_NON_FINITE;
+    }
+    CHECK((whole == TQ_STATUS_NON_FINITE) == (refused > 0));
     CHECK_STATUS(tq_attend(ctx, 0, q, 1, NULL, ks, vs, 2, NULL, 0, 0, 0.25f, out, NULL, NULL), TQ_STATUS_OK);
     CHECK(all_finite(out, 16));
     /* The owned cache: huge finite K is refused at append. */

@@ -149,6 +149,17 @@ impl AttendJob<'_> {
     }
 }
 
+/// The (query token, query head) output vectors that items `items` of `job` write.
+pub fn item_rows(job: &AttendJob, items: std::ops::Range<usize>) -> impl Iterator<Item = (usize, usize)> {
+    let (n_kv, n_q) = (job.codec.config.n_kv_heads, job.n_q);
+    let group = job.codec.config.n_heads / n_kv;
+    items.flat_map(move |item| {
+        let (tile, g) = (item / n_kv, item % n_kv);
+        let t0 = tile * QUERY_TILE;
+        (t0..(t0 + QUERY_TILE).min(n_q)).flat_map(move |tok| (g * group..(g + 1) * group).map(move |h| (tok, h)))
+    })
+}
+
 /// Run items `items` (index = tile·n_kv_heads + g) of `job`.
 ///
 /// # Safety

@@ -11,7 +11,7 @@ use encode::EncodeScratch;
 
 use super::{Backend, Op};
 use crate::codec::request::{AppendRequest, AttendRequest, Exec, Memory, Slots, Stores, part_range};
-use crate::codec::{KvCodec, Means};
+use crate::codec::{KvCodec, Means, limits};
 use crate::error::{Error, Result};
 use crate::parallel;
 
@@ -36,7 +36,7 @@ impl CpuBackend {
     ///
     /// # Safety
     /// The job's pointers cover what its sizes say.
-    pub unsafe fn run_attend(&self, job: &AttendJob, exec: Exec) {
+    pub unsafe fn run_attend(&self, job: &AttendJob, exec: Exec) -> Result<()> {
         match exec {
             Exec::Queue(_) => parallel::for_each_range(job.n_items(), self.threads, 1, |_, range| {
                 let mut scratch = AttendScratch::new(job.codec);
@@ -44,11 +44,18 @@ impl CpuBackend {
                 unsafe { attend::run_items(job, range, &mut scratch) };
             }),
             Exec::Part { ith, nth } => {
+                let items = part_range(job.n_items(), ith, nth);
                 let mut scratch = AttendScratch::new(job.codec);
                 // SAFETY: as above.
-                unsafe { attend::run_items(job, part_range(job.n_items(), ith, nth), &mut scratch) };
+                unsafe { attend::run_items(job, items.clone(), &mut scratch) };
+                // A share checks only the output vectors it wrote: other threads write the rest.
+                // SAFETY: the job's output covers every (token, head) of its items.
+                return unsafe {
+                    limits::check_finite_rows(job.out, job.out_strides, job.out_dtype, job.codec.config.head_dim, attend::item_rows(job, items))
+                };
             }
         }
+        Ok(())
     }
 }
 
@@ -130,7 +137,6 @@ impl Backend for CpuBackend {
             out_dtype: req.q.dtype,
         };
         // SAFETY: the caller guarantees the request's pointers.
-        unsafe { self.run_attend(&job, exec) };
-        Ok(())
+        unsafe { self.run_attend(&job, exec) }
     }
 }
