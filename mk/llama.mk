@@ -26,6 +26,11 @@ LLAMA_NICE       ?= nice
 CORPUS           ?=
 LLAMA_CHUNKS     ?= 32
 PYTHON3          ?= python3
+# ggml's CPU backend repacks Q4 weights into AMX tiles on CPUs that report AMX, and that path crashes
+# (SIGSEGV in ggml_backend_amx_mul_mat, f16 cache and all) on such x86 machines; the llama tools read
+# LLAMA_ARG_REPACK (= --no-repack) and then keep the weights as stored. It changes only how weights are
+# laid out, the same for every cache type, so comparisons between caches stay like for like.
+export LLAMA_ARG_REPACK ?= false
 
 # progress lines
 comma := ,
