@@ -14,11 +14,15 @@ DynamicCache's (cosine similarity), so a broken cache cannot pass as fast.
 
 import argparse
 import json
+import os
 import sys
 import time
 
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, LogitsProcessor
+from transformers import DynamicCache, LogitsProcessor
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import llama8b_shape  # noqa: E402
 
 
 class StepClock(LogitsProcessor):
@@ -59,14 +63,7 @@ elif a.cache == "seed":
 else:
     make_cache = lambda: DynamicCache()
 
-torch.manual_seed(0)
-# Llama-3-8B attention and MLP shapes (32 q / 8 kv heads, head_dim 128), fewer layers.
-config = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-                     num_key_value_heads=8, head_dim=128, num_hidden_layers=a.layers,
-                     vocab_size=128256, max_position_embeddings=a.context + a.new_tokens + 256,
-                     rope_theta=500000.0)
-with torch.device("cuda"):
-    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+config, model = llama8b_shape.build(a.layers, a.context + a.new_tokens + 256)
 model.generation_config.eos_token_id = None
 model.generation_config.pad_token_id = 0
 weights = torch.cuda.memory_allocated()

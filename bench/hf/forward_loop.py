@@ -7,11 +7,15 @@ CUDA synchronisation; prints the median step and, with --profile, the top CUDA/C
 
 import argparse
 import json
+import os
 import sys
 import time
 
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import llama8b_shape  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--cache", choices=["dynamic", "ours"], required=True)
@@ -29,13 +33,7 @@ if a.cache == "ours":
 else:
     make_cache = DynamicCache
 
-torch.manual_seed(0)
-config = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-                     num_key_value_heads=8, head_dim=128, num_hidden_layers=a.layers,
-                     vocab_size=128256, max_position_embeddings=a.context + a.steps + 256,
-                     rope_theta=500000.0)
-with torch.device("cuda"):
-    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+config, model = llama8b_shape.build(a.layers, a.context + a.steps + 256)
 ids = torch.randint(0, config.vocab_size, (1, a.context), device="cuda")
 
 
