@@ -257,8 +257,8 @@ pub fn read_file(path: &std::path::Path) -> crate::error::Result<Vec<u8>> {
         return Err(Error::new(ErrorKind::Io, format!("cannot read {}: not a regular file", path.display())));
     }
     let mut bytes = Vec::new();
-    bytes.try_reserve_exact(meta.len() as usize).map_err(|_| {
-        Error::new(ErrorKind::OutOfMemory, format!("{}: cannot allocate {} bytes", path.display(), meta.len()))
+    crate::codec::limits::reserved(bytes.try_reserve_exact(meta.len() as usize), || {
+        format!("{}: cannot allocate {} bytes", path.display(), meta.len())
     })?;
     file.read_to_end(&mut bytes).map_err(io)?;
     Ok(bytes)

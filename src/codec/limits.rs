@@ -23,16 +23,6 @@ pub const MAX_ROW_SCALE: f32 = 2_361_183_241_434_822_606_848.0;
 /// 96, 256 at 256, 4 at 1024).
 pub const DENSE_COST_LIMIT: u128 = 1 << 32;
 
-/// `a · b` for caller sizes, or an error naming `what`.
-pub fn mul(a: usize, b: usize, what: &str) -> Result<usize> {
-    a.checked_mul(b).ok_or_else(|| Error::invalid(format!("{what}: {a} × {b} overflows")))
-}
-
-/// `a + b` for caller sizes, or an error naming `what`.
-pub fn add(a: usize, b: usize, what: &str) -> Result<usize> {
-    a.checked_add(b).ok_or_else(|| Error::invalid(format!("{what}: {a} + {b} overflows")))
-}
-
 /// Bytes from the first to one past the last element of an `n`-token, `heads`-head tensor with
 /// `strides`, checked to fit in isize and, from `ptr`, not to wrap around the address space.
 pub fn tensor_span(ptr: *const u8, s: Strides, n: usize, heads: usize, d: usize, dtype: Dtype, arg: &str) -> Result<usize> {
@@ -99,15 +89,10 @@ pub fn check_mask(n_seqs: usize, n_q: usize, n_cells: usize, row_stride: usize, 
     })
 }
 
-/// A vector of `n` copies of `value`, allocated fallibly: an allocation failure is
-/// [`ErrorKind::OutOfMemory`] naming what was asked.
-pub fn try_vec<T: Clone>(n: usize, value: T, what: &str) -> Result<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| {
-        Error::new(ErrorKind::OutOfMemory, format!("{what}: cannot allocate {n} × {} bytes", std::mem::size_of::<T>()))
-    })?;
-    v.resize(n, value);
-    Ok(v)
+/// The outcome of a fallible reservation (`try_reserve`): an allocation failure is
+/// [`ErrorKind::OutOfMemory`] saying what could not be allocated.
+pub fn reserved(r: std::result::Result<(), std::collections::TryReserveError>, what: impl FnOnce() -> String) -> Result<()> {
+    r.map_err(|_| Error::new(ErrorKind::OutOfMemory, what()))
 }
 
 /// DENSE rotation set-up is O(head_dim³) per rotation, two per layer: refuse configurations whose

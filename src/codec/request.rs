@@ -207,13 +207,9 @@ impl AppendRequest {
                 // SAFETY: the caller guarantees `slots` holds n_tokens readable values.
                 let slot_values = unsafe { host_slice(a.slots, a.n_tokens, "slots") }?;
                 let mut seen = std::collections::HashSet::new();
-                seen.try_reserve(a.n_tokens).map_err(|_| {
-                    Error::new(ErrorKind::OutOfMemory, format!("slots: cannot allocate a set of {} slots", a.n_tokens))
-                })?;
+                limits::reserved(seen.try_reserve(a.n_tokens), || format!("slots: cannot allocate a set of {} slots", a.n_tokens))?;
                 let mut cells = Vec::new();
-                cells.try_reserve_exact(a.n_tokens).map_err(|_| {
-                    Error::new(ErrorKind::OutOfMemory, format!("slots: cannot allocate {} cell indices", a.n_tokens))
-                })?;
+                limits::reserved(cells.try_reserve_exact(a.n_tokens), || format!("slots: cannot allocate {} cell indices", a.n_tokens))?;
                 for (i, &s) in slot_values.iter().enumerate() {
                     if s < 0 || s as u64 >= a.n_cells as u64 {
                         return Err(Error::invalid(format!("slots[{i}] is {s}: must be in 0..{} (n_cells)", a.n_cells)));
