@@ -15,14 +15,13 @@ fn threads() -> usize {
     std::env::var("TQ_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2)
 }
 
+#[path = "../tests/common/rng.rs"]
+mod rng;
+
+/// Input data, uniform in (-1, 1).
 fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    let mut r = rng::Rng::new(seed);
+    (0..n).map(|_| (2.0 * r.uniform() - 1.0) as f32).collect()
 }
 
 #[inline(always)]

@@ -13,19 +13,12 @@ use turboquant::ffi::{tq_rotation, tq_status};
 const DIM: usize = 128;
 const N: usize = 65_536;
 
-/// Standard normal samples from SplitMix64 + Box–Muller (input data only).
+#[path = "../tests/common/rng.rs"]
+mod rng;
+
+/// Standard normal input data (SplitMix64 + Box–Muller).
 fn gaussians(n: usize) -> Vec<f32> {
-    let mut state = 0x1234_5678u64;
-    let mut uniform = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (((z ^ (z >> 31)) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    (0..n)
-        .map(|_| ((-2.0 * uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos()) as f32)
-        .collect()
+    rng::Rng::from_state(0x1234_5678).normals(n)
 }
 
 struct Handle(*mut tq_quantizer);

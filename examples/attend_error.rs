@@ -12,15 +12,11 @@ const D: usize = 128;
 const N: usize = 2048;
 const NQ: usize = 16;
 
+#[path = "../tests/common/rng.rs"]
+mod rng;
+
 fn gaussians(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut next = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    (0..n).map(|_| ((-2.0 * next().ln()).sqrt() * (2.0 * std::f64::consts::PI * next()).cos()) as f32).collect()
+    rng::Rng::new(seed).normals(n)
 }
 
 fn exact(q: &[f32], k: &[f32], v: &[f32]) -> Vec<f64> {

@@ -17,27 +17,9 @@ use turboquant::math::rotation::RotationKind;
 
 const PAPER: [f64; 4] = [0.36, 0.117, 0.03, 0.009];
 
-/// Standard normal samples from SplitMix64 + Box–Muller (input data only).
-fn gaussians(seed: u64, n: usize) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0x5851_f42d_4c95_7f2d;
-    let mut uniform = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (((z ^ (z >> 31)) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
-        let (u1, u2) = (uniform(), uniform());
-        let r = (-2.0 * u1.ln()).sqrt();
-        let t = 2.0 * PI * u2;
-        out.push((r * t.cos()) as f32);
-        out.push((r * t.sin()) as f32);
-    }
-    out.truncate(n);
-    out
-}
+#[path = "../tests/common/rng.rs"]
+mod rng;
+use rng::gaussians;
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()

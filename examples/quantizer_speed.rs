@@ -14,26 +14,12 @@ use turboquant::ffi::quantizer::{
 };
 use turboquant::ffi::{tq_quantizer_kind, tq_rotation, tq_status};
 
-/// Standard normal samples from SplitMix64 + Box–Muller (input data only).
+#[path = "../tests/common/rng.rs"]
+mod rng;
+
+/// Standard normal input data (both Box–Muller outputs of SplitMix64 from state `seed`).
 fn gaussians(seed: u64, n: usize) -> Vec<f32> {
-    let mut state = seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (((z ^ (z >> 31)) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
-        let (u1, u2) = (next(), next());
-        let r = (-2.0 * u1.ln()).sqrt();
-        let t = 2.0 * std::f64::consts::PI * u2;
-        out.push((r * t.cos()) as f32);
-        out.push((r * t.sin()) as f32);
-    }
-    out.truncate(n);
-    out
+    rng::Rng::from_state(seed).normal_pairs(n)
 }
 
 /// CPU time of the whole process (all threads), seconds.

@@ -23,7 +23,6 @@ struct AppendParams {
     i64 n_tokens, n_cells, n_kv_heads, dtype;
 };
 
-constexpr int APPEND_WARPS = 4;
 constexpr int PER_LANE = D / 32;
 
 template <int B>

@@ -93,7 +93,7 @@ __device__ __forceinline__ void block_fwht(float *buf) {
 // holds dimensions [E*l, E*l + E) (E = D/32), warp_fwht does the butterflies; norms and centering
 // terms are summed over the warp by shuffles.
 constexpr bool ROT_WARP = (D & (D - 1)) == 0;  // compiled where a Hadamard rotation can occur
-constexpr int ROT_WARPS = 8;                   // rows per CTA in that mode (ROTATE_WARPS in mod.rs)
+// ROT_WARPS rows per CTA in that mode: from the host.
 
 extern "C" __global__ void __launch_bounds__(256) tq_rotate_queries(const RotateParams p) {
     grid_launch_dependents();  // the attention kernel may start its prologue now
@@ -170,9 +170,8 @@ extern "C" __global__ void __launch_bounds__(256) tq_rotate_queries(const Rotate
     }
 }
 
-constexpr int CMB_MAX_THREADS = 512;  // COMBINE_MAX_WARPS * 32 in src/backend/cuda/mod.rs
-
-constexpr int CMB_BATCH = 8;  // partials a warp loads before merging them (loads in flight); COMBINE_BATCH
+// CMB_MAX_THREADS, the launch bound, and CMB_BATCH, the partials a warp loads before merging them (loads in
+// flight), come from the host (COMBINE_MAX_WARPS * 32 and COMBINE_BATCH).
 
 // One CTA per (query token, query head), of D to CMB_MAX_THREADS threads: more warps where there are
 // many partials (fewer dependent load rounds), fewer where there are few (more CTAs resident). Warp w

@@ -1,22 +1,22 @@
 // Shared definitions of the libturboquant CUDA kernels. Compiled by NVRTC at context creation with
-// -DHEAD_DIM=d -DBITS_K=bk -DBITS_V=bv (src/backend/cuda/compile.rs); everything else is a run-time
-// argument. The parameter structs mirror #[repr(C)] structs in src/backend/cuda/params.rs: every
+// -DHEAD_DIM=d -DBITS_K=bk -DBITS_V=bv, the specialisation; group size, head counts, dtypes, rotation
+// kind and strides are run-time arguments. Every other value the host also knows (the dtype codes of
+// the C API, launch geometry, shared-memory layout) comes from the host as a -D option too
+// (compile::shared_defines in src/backend/cuda/compile.rs), so no value is written on both sides; the
+// check below refuses to compile without them. The parameter structs mirror #[repr(C)] structs in src/backend/cuda/params.rs: every
 // field is 8 bytes wide so both sides agree on the layout without padding rules.
 //
 // Row format (src/codec/layout.rs): [codes head 0..H-1][pad][bf16 scale head 0..H-1]; codes of one
 // head are ceil(d*b/8) bytes of an LSB-first bit stream. "Pair" p of a head is codes 2p and 2p+1,
 // i.e. stream bits [2pb, 2pb+2b): the unit the kernels dequantise, into one half2.
 
-#ifndef HEAD_DIM
-#error "HEAD_DIM must be defined"
+#if !defined(HEAD_DIM) || !defined(BITS_K) || !defined(BITS_V) || !defined(DTYPE_F32) || !defined(DTYPE_F16) || \
+    !defined(DTYPE_BF16) || !defined(APPEND_WARPS) || !defined(PF_ROWS) || !defined(PF_THREADS) ||             \
+    !defined(PF_TILE) || !defined(PF_PAD) || !defined(DEC_STAGES) || !defined(DEC_MIN_CTAS) ||                  \
+    !defined(FD_COMPILED) || !defined(FD_THREADS) || !defined(FD_STAGES) || !defined(FD_MERGE_PAIR_BYTES) ||    \
+    !defined(ROT_WARPS) || !defined(CMB_MAX_THREADS) || !defined(CMB_BATCH) || !defined(PART_HEADER)
+#error "the shared constants are -D options from the host (compile::shared_defines, src/backend/cuda/compile.rs)"
 #endif
-#ifndef BITS_K
-#error "BITS_K must be defined"
-#endif
-#ifndef BITS_V
-#error "BITS_V must be defined"
-#endif
-
 
 #define D HEAD_DIM
 static_assert(D % 32 == 0 && D >= 32 && D <= 256, "CUDA kernels need head_dim a multiple of 32, at most 256");
@@ -27,10 +27,6 @@ typedef unsigned short u16;
 typedef unsigned int u32;
 typedef long long i64;
 typedef unsigned long long u64;
-
-#define DTYPE_F32 0
-#define DTYPE_F16 1
-#define DTYPE_BF16 2
 
 // Bytes of packed codes of one head.
 template <int B> struct Codes {
@@ -254,6 +250,39 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// One online-softmax step of a decode warp over a 16-token m16n8 score fragment: s[j] and s[2 + j] are
+// this lane's log2-domain scores of its two tokens for query column j (C-fragment order; lanes 4, 8 and
+// 16 apart hold the step's other tokens). Raises each column's running max w.m[j] to the step's and,
+// where it grows, rescales the running sum w.l[j] and the output accumulators w.o[D / 16][4] by
+// 2^(old max - new max) — rare after the first steps, so the warp skips it when no lane's max grows.
+// Shared by tq_decode_* and tq_decode_fast* (the same instructions in both).
+template <class Warp>
+__device__ __forceinline__ void raise_running_max(Warp &w, const float (&s)[4]) {
+    float mx[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        mx[j] = fmaxf(s[j], s[2 + j]);
+        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 4));
+        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 8));
+        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 16));
+    }
+    const bool grow = mx[0] > w.m[0] || mx[1] > w.m[1];
+    if (__any_sync(0xffffffffu, grow)) {
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const float new_m = fmaxf(w.m[j], mx[j]);
+            const float corr = new_m == NEG_INF ? 1.0f : fast_exp2(w.m[j] - new_m);
+            w.m[j] = new_m;
+            w.l[j] *= corr;
+#pragma unroll
+            for (int mt = 0; mt < D / 16; mt++) {
+                w.o[mt][j] *= corr;
+                w.o[mt][2 + j] *= corr;
+            }
+        }
+    }
+}
+
 // Unnormalised Walsh–Hadamard transform of one vector by one warp (head_dim 32 * E, a power of two):
 // lane l holds dimensions [E*l, E*l + E); the butterflies of stride < E run inside the lane, those of
 // strides E .. D/2 across lanes (shuffles) — block_fwht's butterflies (combine.cu) in the same stage
@@ -349,10 +378,11 @@ __device__ __forceinline__ i64 seq_cells_of(const AttendParams &p, i64 seq) {
     return p.seq_cells ? min(__ldg(p.seq_cells + seq), p.max_cells) : p.max_cells;  // read-only: cached
 }
 
-// A partial record: [m, l, 0, 0, O[D]] f32 — O starts 16 bytes in, so records are 16-byte aligned
-// and O can be written with 16-byte stores.
-constexpr int PART_STRIDE = D + 4;
-constexpr int PART_O = 4;
+// A partial record: [m, l, 0, 0, O[D]] f32 — O starts PART_HEADER floats (16 bytes) in, so records are
+// 16-byte aligned and O can be written with 16-byte stores.
+static_assert(PART_HEADER * 4 == 16, "a partial record's output starts 16 bytes in");
+constexpr int PART_STRIDE = D + PART_HEADER;
+constexpr int PART_O = PART_HEADER;
 __device__ __forceinline__ float *partial_at(const AttendParams &p, i64 seq, i64 i, i64 hq, i64 s) {
     return p.partials + (((seq * p.n_q + i) * p.n_heads + hq) * p.n_partials + s) * PART_STRIDE;
 }

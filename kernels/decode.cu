@@ -27,10 +27,9 @@ constexpr int DEC_VBITS = DEC_PV * 2 * BITS_V;
 // A lane's V bits start at bit g*DEC_VBITS: byte aligned iff DEC_VBITS is a multiple of 8.
 constexpr bool DEC_V_BYTE_ALIGNED = DEC_VBITS % 8 == 0;
 constexpr bool SHARED_TABLE = BITS_K == BITS_V;
-constexpr int DEC_STAGES = 4;
-// The staged kernel is latency-bound with one CTA per multiprocessor: ask for two where the registers
-// allow it without spilling much (head_dim <= 128); the host sizes the stages to fit two.
-constexpr int DEC_MIN_CTAS = D <= 128 ? 2 : 1;
+// DEC_STAGES (stages of the staged kernel's ring) and DEC_MIN_CTAS come from the host. The staged kernel is
+// latency-bound with one CTA per multiprocessor: the host asks for two where the registers allow it
+// without spilling much (head_dim <= 128) and sizes the stages to fit them.
 
 struct DecodeStep {
     Window<DEC_KBITS> ka, kb;  // tokens g and g + 8
@@ -97,30 +96,7 @@ __device__ __forceinline__ void decode_step(DecodeWarp &w, const DecodeStep &cur
         }
     }
     float pv[4];
-    float mx[2];
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-        mx[j] = fmaxf(s[j], s[2 + j]);
-        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 4));
-        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 8));
-        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 16));
-    }
-    // Rescale O only when some column's running max grows (rare after the first steps).
-    const bool grow = mx[0] > w.m[0] || mx[1] > w.m[1];
-    if (__any_sync(0xffffffffu, grow)) {
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-            const float new_m = fmaxf(w.m[j], mx[j]);
-            const float corr = new_m == NEG_INF ? 1.0f : fast_exp2(w.m[j] - new_m);
-            w.m[j] = new_m;
-            w.l[j] *= corr;
-#pragma unroll
-            for (int mt = 0; mt < D / 16; mt++) {
-                w.o[mt][j] *= corr;
-                w.o[mt][2 + j] *= corr;
-            }
-        }
-    }
+    raise_running_max(w, s);
 #pragma unroll
     for (int j = 0; j < 2; j++) {
         const bool none = w.m[j] == NEG_INF;

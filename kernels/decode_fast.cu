@@ -22,25 +22,21 @@
 // And at the end of each item the warps of a kv head merge their partials in pairs through shared
 // memory before storing (v20), so tq_combine reads half as many.
 
-#if BITS_K <= 4 && BITS_V <= 4 && HEAD_DIM <= 128 && (HEAD_DIM / 16 * 2 * BITS_V) % 8 == 0
+// FD_COMPILED (the host's fast_variant): bits_k, bits_v <= 4, head_dim <= 128 and byte-aligned V windows.
+#if FD_COMPILED
+static_assert(BITS_K <= 4 && BITS_V <= 4 && HEAD_DIM <= 128 && (HEAD_DIM / 16 * 2 * BITS_V) % 8 == 0,
+              "tq_decode_fast needs 2b-bit pair codes of at most 8 bits and byte-aligned V windows");
 
 constexpr int FD_BMAX = BITS_K > BITS_V ? BITS_K : BITS_V;
 constexpr int FD_TABLE_BYTES = (1 << (2 * FD_BMAX)) * 256;
-// FD_STAGES, the stages of the ring, comes from the host (compile::fast_stages in
-// src/backend/cuda/compile.rs, which also sizes the shared memory): two from sm_90 on, four before.
-#ifndef FD_STAGES
-#error "FD_STAGES is defined by the compiler options (src/backend/cuda/compile.rs)"
-#endif
-constexpr int FD_THREADS = 512;
+// FD_STAGES, the stages of the ring, and FD_THREADS come from the host (compile::fast_stages in
+// src/backend/cuda/compile.rs, which also sizes the shared memory): two stages from sm_90 on, four before.
 // The two warps of a pair (sub and sub + ceil(wph / 2) of one kv head) merge their partials in shared
 // memory at the end of each item: 16 bytes per lane for (m, l) and one per column tile of the first
 // FD_MERGE_H1, then the rest in a second round through the same buffer. One buffer per pair after the
 // release counters, FD_MERGE_PAIR_BYTES each (compile::fast_merge_pair_bytes, which the host also sizes
 // the shared memory with).
 constexpr int FD_MERGE_H1 = (D / 16 + 1) / 2;
-#ifndef FD_MERGE_PAIR_BYTES
-#error "FD_MERGE_PAIR_BYTES is defined by the compiler options (src/backend/cuda/compile.rs)"
-#endif
 static_assert(FD_MERGE_PAIR_BYTES >= 32 * 16 * (1 + FD_MERGE_H1) && FD_MERGE_PAIR_BYTES >= 32 * 16 * (D / 16 - FD_MERGE_H1),
               "a pair's merge buffer holds (m, l) and either round's column tiles, 16 bytes per lane");
 constexpr int FD_EARLY_STAGES = 1;  // stages copied before the dependency wait (bulk-copy path)
@@ -191,29 +187,7 @@ __device__ __forceinline__ void fd_step(FdWarp &w, u32 tab, u32 ko, u32 vo, cons
             }
         }
     }
-    float mx[2];
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-        mx[j] = fmaxf(s[j], s[2 + j]);
-        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 4));
-        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 8));
-        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 16));
-    }
-    const bool grow = mx[0] > w.m[0] || mx[1] > w.m[1];
-    if (__any_sync(0xffffffffu, grow)) {
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-            const float new_m = fmaxf(w.m[j], mx[j]);
-            const float corr = new_m == NEG_INF ? 1.0f : fast_exp2(w.m[j] - new_m);
-            w.m[j] = new_m;
-            w.l[j] *= corr;
-#pragma unroll
-            for (int mt = 0; mt < D / 16; mt++) {
-                w.o[mt][j] *= corr;
-                w.o[mt][2 + j] *= corr;
-            }
-        }
-    }
+    raise_running_max(w, s);
     float pv[4];
 #pragma unroll
     for (int j = 0; j < 2; j++) {

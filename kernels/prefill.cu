@@ -4,10 +4,10 @@
 // kv head — on tensor cores (mma m16n8k16 via ldmatrix). Scores are scaled by ||q|| * kscale in f32;
 // values are weighted by p * vscale before the f16 mma. Split-K over cells; tq_combine merges.
 
-constexpr int PF_ROWS = 128;   // query rows per CTA (8 warps x 16)
-constexpr int PF_THREADS = 256;
-constexpr int PF_TILE = 64;    // cells per tile
-constexpr int PF_LD = D + 8;   // smem row stride in halves (conflict-free ldmatrix)
+// PF_ROWS query rows per CTA (16 per warp of PF_THREADS), PF_TILE cells per tile, PF_PAD halves of
+// padding per shared-memory row: from the host (kernels/common.cuh).
+static_assert(PF_ROWS == 16 * (PF_THREADS / 32), "one 16-row mma fragment per warp");
+constexpr int PF_LD = D + PF_PAD;   // smem row stride in halves (conflict-free ldmatrix)
 constexpr int PF_KBITS = D / 4 * 2 * BITS_K;  // bits one thread dequantises per cell (half a head)
 constexpr int PF_VBITS = D / 4 * 2 * BITS_V;
 

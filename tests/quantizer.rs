@@ -24,27 +24,9 @@ const N: usize = 100_000;
 /// Exact Lloyd–Max figures at d = 128 (DESIGN.md §2; the paper rounds them to 0.36/0.117/0.03/0.009).
 const DESIGN_NMSE: [f64; 4] = [0.3609, 0.1160, 0.0340, 0.0093];
 
-/// Standard normal samples: SplitMix64 → two uniforms in (0, 1) → Box–Muller.
-fn gaussians(seed: u64, n: usize) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0x5851_f42d_4c95_7f2d;
-    let mut uniform = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (((z ^ (z >> 31)) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
-        let (u1, u2) = (uniform(), uniform());
-        let r = (-2.0 * u1.ln()).sqrt();
-        let t = 2.0 * std::f64::consts::PI * u2;
-        out.push((r * t.cos()) as f32);
-        out.push((r * t.sin()) as f32);
-    }
-    out.truncate(n);
-    out
-}
+#[path = "common/rng.rs"]
+mod rng;
+use rng::gaussians;
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()).min(8)

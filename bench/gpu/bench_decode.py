@@ -37,11 +37,23 @@ p.add_argument("--profile-kv", type=int, default=8)
 args = p.parse_args()
 T_START = time.monotonic()
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tq_ctypes import Strides, open_library  # noqa: E402
+# The Python bindings' declarations of the C API (bindings/python): of the repository this script is in,
+# or of the one it is run from (a copy of this script beside the built library), or $TQ_BINDINGS.
+for cand in [os.environ.get("TQ_BINDINGS", ""),
+             os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bindings", "python"),
+             os.path.join(os.getcwd(), "bindings", "python")]:
+    if cand and os.path.isfile(os.path.join(cand, "turboquant", "_lib.py")):
+        sys.path.insert(0, cand)
+        break
+from turboquant._lib import ContextHandle, Library, Strides  # noqa: E402
 
-lib = open_library(args.lib)
+lib = Library(args.lib)  # checks the struct layouts and the ABI version against the library
 vp, sz = ctypes.c_void_p, ctypes.c_size_t
+
+
+def i64p(t):
+    """An int64 tensor's device address as the int64_t* the C API takes."""
+    return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_int64))
 
 
 def check(st, what):
@@ -62,7 +74,7 @@ def context(hq, hkv, d, bits, max_batch, kernel="fast"):
     prm.n_layers, prm.n_heads, prm.n_kv_heads, prm.head_dim = 1, hq, hkv, d
     prm.bits_k = prm.bits_v = bits
     prm.dtype, prm.backend, prm.max_batch, prm.seed = 1, 1, max_batch, 7
-    ctx = vp()
+    ctx = ContextHandle()
     check(lib.tq_context_new(ctypes.byref(prm), ctypes.byref(ctx)), "tq_context_new")
     kr, vr = sz(), sz()
     check(lib.tq_context_row_bytes(ctx, ctypes.byref(kr), ctypes.byref(vr)), "row_bytes")
@@ -226,7 +238,7 @@ def run_decode(hq, hkv, d, batch, ctxlen, bits_list, copy_bw, results):
             src = si % n_sets_f
             for b in range(batch):
                 def app(b=b):
-                    check(lib.tq_append_kv(ctx, 0, vp(kst[b].data_ptr()), vp(vst[b].data_ptr()), ctxlen, vp(slots.data_ptr()),
+                    check(lib.tq_append_kv(ctx, 0, vp(kst[b].data_ptr()), vp(vst[b].data_ptr()), ctxlen, i64p(slots),
                                            ctxlen, vp(ks[src][b].data_ptr()), ctypes.byref(st_in), vp(vs[src][b].data_ptr()),
                                            ctypes.byref(st_in), stream()), "append")
                 if si == 0 and b == 0 and t_app is None:
@@ -247,7 +259,7 @@ def run_decode(hq, hkv, d, batch, ctxlen, bits_list, copy_bw, results):
         def ours(i):
             kst, vst, kp, vpp, lens, out, q = sets[i]
             check(lib.tq_attend_batch(ctx, 0, batch, vp(q.data_ptr()), 1, None, hq * d * 2, vp(kp.data_ptr()),
-                                      vp(vpp.data_ptr()), vp(lens.data_ptr()), ctxlen, None, 0, 0, 0, scale,
+                                      vp(vpp.data_ptr()), i64p(lens), ctxlen, None, 0, 0, 0, scale,
                                       vp(out.data_ptr()), None, hq * d * 2, stream()), "attend_batch")
         ours(0)
         torch.cuda.synchronize()
@@ -295,7 +307,7 @@ def run_prefill(hq, hkv, d, n_q, prefix, bits, results):
     vst = torch.empty(prefix, vr, dtype=torch.uint8, device="cuda")
     slots = torch.arange(prefix, device="cuda", dtype=torch.int64)
     st_in = Strides(d * 2, prefix * d * 2)
-    check(lib.tq_append_kv(ctx, 0, vp(kst.data_ptr()), vp(vst.data_ptr()), prefix, vp(slots.data_ptr()), prefix,
+    check(lib.tq_append_kv(ctx, 0, vp(kst.data_ptr()), vp(vst.data_ptr()), prefix, i64p(slots), prefix,
                            vp(k.data_ptr()), ctypes.byref(st_in), vp(v.data_ptr()), ctypes.byref(st_in), stream()), "append")
     qt = q[0].transpose(0, 1).contiguous()  # [n_q][hq][d]
     out = torch.empty(n_q, hq, d, dtype=torch.float16, device="cuda")
@@ -328,7 +340,7 @@ if args.profile_one:
     slots = torch.arange(ctxlen, device="cuda", dtype=torch.int64)
     st_in = Strides(d * 2, ctxlen * d * 2)
     for b in range(batch):
-        check(lib.tq_append_kv(ctx, 0, vp(kst[b].data_ptr()), vp(vst[b].data_ptr()), ctxlen, vp(slots.data_ptr()), ctxlen,
+        check(lib.tq_append_kv(ctx, 0, vp(kst[b].data_ptr()), vp(vst[b].data_ptr()), ctxlen, i64p(slots), ctxlen,
                                vp(k[b].data_ptr()), ctypes.byref(st_in), vp(v[b].data_ptr()), ctypes.byref(st_in), stream()), "append")
     kp = torch.tensor([kst[b].data_ptr() for b in range(batch)], dtype=torch.int64, device="cuda")
     vpp = torch.tensor([vst[b].data_ptr() for b in range(batch)], dtype=torch.int64, device="cuda")
@@ -336,7 +348,7 @@ if args.profile_one:
     out = torch.empty(batch, hq, d, dtype=torch.float16, device="cuda")
     for _ in range(3):
         check(lib.tq_attend_batch(ctx, 0, batch, vp(q.data_ptr()), 1, None, hq * d * 2, vp(kp.data_ptr()), vp(vpp.data_ptr()),
-                                  vp(lens.data_ptr()), ctxlen, None, 0, 0, 0, 1 / math.sqrt(d), vp(out.data_ptr()), None,
+                                  i64p(lens), ctxlen, None, 0, 0, 0, 1 / math.sqrt(d), vp(out.data_ptr()), None,
                                   hq * d * 2, stream()), "attend_batch")
     torch.cuda.synchronize()
     print("profiled decode calls done", flush=True)

@@ -3,14 +3,15 @@
 
 Usage: sass.py [--arch sm_90] [--d 128] [--bk 4] [--bv 4] [--kernel tq_decode_staged16] [--out DIR]
 
-Needs libnvrtc (pip: nvidia-cuda-nvrtc) on LD_LIBRARY_PATH or in the venv of this Python, and
-nvdisasm (pip: nvidia-cuda-nvdisasm). Prints, per kernel, registers, shared memory and an
-instruction histogram; writes the full listing to DIR/<kernel>.sass.
+The source and options are the library's own (`cargo run --features cuda --example kernel_source`),
+so this compiles exactly what a context would. Needs cargo, libnvrtc (pip: nvidia-cuda-nvrtc) on
+LD_LIBRARY_PATH or in the venv of this Python, and nvdisasm (pip: nvidia-cuda-nvdisasm). Prints, per kernel, registers, shared memory and an
+instruction histogram; writes the full listing to DIR/<kernel>.sass, its labels numbered per function so
+that `diff -r` of two DIRs shows exactly the kernels whose machine code differs.
 """
 import argparse, ctypes, glob, os, re, subprocess, sys, collections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PARTS = ["common.cuh", "append.cu", "decode.cu", "decode_fast.cu", "prefill.cu", "combine.cu"]
 
 
 def find(pattern):
@@ -43,6 +44,13 @@ def nvrtc_compile(src, opts):
     return buf.raw
 
 
+def renumber_labels(listing):
+    """Labels numbered in order of first appearance within one function (nvdisasm numbers them across
+    the whole module), so the listings of two builds compare equal when their machine code is."""
+    names = {}
+    return re.sub(r"\.L_x_\d+", lambda m: names.setdefault(m.group(0), f".L_{len(names)}"), listing)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="sm_90")
@@ -52,17 +60,17 @@ def main():
     ap.add_argument("--kernel", default="tq_decode")
     ap.add_argument("--out", default="/tmp/tq-sass")
     a = ap.parse_args()
-    src = "\n".join(open(os.path.join(ROOT, "kernels", p)).read() for p in PARTS)
-    stages = 2 if int("".join(c for c in a.arch[3:] if c.isdigit())) >= 90 else 4  # compile::fast_stages
-    opts = [f"--gpu-architecture={a.arch}", f"-DHEAD_DIM={a.d}", f"-DBITS_K={a.bk}", f"-DBITS_V={a.bv}",
-            f"-DFD_STAGES={stages}", f"-DFD_MERGE_PAIR_BYTES={512 * (1 + (a.d // 16 + 1) // 2)}",  # compile::fast_merge_pair_bytes
-            "--std=c++17", "-Xptxas=-v"]
-    cubin = nvrtc_compile(src, opts)
     os.makedirs(a.out, exist_ok=True)
+    subprocess.run(["cargo", "run", "--quiet", "--release", "--features", "cuda", "--example", "kernel_source", "--",
+                    "--d", str(a.d), "--bk", str(a.bk), "--bv", str(a.bv), "--arch", a.arch, "--out", a.out],
+                   cwd=ROOT, check=True)
+    src = open(os.path.join(a.out, "kernels.cu")).read()
+    opts = open(os.path.join(a.out, "options.txt")).read().split() + ["-Xptxas=-v"]
+    cubin = nvrtc_compile(src, opts)
     path = os.path.join(a.out, "k.cubin")
     open(path, "wb").write(cubin)
     nvdisasm = find("nvdisasm") or "nvdisasm"
-    text = subprocess.run([nvdisasm, "-c", "-fun", "", path] if False else [nvdisasm, "-c", path],
+    text = subprocess.run([nvdisasm, "-c", path],
                           capture_output=True, text=True, check=True).stdout
     # Split per function.
     funcs = re.split(r"\n\s*\.section\s+\.text\.", text)
@@ -72,7 +80,7 @@ def main():
             continue
         ins = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", f)
         hist = collections.Counter(i.split(".")[0] for i in ins)
-        open(os.path.join(a.out, name + ".sass"), "w").write(f)
+        open(os.path.join(a.out, name + ".sass"), "w").write(renumber_labels(f))
         print(f"{name}: {len(ins)} instructions")
         print("   ", ", ".join(f"{k} {v}" for k, v in hist.most_common(25)))
 

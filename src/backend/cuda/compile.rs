@@ -113,25 +113,53 @@ pub fn fast_merge_pair_bytes(head_dim: usize) -> usize {
     512 * (1 + (head_dim / 16 + 1) / 2)
 }
 
+/// Every value the host and the kernels share, as (name in the kernels, value): the specialisation, the
+/// dtype codes of the C API, and the launch geometry and shared-memory layout the host sizes its launches
+/// with. `compile` passes each as a -D option; kernels/common.cuh refuses to compile without any of them,
+/// and nothing in kernels/ spells one of these values itself.
+pub fn shared_defines(variant: Variant, arch: &str) -> Vec<(&'static str, i64)> {
+    use super::*;
+    let d = variant.head_dim;
+    let n = |v: usize| v as i64;
+    vec![
+        ("HEAD_DIM", n(d)),
+        ("BITS_K", i64::from(variant.bits_k)),
+        ("BITS_V", i64::from(variant.bits_v)),
+        ("DTYPE_F32", i64::from(Dtype::F32.code())),
+        ("DTYPE_F16", i64::from(Dtype::F16.code())),
+        ("DTYPE_BF16", i64::from(Dtype::Bf16.code())),
+        ("APPEND_WARPS", n(APPEND_WARPS)),
+        ("PF_ROWS", n(PREFILL_ROWS)),
+        ("PF_THREADS", i64::from(PREFILL_THREADS)),
+        ("PF_TILE", n(PREFILL_TILE)),
+        ("PF_PAD", n(PREFILL_PAD)),
+        ("DEC_STAGES", n(DECODE_STAGES)),
+        ("DEC_MIN_CTAS", n(decode_min_ctas(d))),
+        ("FD_COMPILED", i64::from(fast_variant(d, variant.bits_k, variant.bits_v))),
+        ("FD_THREADS", n(FAST_THREADS)),
+        ("FD_STAGES", n(fast_stages(arch))),
+        ("FD_MERGE_PAIR_BYTES", n(fast_merge_pair_bytes(d))),
+        ("ROT_WARPS", n(ROTATE_WARPS)),
+        ("CMB_MAX_THREADS", n(32 * COMBINE_MAX_WARPS)),
+        ("CMB_BATCH", n(COMBINE_BATCH)),
+        ("PART_HEADER", n(PART_HEADER)),
+    ]
+}
+
+/// The NVRTC options of one specialisation for `arch`: the architecture, every shared define, the language.
+pub fn options(variant: Variant, arch: &str) -> Vec<String> {
+    let defines = shared_defines(variant, arch).into_iter().map(|(k, v)| format!("-D{k}={v}"));
+    // The encoder's roundings are fixed by the row format; it spells every one with __fmul_rn /
+    // __fadd_rn / __dmul_rn (never contracted), so the rest may use fused multiply-adds.
+    [format!("--gpu-architecture={arch}")].into_iter().chain(defines).chain(["--std=c++17".to_string()]).collect()
+}
+
 /// Compile the kernels for `arch` (e.g. "sm_90") to machine code. Errors carry the compiler log.
 pub fn compile(variant: Variant, arch: &str) -> Result<Compiled, String> {
     variant.check()?;
     let src = CString::new(kernel_source()).expect("kernel source has no NUL");
     let name = CString::new("turboquant_kernels.cu").unwrap();
-    let opts: Vec<CString> = [
-        format!("--gpu-architecture={arch}"),
-        format!("-DHEAD_DIM={}", variant.head_dim),
-        format!("-DBITS_K={}", variant.bits_k),
-        format!("-DBITS_V={}", variant.bits_v),
-        format!("-DFD_STAGES={}", fast_stages(arch)),
-        format!("-DFD_MERGE_PAIR_BYTES={}", fast_merge_pair_bytes(variant.head_dim)),
-        "--std=c++17".into(),
-        // The encoder's roundings are fixed by the row format; it spells every one with __fmul_rn /
-        // __fadd_rn / __dmul_rn (never contracted), so the rest may use fused multiply-adds.
-    ]
-    .into_iter()
-    .map(|s| CString::new(s).unwrap())
-    .collect();
+    let opts: Vec<CString> = options(variant, arch).into_iter().map(|s| CString::new(s).unwrap()).collect();
     let opt_ptrs: Vec<*const c_char> = opts.iter().map(|s| s.as_ptr()).collect();
     let mut prog: sys::nvrtcProgram = std::ptr::null_mut();
     // SAFETY: plain NVRTC calls on a program this function owns and destroys.

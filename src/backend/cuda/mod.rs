@@ -210,7 +210,7 @@ pub struct CudaBackend {
     partials: DevPtr,
     /// Query rows (sequences × query tokens) the scratch holds.
     row_capacity: usize,
-    /// f32 partial records of (D + 4) floats (PART_STRIDE in kernels/common.cuh) the scratch holds.
+    /// f32 partial records of (head_dim + PART_HEADER) floats the scratch holds.
     partial_capacity: usize,
     sm_count: usize,
     decode_smem: u32,
@@ -260,13 +260,27 @@ fn vec_width(bytes: usize) -> usize {
     [16, 8, 4].into_iter().find(|w| bytes % w == 0).unwrap_or(1)
 }
 
-const APPEND_WARPS: usize = 4;
-const PREFILL_ROWS: usize = 128;
-const PREFILL_THREADS: u32 = 256;
-/// Shared-memory stages of the staged decode kernel (DEC_STAGES in kernels/decode.cu).
-const DECODE_STAGES: usize = 4;
-/// Threads of tq_decode_fast (FD_THREADS in kernels/decode_fast.cu).
-const FAST_THREADS: usize = 512;
+// Launch geometry shared with the kernels: compile::shared_defines hands each of these to NVRTC as a
+// -D option under the kernels' name for it (given beside each), so the two cannot disagree.
+/// Warps (one row each) per CTA of tq_append (APPEND_WARPS).
+pub(super) const APPEND_WARPS: usize = 4;
+/// Query rows per CTA of tq_prefill_* (PF_ROWS), 16 per warp.
+pub(super) const PREFILL_ROWS: usize = 128;
+/// Threads of tq_prefill_* (PF_THREADS).
+pub(super) const PREFILL_THREADS: u32 = 256;
+/// Shared-memory stages of the staged decode kernel (DEC_STAGES).
+pub(super) const DECODE_STAGES: usize = 4;
+/// Threads of tq_decode_fast (FD_THREADS).
+pub(super) const FAST_THREADS: usize = 512;
+/// Floats before the output in each partial record of (head_dim + PART_HEADER) floats (PART_HEADER): the
+/// running max and sum, padded to 16 bytes.
+pub(super) const PART_HEADER: usize = 4;
+
+/// CTAs per multiprocessor the staged decode kernel asks for (DEC_MIN_CTAS): two up to head_dim 128,
+/// where the registers allow it without spilling much (the stages are sized to fit two), else one.
+pub(super) fn decode_min_ctas(d: usize) -> usize {
+    if d <= 128 { 2 } else { 1 }
+}
 
 /// Shared memory of tq_decode_fast's merge buffers: one per pair of warps of a kv head (warp sub hands
 /// its partial to warp sub - ceil(wph / 2)), compile::fast_merge_pair_bytes each.
@@ -287,14 +301,15 @@ pub fn fast_item_cost() -> usize {
     FAST_ITEM_COST
 }
 
-/// Whether kernels/decode_fast.cu compiles tq_decode_fast* for this specialisation (its `#if`).
+/// Whether kernels/decode_fast.cu compiles tq_decode_fast* for this specialisation (passed to it as
+/// FD_COMPILED).
 pub fn fast_variant(d: usize, bits_k: u32, bits_v: u32) -> bool {
     bits_k <= 4 && bits_v <= 4 && d <= 128 && (d / 16 * 2 * bits_v as usize) % 8 == 0
 }
 
-/// Query rows per CTA of tq_rotate_queries with a Hadamard rotation, one warp a row (ROT_WARPS in
-/// kernels/combine.cu); a dense rotation takes a CTA of head_dim threads a row.
-const ROTATE_WARPS: usize = 8;
+/// Query rows per CTA of tq_rotate_queries with a Hadamard rotation, one warp a row (ROT_WARPS); a
+/// dense rotation takes a CTA of head_dim threads a row.
+pub(super) const ROTATE_WARPS: usize = 8;
 
 /// Split count of the fast decode kernel for `base` (sequence, column block) pairs of `len` cells on
 /// `ctas` persistent CTAs: the one that minimises the longest CTA's work — items per CTA times (cells
@@ -323,12 +338,12 @@ pub fn fast_splits(base: usize, len: usize, ctas: usize, max_splits: usize) -> u
     }
 }
 /// Warps of the combine kernel: at least head_dim / 32 (its output stage has a thread per element),
-/// at most COMBINE_MAX_WARPS (CMB_MAX_THREADS / 32 in kernels/combine.cu); each warp merges
+/// at most COMBINE_MAX_WARPS (its launch bound CMB_MAX_THREADS = 32 × this); each warp merges
 /// COMBINE_BATCH partials per round (CMB_BATCH). The full-precision row limit is computed at
 /// COMBINE_WARPS (the fewest warps head_dim 256 needs) so that it does not depend on the split plan.
 const COMBINE_WARPS: usize = 8;
-const COMBINE_MAX_WARPS: usize = 16;
-const COMBINE_BATCH: usize = 8;
+pub(super) const COMBINE_MAX_WARPS: usize = 16;
+pub(super) const COMBINE_BATCH: usize = 8;
 /// Shared memory of the combine kernel (no opt-in needed).
 const COMBINE_SMEM: usize = 48 * 1024;
 
@@ -340,7 +355,11 @@ fn combine_warps(n_partials: usize, d: usize) -> usize {
 }
 /// At most this many partials per (query, head): the combine kernel keeps their weights in shared memory.
 const MAX_PARTIALS: usize = 4096;
-const PREFILL_TILE: usize = 64;
+/// Cells per shared-memory tile of tq_prefill_* (PF_TILE).
+pub(super) const PREFILL_TILE: usize = 64;
+/// Halves of padding after each row of head_dim halves in tq_prefill_*'s shared memory (PF_PAD): a row
+/// stride of head_dim + 8 halves keeps its ldmatrix loads free of bank conflicts.
+pub(super) const PREFILL_PAD: usize = 8;
 /// Decode is used while query columns (query tokens × group) fit this many 8-wide column blocks.
 const DECODE_MAX_COLUMNS: usize = 16;
 /// Partial records per (query row, head) the scratch is sized for at max_batch rows.
@@ -435,15 +454,15 @@ impl CudaBackend {
         let d = cfg.head_dim;
         let tables = if cfg.bits_k == cfg.bits_v { table_words(cfg.bits_k) } else { table_words(cfg.bits_k) + table_words(cfg.bits_v) };
         let decode_smem = tables * 4;
-        let prefill_smem = tables * 4 + (PREFILL_ROWS + 2 * PREFILL_TILE) * (d + 8) * 2 + 2 * PREFILL_TILE * 4;
+        let prefill_smem = tables * 4 + (PREFILL_ROWS + 2 * PREFILL_TILE) * (d + PREFILL_PAD) * 2 + 2 * PREFILL_TILE * 4;
         // Staged decode: a ring of DECODE_STAGES stages of stage_cells whole rows (K and V) in shared
         // memory, for contexts whose kv heads fit one CTA and whose rows are 16-byte multiples.
         let (k_row_bytes, v_row_bytes) = (codec.k_layout.row_bytes(), codec.v_layout.row_bytes());
         let heads_per_cta = cfg.n_kv_heads.min(8);
         let warps_per_head = (8 / heads_per_cta).max(1);
         let unit = 16 * warps_per_head;
-        // Two CTAs per multiprocessor up to head_dim 128 (DEC_MIN_CTAS in kernels/decode.cu).
-        let per_cta = if d <= 128 { 228 * 1024 / 2 - 1024 } else { 200 * 1024 };
+        // decode_min_ctas CTAs per multiprocessor (two up to head_dim 128).
+        let per_cta = if decode_min_ctas(d) == 2 { 228 * 1024 / 2 - 1024 } else { 200 * 1024 };
         let budget = smem_optin.min(per_cta).saturating_sub(decode_smem);
         let fit = budget / (DECODE_STAGES * unit * (k_row_bytes + v_row_bytes));
         let stage_align = if k_row_bytes % 16 == 0 && v_row_bytes % 16 == 0 { 16 } else { 8 };
@@ -560,7 +579,7 @@ impl CudaBackend {
         me.q_hat16 = me.alloc(rows * d * 2)?;
         me.q_coef = me.alloc(rows * 4)?;
         me.q_mu = me.alloc(rows * 4)?;
-        me.partials = me.alloc(me.partial_capacity * (d + 4) * 4)?;
+        me.partials = me.alloc(me.partial_capacity * (d + PART_HEADER) * 4)?;
         Ok(me)
     }
 
@@ -989,11 +1008,7 @@ fn check_layout(module: sys::CUmodule) -> Result<(), CudaError> {
 }
 
 fn dtype_code(d: Dtype) -> i64 {
-    match d {
-        Dtype::F32 => 0,
-        Dtype::F16 => 1,
-        Dtype::Bf16 => 2,
-    }
+    i64::from(d.code())
 }
 
 impl Drop for CudaBackend {
