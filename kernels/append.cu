@@ -154,3 +154,29 @@ extern "C" __global__ void __launch_bounds__(APPEND_WARPS * 32) tq_append(const 
     if (which == 0) encode_vector<BITS_K>(p.k, p, token, head, xs_all[warp], codes_all[warp]);
     else encode_vector<BITS_V>(p.v, p, token, head, xs_all[warp], codes_all[warp]);
 }
+
+// Centering means: the mean over the first append's n_tokens rows of every (kv head, dimension), for K
+// (blockIdx.y 0) and V (1) — the CPU backend's arithmetic exactly (encode::head_means): elements loaded
+// as f32, summed in f64 token by token, divided in f64, rounded to f32. One thread per element.
+struct MeansSide {
+    const u8 *input;  // [n_tokens][n_kv_heads][D] of dtype with byte strides
+    i64 token_stride, head_stride;
+    float *out;       // [n_kv_heads][D]
+};
+
+struct MeansParams {
+    MeansSide k, v;
+    i64 n_tokens, n_kv_heads, dtype;
+};
+
+extern "C" __global__ void __launch_bounds__(256) tq_head_means(const MeansParams p) {
+    const MeansSide &s = blockIdx.y == 0 ? p.k : p.v;
+    const i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= p.n_kv_heads * D) return;
+    const i64 head = idx / D, e = idx % D;
+    const i64 esz = p.dtype == DTYPE_F32 ? 4 : 2;
+    const u8 *src = s.input + head * s.head_stride + e * esz;
+    double sum = 0.0;
+    for (i64 t = 0; t < p.n_tokens; t++) sum = __dadd_rn(sum, (double)load_elem(src + t * s.token_stride, p.dtype));
+    s.out[idx] = __double2float_rn(__ddiv_rn(sum, (double)(p.n_tokens > 0 ? p.n_tokens : 1)));
+}

@@ -53,6 +53,15 @@ pub trait Backend: Send + Sync {
     /// # Safety
     /// As for `append`; `out` is not read or written by others during the call.
     unsafe fn attend(&self, codec: &KvCodec, req: &AttendRequest, exec: Exec) -> Result<()>;
+    /// Centering: put the means this backend holds into `codec`'s host copy, which a state save
+    /// writes. The CPU backend freezes them there directly; a device backend copies them back.
+    fn means_to_codec(&self, _codec: &KvCodec) -> Result<()> {
+        Ok(())
+    }
+    /// Centering: a state load replaced `codec`'s means; use those from now on.
+    fn means_from_codec(&self, _codec: &KvCodec) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// How to create a codec's backend.

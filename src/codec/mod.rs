@@ -308,16 +308,21 @@ impl Codec {
         self.kv.state_len()
     }
 
-    /// The centering means of every layer, versioned and fingerprinted.
-    pub fn save_state(&self) -> Vec<u8> {
+    /// The centering means of every layer, versioned and fingerprinted (a device backend's means are
+    /// copied back first: the call waits for the device).
+    pub fn save_state(&self) -> CResult<Vec<u8>> {
+        self.backend.get().means_to_codec(&self.kv)?;
         let mut v = Vec::with_capacity(self.kv.state_len());
         self.kv.save_state(&mut v);
-        v
+        Ok(v)
     }
 
-    /// Restore a state from `save_state` of a codec with the same parameters; on error nothing changes.
+    /// Restore a state from `save_state` of a codec with the same parameters (of either backend); on a
+    /// malformed or mismatched state nothing changes. A device backend uploads the means (waiting
+    /// for work already queued on the device).
     pub fn load_state(&mut self, bytes: &[u8]) -> CResult<()> {
-        self.kv.load_state(bytes)
+        self.kv.load_state(bytes)?;
+        self.backend.get().means_from_codec(&self.kv)
     }
 
     /// Validate and run an append given as raw addresses. `n_tokens` 0 is a no-op.

@@ -270,7 +270,7 @@ pub unsafe extern "C" fn tq_context_state_save(ctx: *const tq_context, buf: *mut
         }
         // SAFETY: the caller guarantees `buf` holds `size` ≥ need writable bytes.
         let out = unsafe { error::slice_mut(buf, need, "buf") }?;
-        out.copy_from_slice(&c.codec.save_state());
+        out.copy_from_slice(&c.codec.save_state()?);
         Ok(())
     })
 }

@@ -23,8 +23,8 @@ and batch row, K and V stores are device byte buffers allocated with torch that 
 ``tq_append_kv``/``tq_attend`` run on ``torch.cuda.current_stream()`` with device slot indices. The first
 prompt of a sequence attends its own fresh K/V exactly (SDPA) and is then appended compressed; every
 later step appends its tokens and attends the compressed cache. On CUDA there is no residual window or
-sink (every cached token is compressed) and no centering (not on the CUDA backend yet): ``centering``
-defaults to on for CPU tensors and off for CUDA tensors.
+sink (every cached token is compressed); centering works on both (the means come from a layer's first
+append: the prompt).
 """
 
 from __future__ import annotations
@@ -123,8 +123,7 @@ class TurboQuantCache(Cache):
 
     ``bits`` sets both K and V (or ``bits_k``/``bits_v``); ``residual_window`` most recent and
     ``n_sink`` first tokens stay full precision (library defaults when None); ``max_tokens`` per
-    sequence defaults to the model's max_position_embeddings. ``centering`` (default: on for CPU
-    tensors, off for CUDA tensors, where the backend lacks it) subtracts per-head K and V means
+    sequence defaults to the model's max_position_embeddings. ``centering`` (default: on) subtracts per-head K and V means
     estimated from the prompt before quantizing: exact for attention, and it takes the large
     constant key components of llama-family models out of the error budget. The library context
     and cache are created at the first attention call, when the shapes and the device are known.
@@ -185,9 +184,6 @@ class TurboQuantCache(Cache):
         _check_architecture(config)
         n_layers = getattr(config, "num_hidden_layers", None) or len(self.layers)
         if query.is_cuda:
-            if self.centering:
-                raise NotImplementedError("TurboQuantCache(centering=True) is CPU-only: the CUDA "
-                                          "backend has no centering yet (leave centering unset)")
             if self.residual_window or self.n_sink:
                 raise NotImplementedError("TurboQuantCache on CUDA compresses every cached token: "
                                           "residual_window and n_sink are CPU-only")
@@ -197,7 +193,8 @@ class TurboQuantCache(Cache):
                                    bits_v=self.bits_v, rotation=self.rotation,
                                    key_mode=self.key_mode, dtype=dtype, backend="cuda",
                                    device=device, max_batch=CudaSlotCache.CHUNK, seed=self.seed,
-                                   centering=False, lib=self._lib)
+                                   centering=True if self.centering is None else self.centering,
+                                   lib=self._lib)
             self.cache = CudaSlotCache(self.context, batch, self.max_tokens)
             self._batch = batch
             return

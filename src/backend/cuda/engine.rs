@@ -68,4 +68,12 @@ impl Backend for CudaBackend {
         };
         Ok(CudaBackend::attend(self, &a, stream_of(exec) as _)?)
     }
+
+    fn means_to_codec(&self, codec: &KvCodec) -> Result<()> {
+        Ok(self.download_means(codec)?)
+    }
+
+    fn means_from_codec(&self, codec: &KvCodec) -> Result<()> {
+        Ok(self.upload_means(codec)?)
+    }
 }

@@ -24,11 +24,11 @@ pub mod params;
 mod engine;
 
 use std::ffi::{CString, c_void};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, result, sys};
 
-use crate::codec::{Dtype, KvCodec, Strides};
+use crate::codec::{Dtype, KvCodec, Means, Strides};
 use crate::math::quantizer::QuantizerKind;
 use crate::math::rotation::{Rotation, RotationKind};
 use params::DevPtr;
@@ -113,6 +113,7 @@ struct Kernels {
     prefill_unaligned: sys::CUfunction,
     rotate: sys::CUfunction,
     combine: sys::CUfunction,
+    head_means: sys::CUfunction,
 }
 
 /// The compressed stores an attention call reads.
@@ -208,6 +209,11 @@ pub struct CudaBackend {
     q_coef: DevPtr,
     q_mu: DevPtr,
     partials: DevPtr,
+    /// Centering: per layer [K means, V means], each n_kv_heads × head_dim f32 (0 without centering).
+    means: DevPtr,
+    /// Per layer: whether `means` holds the layer's means (computed on the device by its first append,
+    /// or uploaded from a loaded state). The lock is held while the first append issues its means kernel.
+    means_ready: Mutex<Vec<bool>>,
     /// Query rows (sequences × query tokens) the scratch holds.
     row_capacity: usize,
     /// f32 partial records of (head_dim + PART_HEADER) floats the scratch holds.
@@ -376,12 +382,6 @@ impl CudaBackend {
                 "params->key_mode is TQ_KEY_MODE_PROD: the CUDA backend implements MSE keys only",
             ));
         }
-        if cfg.centering {
-            return Err(CudaError::new(
-                CudaErrorKind::Unsupported,
-                "params->centering is true: the CUDA backend does not implement centering yet",
-            ));
-        }
         let variant = compile::Variant { head_dim: cfg.head_dim, bits_k: cfg.bits_k, bits_v: cfg.bits_v };
         variant.check().map_err(|m| CudaError::new(CudaErrorKind::Unsupported, format!("params: {m}")))?;
         if max_batch == 0 {
@@ -449,6 +449,7 @@ impl CudaBackend {
             prefill_unaligned: get("tq_prefill_unaligned")?,
             rotate: get("tq_rotate_queries")?,
             combine: get("tq_combine")?,
+            head_means: get("tq_head_means")?,
         };
         check_layout(module)?;
         let d = cfg.head_dim;
@@ -539,6 +540,8 @@ impl CudaBackend {
             q_coef: 0,
             q_mu: 0,
             partials: 0,
+            means: 0,
+            means_ready: Mutex::new(vec![false; cfg.n_layers]),
             row_capacity: max_batch,
             partial_capacity: max_batch * cfg.n_heads * PARTIALS_PER_ROW,
             sm_count,
@@ -580,6 +583,9 @@ impl CudaBackend {
         me.q_coef = me.alloc(rows * 4)?;
         me.q_mu = me.alloc(rows * 4)?;
         me.partials = me.alloc(me.partial_capacity * (d + PART_HEADER) * 4)?;
+        if cfg.centering {
+            me.means = me.alloc(cfg.n_layers * 2 * cfg.n_kv_heads * d * 4)?;
+        }
         Ok(me)
     }
 
@@ -681,6 +687,94 @@ impl CudaBackend {
             .map_err(driver_err(what))
     }
 
+    /// Device addresses of `layer`'s K and V centering means.
+    fn means_of(&self, layer: usize) -> (DevPtr, DevPtr) {
+        let n = (self.n_kv_heads * self.head_dim * 4) as u64;
+        let k = self.means + 2 * layer as u64 * n;
+        (k, k + n)
+    }
+
+    /// `layer`'s K and V means if centering is on and they are known (else 0, 0: no centering terms).
+    fn ready_means(&self, layer: usize) -> (DevPtr, DevPtr) {
+        let ready = self.means != 0 && self.means_ready.lock().unwrap_or_else(|e| e.into_inner())[layer];
+        if ready { self.means_of(layer) } else { (0, 0) }
+    }
+
+    /// Centering: the means of `a.layer`, computed from this append's rows on `stream` by the layer's
+    /// first append (then frozen), as the CPU backend does. Returns the K and V mean addresses.
+    fn freeze_means(&self, a: &DeviceAppend, stream: sys::CUstream) -> Result<(DevPtr, DevPtr), CudaError> {
+        let (mk, mv) = self.means_of(a.layer);
+        let mut ready = self.means_ready.lock().unwrap_or_else(|e| e.into_inner());
+        if !ready[a.layer] {
+            let side = |input, strides: Strides, out| params::MeansSide {
+                input,
+                token_stride: strides.token as i64,
+                head_stride: strides.head as i64,
+                out,
+            };
+            let mut p = params::MeansParams {
+                k: side(a.k, a.k_strides, mk),
+                v: side(a.v, a.v_strides, mv),
+                n_tokens: a.n_tokens as i64,
+                n_kv_heads: self.n_kv_heads as i64,
+                dtype: dtype_code(self.dtype),
+            };
+            let blocks = (self.n_kv_heads * self.head_dim).div_ceil(256) as u32;
+            let ptr = &mut p as *mut _ as *mut c_void;
+            self.launch(self.kernels.head_means, (blocks, 2, 1), 256, 0, stream, ptr, false, "centering means launch")?;
+            ready[a.layer] = true;
+        }
+        Ok((mk, mv))
+    }
+
+    /// Centering: the means of every layer that has them into `codec`'s host copy (the state a save
+    /// writes). Waits for the device (a first append's means kernel may still be running).
+    pub fn download_means(&self, codec: &KvCodec) -> Result<(), CudaError> {
+        if self.means == 0 {
+            return Ok(());
+        }
+        let ready = self.means_ready.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.bind()?;
+        if ready.iter().any(|&r| r) {
+            result::ctx::synchronize().map_err(driver_err("synchronize before reading the centering means"))?;
+        }
+        let n = self.n_kv_heads * self.head_dim;
+        for (layer, _) in ready.iter().enumerate().filter(|(_, r)| **r) {
+            let (mk, mv) = self.means_of(layer);
+            let (mut k, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
+            // SAFETY: `means` holds n floats at each of these addresses; the device is idle.
+            unsafe { result::memcpy_dtoh_sync(&mut k, mk) }.map_err(driver_err("centering means download"))?;
+            // SAFETY: as above.
+            unsafe { result::memcpy_dtoh_sync(&mut v, mv) }.map_err(driver_err("centering means download"))?;
+            codec.freeze_means(layer, || Means { k, v });
+        }
+        Ok(())
+    }
+
+    /// Centering: after a state load replaced `codec`'s means, use them — uploaded now for the layers
+    /// that have means, the others to be computed by their next append.
+    pub fn upload_means(&self, codec: &KvCodec) -> Result<(), CudaError> {
+        if self.means == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        let mut ready = self.means_ready.lock().unwrap_or_else(|e| e.into_inner());
+        // Work already queued may still read the old means: let it finish first.
+        result::ctx::synchronize().map_err(driver_err("synchronize before replacing the centering means"))?;
+        for (layer, r) in ready.iter_mut().enumerate() {
+            *r = false;
+            if let Some(m) = codec.means(layer) {
+                let (mk, mv) = self.means_of(layer);
+                // SAFETY: `means` holds n_kv_heads × head_dim floats at each address, as m.k and m.v have.
+                unsafe { result::memcpy_htod_sync(mk, &m.k) }.map_err(driver_err("centering means upload"))?;
+                // SAFETY: as above.
+                unsafe { result::memcpy_htod_sync(mv, &m.v) }.map_err(driver_err("centering means upload"))?;
+                *r = true;
+            }
+        }
+        Ok(())
+    }
+
     /// Encode `a.n_tokens` tokens into rows (same bytes as the CPU backend). Graph-capture safe.
     /// Slots are not range-checked here (they are device memory); the kernel skips out-of-range slots.
     pub fn append(&self, a: &DeviceAppend, stream: sys::CUstream) -> Result<(), CudaError> {
@@ -688,8 +782,9 @@ impl CudaBackend {
             return Ok(());
         }
         self.bind()?;
+        let (mean_k, mean_v) = if self.means != 0 { self.freeze_means(a, stream)? } else { (0, 0) };
         let (kt, vt) = &self.layers[a.layer];
-        let side = |store, input, strides: Strides, row_bytes, scale_offset, t: &SideTables| params::EncodeSide {
+        let side = |store, input, strides: Strides, row_bytes, scale_offset, t: &SideTables, mean| params::EncodeSide {
             store,
             input,
             token_stride: strides.token as i64,
@@ -700,11 +795,11 @@ impl CudaBackend {
             signs_in: t.signs_in,
             signs_out: t.signs_out,
             matrix_t: t.matrix_t,
-            mean: 0,
+            mean,
         };
         let mut p = params::AppendParams {
-            k: side(a.k_store, a.k, a.k_strides, self.k_row_bytes, self.k_scale_offset, kt),
-            v: side(a.v_store, a.v, a.v_strides, self.v_row_bytes, self.v_scale_offset, vt),
+            k: side(a.k_store, a.k, a.k_strides, self.k_row_bytes, self.k_scale_offset, kt, mean_k),
+            v: side(a.v_store, a.v, a.v_strides, self.v_row_bytes, self.v_scale_offset, vt, mean_v),
             slots: a.slots,
             n_tokens: a.n_tokens as i64,
             n_cells: a.n_cells as i64,
@@ -829,6 +924,7 @@ impl CudaBackend {
             return Err(CudaError::invalid(format!("{} sequences: at most 65535 per call", a.n_seqs)));
         }
         self.bind()?;
+        let (mean_k, mean_v) = self.ready_means(a.layer);
         let (kt, vt) = &self.layers[a.layer];
         let d = self.head_dim;
         let q = params::QueryTensor {
@@ -844,7 +940,7 @@ impl CudaBackend {
             n_heads: self.n_heads as i64,
             group: self.group as i64,
             rot: params::Rotation { signs_in: kt.signs_in, signs_out: kt.signs_out, matrix: kt.matrix, matrix_t: kt.matrix_t },
-            mean_k: 0,
+            mean_k,
             scale: a.scale,
             pad_: 0.0,
             q_hat: self.q_hat,
@@ -949,7 +1045,7 @@ impl CudaBackend {
             group: self.group as i64,
             n_kv_heads: self.n_kv_heads as i64,
             rot: params::Rotation { signs_in: vt.signs_in, signs_out: vt.signs_out, matrix: vt.matrix, matrix_t: vt.matrix_t },
-            mean_v: 0,
+            mean_v,
             partials: self.partials,
             n_partials: plan.n_partials as i64,
             full_k: full.map_or(0, |f| f.k),

@@ -64,6 +64,26 @@ pub struct EncodeSide {
     pub mean: DevPtr,
 }
 
+/// One side (K or V) of tq_head_means.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MeansSide {
+    pub input: DevPtr,
+    pub token_stride: i64,
+    pub head_stride: i64,
+    pub out: DevPtr,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MeansParams {
+    pub k: MeansSide,
+    pub v: MeansSide,
+    pub n_tokens: i64,
+    pub n_kv_heads: i64,
+    pub dtype: i64,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AppendParams {
@@ -166,6 +186,8 @@ pub fn layout() -> (String, Vec<i64>) {
     layout!(probe, offsets, EncodeSide, [store, input, token_stride, head_stride, row_bytes, scale_offset, boundaries, signs_in,
         signs_out, matrix_t, mean]);
     layout!(probe, offsets, AppendParams, [k, v, slots, n_tokens, n_cells, n_kv_heads, dtype]);
+    layout!(probe, offsets, MeansSide, [input, token_stride, head_stride, out]);
+    layout!(probe, offsets, MeansParams, [k, v, n_tokens, n_kv_heads, dtype]);
     layout!(probe, offsets, Rotation, [signs_in, signs_out, matrix, matrix_t]);
     layout!(probe, offsets, QueryTensor, [ptr, seq_stride, token_stride, head_stride]);
     layout!(probe, offsets, RotateParams, [q, dtype, n_q, n_heads, group, rot, mean_k, scale, q_hat, q_coef, q_mu, q_hat16]);
