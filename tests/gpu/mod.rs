@@ -5,8 +5,6 @@ use std::ffi::c_void;
 
 use cudarc::driver::{result, sys};
 use turboquant::backend::cuda;
-use turboquant::ffi::context::*;
-use turboquant::ffi::tq_status;
 
 /// True when a CUDA device and NVRTC are usable. Otherwise prints a loud SKIPPED line (stdout and
 /// stderr) naming the test: a skipped GPU test is NOT a pass. Where a GPU is required
@@ -43,31 +41,6 @@ pub fn gpu_required() -> bool {
 /// Whether to run the reduced set (compute-sanitizer runs).
 pub fn quick() -> bool {
     std::env::var("TQ_GPU_QUICK").as_deref() == Ok("1")
-}
-
-pub fn last_error() -> String {
-    unsafe { std::ffi::CStr::from_ptr(turboquant::ffi::tq_last_error_message()) }.to_string_lossy().into_owned()
-}
-
-pub struct Ctx(pub *mut tq_context);
-
-impl Drop for Ctx {
-    fn drop(&mut self) {
-        unsafe { tq_context_free(self.0) };
-    }
-}
-
-pub fn context(p: &tq_context_params) -> Ctx {
-    let mut ctx = std::ptr::null_mut();
-    let st = unsafe { tq_context_new(p, &mut ctx) };
-    assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
-    Ctx(ctx)
-}
-
-pub fn row_bytes(ctx: &Ctx) -> (usize, usize) {
-    let (mut k, mut v) = (0, 0);
-    assert_eq!(unsafe { tq_context_row_bytes(ctx.0, &mut k, &mut v) }, tq_status::TQ_STATUS_OK);
-    (k, v)
 }
 
 /// A device allocation (the test's own; freed on drop). The CUDA context must be current.
@@ -134,9 +107,9 @@ pub fn from_f16_bits(x: &[u16]) -> Vec<f32> {
     x.iter().map(|&v| half::f16::from_bits(v).to_f32()).collect()
 }
 
-#[path = "../common/rng.rs"]
-mod rng;
-pub use rng::Rng;
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::{Ctx, Rng, context, last_error, row_bytes};
 
 /// ‖a − b‖ / ‖b‖ over the whole tensor, and the worst (token, head) row.
 pub fn rel_errors(a: &[f32], b: &[f32], d: usize) -> (f64, f64) {
