@@ -404,7 +404,7 @@ __device__ __forceinline__ void fd_body(const AttendParams &p) {
         // Fill the first stage now, the others once the first item's queries are requested (below):
         // requested behind the whole ring's copies, the queries arrived 2.9-3.5 us after the dependency
         // wait and held back the first step; with one stage ahead of them the first step starts 0.5-1 us
-        // earlier (phase trace and timings: bench/NOTES.md, v17). All threads advance their cursors alike.
+        // earlier (phase trace and timings: bench/gpu/RESULTS.md, v17). All threads advance their cursors alike.
 #pragma unroll 1
         for (int s = 0; s < FD_EARLY_STAGES; s++) {
             if (cur.next(p, n_items, n_colblocks, sc)) {

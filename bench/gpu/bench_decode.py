@@ -110,7 +110,7 @@ def copy_bandwidth():
     """Device-to-device copy rate (read + write bytes per second) of 2 GiB: the faster of cudaMemcpyAsync
     (torch copy_) timed eagerly and an elementwise copy kernel (x * 1) timed as graph replays. Not copy_
     inside a graph: there the memcpy node runs at ~2.8 TB/s on an H200 against ~4.25 TB/s for both of these
-    (bench/gpu/experiments/copy_rates.py)."""
+    (bench/gpu/copy_rates.py)."""
     n = 2 << 30
     x = torch.empty(n // 4, dtype=torch.float32, device="cuda")
     y = torch.empty_like(x)

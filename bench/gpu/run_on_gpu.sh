@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Run on the GPU machine from a folder holding: libturboquant.so, gpu_kernels (test binary),
-# bench_decode.py, tq_ctypes.py. Writes logs and results under $OUT (or ./out).
+# bench_decode.py and this script. bench_decode.py imports the Python bindings from $TQ_BINDINGS if set,
+# else from the repository it sits in (../../bindings/python: bench/gpu/ of a checkout), else from
+# ./bindings/python of the current directory. Writes logs and results under $OUT (or ./out); the current
+# numbers: RESULTS.md.
 # Usage: run_on_gpu.sh STEP...  with STEP one of
 #   tests      GPU tests (fast decode kernels, then TQ_CUDA_DECODE=staged)
 #   sanitize   compute-sanitizer memcheck and racecheck over the quick GPU tests

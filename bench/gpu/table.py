@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Markdown tables from a bench_decode.py results file: python3 table.py results/h200_v3_bench.json"""
+"""Markdown tables from a bench_decode.py results file: python3 table.py results/h200_v20_bench.json"""
 import json, sys
 
 r = json.load(open(sys.argv[1]))

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Device-to-device copy rates by several methods (2 GiB, read + write bytes counted: 2 * size / time),
-each timed eagerly (CUDA events over 20 calls) and as a CUDA-graph replay of 20 calls; medians of 5.
+each timed eagerly (CUDA events over 20 calls) and as a CUDA-graph replay of 20 calls; medians of 5; and the
+streaming-read rate of a torch.sum over the same bytes. Usage: python3 copy_rates.py (torch only).
 
-bench_decode.py's "copy bandwidth" is `y.copy_(x)` of uint8 in a graph (a cudaMemcpyAsync node): this
-script checks it against kernel copies that move the same bytes through the multiprocessors."""
+These are the floor bench/gpu/RESULTS.md quotes. They showed that `copy_` captured in a graph (a memcpy
+node) runs far below the copy kernels, so bench_decode.py's copy bandwidth is the faster of an eager
+`copy_` and a graph-timed elementwise copy kernel."""
 import statistics
 
 import torch
