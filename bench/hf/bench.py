@@ -47,7 +47,10 @@ p.add_argument("--layers", type=int, default=4)
 p.add_argument("--new-tokens", type=int, default=64)
 p.add_argument("--seed-path", default=None, help="directory holding the seed package")
 p.add_argument("--ours-path", default=None, help="directory holding this project's package")
+p.add_argument("--sdpa", default="default",
+               help="SDPA backends torch may use (comma list of flash,efficient,cudnn,math; default: torch's choice)")
 a = p.parse_args()
+llama8b_shape.set_sdpa_backends(a.sdpa)
 
 if a.cache == "ours":
     sys.path.insert(0, a.ours_path)
@@ -108,7 +111,7 @@ result = {"cache": a.cache, "context": a.context, "layers": a.layers, "new_token
           "prefill_s": round(t1, 4), "decode_tok_s": round(1.0 / median, 1),
           "decode_tok_s_whole_run": round(a.new_tokens / (tn - t1), 1),
           "peak_decode_mib": round(peak_decode / 2**20, 1),
-          "kv_mib": round(kv_bytes(cache) / 2**20, 1), "device": torch.cuda.get_device_name()}
+          "kv_mib": round(kv_bytes(cache) / 2**20, 1), "sdpa": a.sdpa, "device": torch.cuda.get_device_name()}
 
 if a.cache == "ours":
     # next-token logits after the prompt plus one token, against DynamicCache

@@ -24,7 +24,10 @@ p.add_argument("--layers", type=int, default=4)
 p.add_argument("--steps", type=int, default=48)
 p.add_argument("--ours-path", default=None)
 p.add_argument("--profile", action="store_true")
+p.add_argument("--sdpa", default="default",
+               help="SDPA backends torch may use (comma list of flash,efficient,cudnn,math; default: torch's choice)")
 a = p.parse_args()
+llama8b_shape.set_sdpa_backends(a.sdpa)
 
 if a.cache == "ours":
     sys.path.insert(0, a.ours_path)
@@ -60,7 +63,7 @@ med = run(a.steps)
 print("RESULT " + json.dumps({"loop": "forward", "cache": a.cache, "context": a.context, "layers": a.layers,
                               "steps": a.steps, "median_step_ms": round(med * 1e3, 3),
                               "tok_s": round(1.0 / med, 1), "attn_impl": model.config._attn_implementation,
-                              "device": torch.cuda.get_device_name()}), flush=True)
+                              "sdpa": a.sdpa, "device": torch.cuda.get_device_name()}), flush=True)
 if a.profile:
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

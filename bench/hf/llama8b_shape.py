@@ -15,3 +15,22 @@ def build(layers: int, max_positions: int):
     with torch.device("cuda"):
         model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
     return config, model
+
+
+SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
+
+
+def set_sdpa_backends(spec):
+    """Restrict torch's scaled_dot_product_attention to the backends named in `spec` (comma list of
+    flash, efficient, cudnn, math), or leave torch's choice ("default"). The benchmarks record it:
+    which backend DynamicCache's SDPA takes changes its decode step (cuDNN attention plans per shape)."""
+    if spec == "default":
+        return
+    names = spec.split(",")
+    unknown = [n for n in names if n not in SDPA_BACKENDS]
+    if unknown:
+        raise SystemExit(f"--sdpa: unknown backend(s) {unknown}; choose from {SDPA_BACKENDS} or 'default'")
+    torch.backends.cuda.enable_flash_sdp("flash" in names)
+    torch.backends.cuda.enable_mem_efficient_sdp("efficient" in names)
+    torch.backends.cuda.enable_cudnn_sdp("cudnn" in names)
+    torch.backends.cuda.enable_math_sdp("math" in names)
