@@ -218,6 +218,49 @@ class Context:
                                      oa.ptr, ctypes.byref(os_), ith, nth)
         return out
 
+    def attend_batch(self, layer: int, q: Any, k_stores: Any, v_stores: Any, n_cells: Any, *,
+                     max_cells: int, scale: float | None = None, out: Any = None):
+        """Decode attention of several sequences in one call (tq_attend_batch; CUDA contexts only).
+
+        ``q``: CUDA tensor [n_seqs][n_q][n_heads][head_dim] of the context dtype, packed.
+        ``k_stores`` / ``v_stores``: CUDA int64 tensors [n_seqs] of store addresses (each store
+        16-byte aligned, e.g. ``torch.tensor([s.data_ptr() for s in stores], device=...)``).
+        ``n_cells``: CUDA int64 tensor [n_seqs], sequence s attends cells 0..n_cells[s] (≤ max_cells).
+        No mask: every cell of a sequence is visible. Returns ``out`` (allocated like q if not given).
+        Graph-capture safe (nothing is read on the host).
+        """
+        import torch
+        layer = self._layer(layer)
+        if self.backend != BACKENDS["cuda"]:
+            raise ValueError("attend_batch is for CUDA contexts; on the CPU call attend per sequence")
+        if not (isinstance(q, torch.Tensor) and q.dim() == 4 and q.is_contiguous()):
+            raise ValueError("q must be a packed 4-D CUDA tensor [n_seqs][n_q][n_heads][head_dim]")
+        n_seqs, n_q = int(q.shape[0]), int(q.shape[1])
+        qa = self._tensor(q.view(n_seqs * n_q, q.shape[2], q.shape[3]), "q", self.n_heads)
+        if out is None:
+            out = torch.empty_like(q)
+        if not (isinstance(out, torch.Tensor) and out.shape == q.shape and out.is_contiguous()):
+            raise ValueError(f"out must be a packed tensor of q's shape {tuple(q.shape)}")
+        oa = self._tensor(out.view(n_seqs * n_q, q.shape[2], q.shape[3]), "out", self.n_heads,
+                          writable=True)
+        for name, t in (("k_stores", k_stores), ("v_stores", v_stores), ("n_cells", n_cells)):
+            if not (isinstance(t, torch.Tensor) and t.is_cuda and t.dtype == torch.int64
+                    and t.dim() == 1 and t.numel() == n_seqs and t.is_contiguous()):
+                raise ValueError(f"{name} must be a packed 1-D int64 CUDA tensor of {n_seqs} elements "
+                                 f"(one per sequence of q)")
+            index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+            if index != self.device:
+                raise ValueError(f"{name} is on cuda:{index} but the context is on cuda:{self.device}")
+        scale = 1.0 / math.sqrt(self.head_dim) if scale is None else float(scale)
+        seq_bytes = n_q * qa.byte_strides[0]
+        qs, os_ = qa.strides(), oa.strides()
+        self._lib.tq_attend_batch(self.handle, layer, n_seqs, qa.ptr, n_q, ctypes.byref(qs), seq_bytes,
+                                  k_stores.data_ptr(), v_stores.data_ptr(),
+                                  ctypes.cast(n_cells.data_ptr(), ctypes.POINTER(c_int64)), int(max_cells),
+                                  None, DTYPE_F32, 0, 0, scale, oa.ptr, ctypes.byref(os_), seq_bytes,
+                                  qa.stream)
+        return out
+
     # -- state ------------------------------------------------------------------------------------
 
     def state_save(self) -> bytes:

@@ -239,11 +239,14 @@ class CudaSlotCache:
 
     Per layer: K and V stores of shape (batch, capacity, row bytes), uint8 device tensors allocated
     with torch: the first prompt's size plus MIN_CELLS, then doubling when full (rows do not depend
-    on their cell, so growing is a copy). Cells 0..length of each batch row hold its tokens in order. ``step`` appends a step's
-    K/V at device slot indices and attends: a sequence's first prompt attends its own fresh K/V
-    exactly with SDPA (nothing compressed exists yet) and is then appended; later steps append
-    first, then attend the compressed cache (with a causal mask when a step has several tokens).
-    Every library call is enqueued on torch.cuda.current_stream(); nothing synchronises.
+    on their cell, so growing is a copy); capacity is a multiple of 16 cells, so every batch row's
+    store is 16-byte aligned. Cells 0..length of each batch row hold its tokens in order. ``step``
+    appends a step's K/V at device slot indices — all batch rows in one call, the layer's stores
+    taken as one store of batch × capacity cells — and attends: a sequence's first prompt attends its
+    own fresh K/V exactly with SDPA (nothing compressed exists yet) and is then appended; later steps
+    append first, then attend the compressed cache — a decode step of the whole batch in one
+    tq_attend_batch call, a multi-token step per batch row with a causal mask. Every library call is
+    enqueued on torch.cuda.current_stream(); nothing synchronises.
     """
 
     MIN_CELLS = 256
@@ -255,6 +258,8 @@ class CudaSlotCache:
         n = context.n_layers
         self.stores: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n
         self.lengths = [0] * n
+        # per layer: device int64 tensors of the batch rows' K and V store addresses (tq_attend_batch)
+        self.pointers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n
 
     def _reserve(self, layer: int, need: int, device: torch.device):
         if self.max_tokens and need > self.max_tokens:
@@ -265,6 +270,7 @@ class CudaSlotCache:
             return old
         # the first prompt gets its size plus MIN_CELLS cells of room, then capacity doubles
         cells = need + self.MIN_CELLS if capacity == 0 else max(2 * capacity, need)
+        cells = -(-cells // 16) * 16  # batch rows start 16-byte aligned (tq_attend_batch)
         ctx, length = self.context, self.lengths[layer]
         k = torch.empty((self.batch, cells, ctx.k_row_bytes), dtype=torch.uint8, device=device)
         v = torch.empty((self.batch, cells, ctx.v_row_bytes), dtype=torch.uint8, device=device)
@@ -272,17 +278,24 @@ class CudaSlotCache:
             k[:, :length].copy_(old[0][:, :length])
             v[:, :length].copy_(old[1][:, :length])
         self.stores[layer] = (k, v)
+        self.pointers[layer] = tuple(
+            torch.tensor([s[b].data_ptr() for b in range(self.batch)], dtype=torch.int64, device=device)
+            for s in (k, v))
         return k, v
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: [batch, tokens, n_kv_heads, head_dim] in the context's dtype, packed."""
         n, start = k.shape[1], self.lengths[layer]
         ks, vs = self._reserve(layer, start + n, k.device)
-        slots = torch.arange(start, start + n, dtype=torch.int64, device=k.device)
-        for i in range(0, n, self.CHUNK):
-            j = min(i + self.CHUNK, n)
-            for b in range(self.batch):
-                self.context.append_kv(layer, ks[b], vs[b], slots[i:j], k[b, i:j], v[b, i:j])
+        cells = ks.shape[1]
+        # batch row b's token i goes to cell b * cells + start + i of the layer's stores taken as one
+        rows = torch.arange(self.batch, dtype=torch.int64, device=k.device)[:, None] * cells
+        slots = (rows + torch.arange(start, start + n, dtype=torch.int64, device=k.device)).reshape(-1)
+        kf, vf = k.reshape(self.batch * n, *k.shape[2:]), v.reshape(self.batch * n, *v.shape[2:])
+        ksf, vsf = ks.view(self.batch * cells, -1), vs.view(self.batch * cells, -1)
+        for i in range(0, self.batch * n, self.CHUNK):
+            j = min(i + self.CHUNK, self.batch * n)
+            self.context.append_kv(layer, ksf, vsf, slots[i:j], kf[i:j], vf[i:j])
         self.lengths[layer] = start + n
 
     def step(self, layer: int, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -305,6 +318,11 @@ class CudaSlotCache:
             mask = torch.zeros((n_q, n_cells), dtype=torch.float32, device=q.device)
             mask[:, n_cells - n_q:] = torch.full((n_q, n_q), float("-inf"), device=q.device).triu(1)
         ks, vs = self.stores[layer]
+        if mask is None and self.batch * n_q <= self.CHUNK:
+            kp, vp = self.pointers[layer]
+            lens = torch.full((self.batch,), n_cells, dtype=torch.int64, device=q.device)
+            out = self.context.attend_batch(layer, q, kp, vp, lens, max_cells=n_cells, scale=scale)
+            return out.to(query.dtype)
         out = torch.empty_like(q)
         for i in range(0, n_q, self.CHUNK):
             j = min(i + self.CHUNK, n_q)
@@ -331,6 +349,7 @@ class CudaSlotCache:
 
     def close(self) -> None:
         self.stores = [None] * len(self.stores)
+        self.pointers = [None] * len(self.pointers)
 
 
 def _check_architecture(config: Any) -> None:
