@@ -178,6 +178,8 @@ def test_slot_mode_errors(ctx):
         ctx.append_kv(0, ks, vs, np.arange(4), k.astype(np.float16), v)
     with pytest.raises(ValueError, match=r"q must have shape \(n, 8, 64\)"):
         ctx.attend(0, k, ks, vs)
+    with pytest.raises(ValueError, match="attend_batch is for CUDA contexts"):
+        ctx.attend_batch(0, q, None, None, None, max_cells=4)
 
 
 def test_context_state_round_trip():
