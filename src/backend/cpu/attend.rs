@@ -450,20 +450,28 @@ unsafe fn classify_block(mask: &MaskSource, t0: usize, t1: usize, j0: usize, j1:
                 Dtype::F16 => (0x7fff, 0xfc00),
                 Dtype::Bf16 => (0x7fff, 0xff80),
             };
+            let wide = dtype == Dtype::F32;
             for t in t0..t1 {
                 // SAFETY: the caller guarantees the mask covers (t, j) for j in j0..j1.
                 let row = unsafe { ptr.add((t * row_stride + j0) * dtype.size()) };
-                for jj in 0..j1 - j0 {
-                    // SAFETY: as above.
-                    let bits = unsafe {
-                        match dtype {
-                            Dtype::F32 => (row.add(4 * jj) as *const u32).read_unaligned(),
-                            Dtype::F16 | Dtype::Bf16 => (row.add(2 * jj) as *const u16).read_unaligned() as u32,
-                        }
-                    };
-                    any_nonzero |= bits & abs_bits != 0;
-                    all_hidden &= bits == neg_inf_bits;
+                let (mut or_bits, mut and_hidden) = (0u32, true);
+                if wide {
+                    for jj in 0..j1 - j0 {
+                        // SAFETY: as above.
+                        let bits = unsafe { (row.add(4 * jj) as *const u32).read_unaligned() };
+                        or_bits |= bits & abs_bits;
+                        and_hidden &= bits == neg_inf_bits;
+                    }
+                } else {
+                    for jj in 0..j1 - j0 {
+                        // SAFETY: as above.
+                        let bits = unsafe { (row.add(2 * jj) as *const u16).read_unaligned() } as u32;
+                        or_bits |= bits & abs_bits;
+                        and_hidden &= bits == neg_inf_bits;
+                    }
                 }
+                any_nonzero |= or_bits != 0;
+                all_hidden &= and_hidden;
             }
         }
         MaskSource::Causal { cell_pos, query_pos } => {
@@ -562,16 +570,10 @@ unsafe fn compressed_tiled(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &
             let packed = unsafe { std::slice::from_raw_parts(row.add(k_codes), kl.code_bytes()) };
             lookup(packed, k_bits, k_table, &mut ts.k_rows[jj * d..(jj + 1) * d], &mut s.codes);
         }
-        tile::scores(&ts.k_rows, &ts.qt, d, lp, nb, &mut ts.scores, simd);
-        for jj in 0..nb {
-            let (ks, row) = (ts.k_scale[jj], &mut ts.scores[jj * lp..(jj + 1) * lp]);
-            for (x, &mu) in row.iter_mut().zip(&ts.q_mu[..lp]) {
-                *x = *x * ks + mu;
-            }
-            if class == BlockMask::Mixed {
-                for (x, &mv) in row.iter_mut().zip(&ts.mask[jj * lp..(jj + 1) * lp]) {
-                    *x += mv;
-                }
+        tile::scores(&ts.k_rows, &ts.qt, &ts.k_scale, &ts.q_mu, d, lp, nb, &mut ts.scores, simd);
+        if class == BlockMask::Mixed {
+            for (x, &mv) in ts.scores[..nb * lp].iter_mut().zip(&ts.mask[..nb * lp]) {
+                *x += mv;
             }
         }
 

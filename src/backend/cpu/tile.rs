@@ -18,14 +18,16 @@ use super::simd::exp_neg;
 /// Lanes per vector register (f32 in AVX-512).
 pub const VECTOR: usize = 16;
 
-/// sc[j·lp + L] = Σ_i rows[j·d + i] · qt[i·lp + L] for j < nb, L < lp.
-pub fn scores(rows: &[f32], qt: &[f32], d: usize, lp: usize, nb: usize, sc: &mut [f32], avx512: bool) {
+/// sc[j·lp + L] = row_scale[j] · Σ_i rows[j·d + i] · qt[i·lp + L] + lane_bias[L] for j < nb, L < lp.
+#[allow(clippy::too_many_arguments)]
+pub fn scores(rows: &[f32], qt: &[f32], row_scale: &[f32], lane_bias: &[f32], d: usize, lp: usize, nb: usize, sc: &mut [f32], avx512: bool) {
     assert!(lp.is_multiple_of(VECTOR) && rows.len() >= nb * d && qt.len() >= d * lp && sc.len() >= nb * lp);
+    assert!(row_scale.len() >= nb && lane_bias.len() >= lp);
     #[cfg(target_arch = "x86_64")]
     if avx512 {
         // SAFETY: the caller passes avx512 = true only where AVX-512F was detected; the lengths are
         // asserted above and the kernels index inside them.
-        unsafe { x86::scores(rows.as_ptr(), qt.as_ptr(), d, lp, nb, sc.as_mut_ptr()) };
+        unsafe { x86::scores(rows.as_ptr(), qt.as_ptr(), row_scale.as_ptr(), lane_bias.as_ptr(), d, lp, nb, sc.as_mut_ptr()) };
         return;
     }
     let _ = avx512;
@@ -37,6 +39,9 @@ pub fn scores(rows: &[f32], qt: &[f32], d: usize, lp: usize, nb: usize, sc: &mut
             for (o, &q) in out.iter_mut().zip(&qt[i * lp..(i + 1) * lp]) {
                 *o += k * q;
             }
+        }
+        for (o, &b) in out.iter_mut().zip(lane_bias) {
+            *o = *o * row_scale[j] + b;
         }
     }
 }
@@ -126,40 +131,45 @@ mod x86 {
     /// # Safety
     /// AVX-512F; `rows` holds nb·d, `qt` d·lp and `sc` nb·lp elements, lp a multiple of 16.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn scores(rows: *const f32, qt: *const f32, d: usize, lp: usize, nb: usize, sc: *mut f32) {
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn scores(rows: *const f32, qt: *const f32, row_scale: *const f32, lane_bias: *const f32, d: usize, lp: usize, nb: usize, sc: *mut f32) {
         over_lane_chunks!(lp, |c0, w| {
             // SAFETY: c0 + 16·w ≤ lp: the chunk lies inside every lane row.
             unsafe {
+                let (qt, bias, sc) = (qt.add(c0), lane_bias.add(c0), sc.add(c0));
                 match w {
-                    1 => scores_chunk::<1>(rows, qt.add(c0), d, lp, nb, sc.add(c0)),
-                    2 => scores_chunk::<2>(rows, qt.add(c0), d, lp, nb, sc.add(c0)),
-                    3 => scores_chunk::<3>(rows, qt.add(c0), d, lp, nb, sc.add(c0)),
-                    _ => scores_chunk::<4>(rows, qt.add(c0), d, lp, nb, sc.add(c0)),
+                    1 => scores_chunk::<1>(rows, qt, row_scale, bias, d, lp, nb, sc),
+                    2 => scores_chunk::<2>(rows, qt, row_scale, bias, d, lp, nb, sc),
+                    3 => scores_chunk::<3>(rows, qt, row_scale, bias, d, lp, nb, sc),
+                    _ => scores_chunk::<4>(rows, qt, row_scale, bias, d, lp, nb, sc),
                 }
             }
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn scores_chunk<const W: usize>(rows: *const f32, qt: *const f32, d: usize, lp: usize, nb: usize, sc: *mut f32) {
+    unsafe fn scores_chunk<const W: usize>(rows: *const f32, qt: *const f32, row_scale: *const f32, lane_bias: *const f32, d: usize, lp: usize, nb: usize, sc: *mut f32) {
         let mut j = 0;
         while j + BLOCK_ROWS <= nb {
             // SAFETY: cells j..j+4 < nb; the callee reads W vectors of lanes at qt + i·lp.
-            unsafe { scores_cells::<W, BLOCK_ROWS>(rows.add(j * d), qt, d, lp, sc.add(j * lp)) };
+            unsafe { scores_cells::<W, BLOCK_ROWS>(rows.add(j * d), qt, row_scale.add(j), lane_bias, d, lp, sc.add(j * lp)) };
             j += BLOCK_ROWS;
         }
         while j < nb {
             // SAFETY: cell j < nb.
-            unsafe { scores_cells::<W, 1>(rows.add(j * d), qt, d, lp, sc.add(j * lp)) };
+            unsafe { scores_cells::<W, 1>(rows.add(j * d), qt, row_scale.add(j), lane_bias, d, lp, sc.add(j * lp)) };
             j += 1;
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn scores_cells<const W: usize, const J: usize>(rows: *const f32, qt: *const f32, d: usize, lp: usize, sc: *mut f32) {
-        // SAFETY: AVX-512F (callers are target_feature functions); reads J rows of d elements, d lane
-        // rows of W vectors, writes J lane rows of W vectors, all inside the caller's buffers.
+    unsafe fn scores_cells<const W: usize, const J: usize>(rows: *const f32, qt: *const f32, row_scale: *const f32, lane_bias: *const f32, d: usize, lp: usize, sc: *mut f32) {
+        // SAFETY: AVX-512F (callers are target_feature functions); reads J rows of d elements and J
+        // row scales, d lane rows of W vectors and W vectors of biases, writes J lane rows of W
+        // vectors, all inside the caller's buffers.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); W]; J];
             for i in 0..d {
@@ -175,8 +185,10 @@ mod x86 {
                 }
             }
             for (jj, a) in acc.iter().enumerate() {
+                let ks = _mm512_set1_ps(*row_scale.add(jj));
                 for (w, &v) in a.iter().enumerate() {
-                    _mm512_storeu_ps(sc.add(jj * lp + w * VECTOR), v);
+                    let out = _mm512_fmadd_ps(v, ks, _mm512_loadu_ps(lane_bias.add(w * VECTOR)));
+                    _mm512_storeu_ps(sc.add(jj * lp + w * VECTOR), out);
                 }
             }
         }
@@ -333,16 +345,18 @@ mod tests {
             let qt = data(d * lp, 2);
             let p = data(nb * lp, 3);
             let at0 = data(d * lp, 4);
+            let (row_scale, lane_bias) = (data(nb, 5), data(lp, 6));
             let mut outs = Vec::new();
             for &simd in paths {
                 let mut sc = vec![f32::NAN; nb * lp];
-                scores(&rows, &qt, d, lp, nb, &mut sc, simd);
+                scores(&rows, &qt, &row_scale, &lane_bias, d, lp, nb, &mut sc, simd);
                 let mut at = at0.clone();
                 accumulate(&rows, &p, d, lp, nb, &mut at, simd);
                 for j in 0..nb {
                     for lane in 0..lp {
-                        let want: f64 = (0..d).map(|i| rows[j * d + i] as f64 * qt[i * lp + lane] as f64).sum();
-                        let bound: f64 = (0..d).map(|i| (rows[j * d + i] as f64 * qt[i * lp + lane] as f64).abs()).sum();
+                        let (rs, lb) = (row_scale[j] as f64, lane_bias[lane] as f64);
+                        let want = rs * (0..d).map(|i| rows[j * d + i] as f64 * qt[i * lp + lane] as f64).sum::<f64>() + lb;
+                        let bound = rs.abs() * (0..d).map(|i| (rows[j * d + i] as f64 * qt[i * lp + lane] as f64).abs()).sum::<f64>() + lb.abs();
                         let got = sc[j * lp + lane] as f64;
                         assert!((got - want).abs() <= 1e-6 * bound, "scores d={d} lp={lp} nb={nb} simd={simd}: {got} vs {want}");
                     }
