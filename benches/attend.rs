@@ -1,7 +1,9 @@
 //! Decode attention on the CPU: one query token, 32 query heads / 8 kv heads, d = 128, at 4K and
 //! 32K cached tokens — tq_attend over 4- and 3-bit rows against a plain f32 attention over an
 //! uncompressed cache (written here: GQA-shared K/V reads, 16-lane dot products, same threads),
-//! plus append throughput. Run: `cargo bench --bench attend` (TQ_BENCH_THREADS, default 2).
+//! plus append throughput; and prefill as llama.cpp runs it on SmolLM2-135M (9 query heads / 3 kv
+//! heads, d = 64): 512 query tokens over 4,096 cached cells plus their own 512, with an f16 causal
+//! mask, in one tq_attend call. Run: `cargo bench --bench attend` (TQ_BENCH_THREADS, default 2).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -140,5 +142,54 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// 512 queries at depth 4,096 (pp512 @ d4096 of llama-bench) through one layer's tq_attend.
+fn bench_prefill(c: &mut Criterion) {
+    const PNH: usize = 9;
+    const PNKV: usize = 3;
+    const PD: usize = 64;
+    let (depth, n_q) = (4096usize, 512usize);
+    let n = depth + n_q;
+    let th = threads();
+    let mut group = c.benchmark_group(format!("prefill_attend_{th}threads"));
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(n_q as u64));
+    let k = data(n * PNKV * PD, 4);
+    let v = data(n * PNKV * PD, 5);
+    let q = data(n_q * PNH * PD, 6);
+    let mut out = vec![0.0f32; n_q * PNH * PD];
+    // llama.cpp's KQ mask: f16, 0 where cell j ≤ the query's position, −inf elsewhere.
+    let mask: Vec<u16> = (0..n_q)
+        .flat_map(|t| (0..n).map(move |j| if j <= depth + t { 0u16 } else { 0xfc00 }))
+        .collect();
+    for bits in [4u32, 3] {
+        let mut p = tq_context_default_params();
+        p.n_heads = PNH as u32;
+        p.n_kv_heads = PNKV as u32;
+        p.head_dim = PD as u32;
+        p.bits_k = bits;
+        p.bits_v = bits;
+        p.n_threads = th as u32;
+        let mut ctx = std::ptr::null_mut();
+        assert_eq!(unsafe { tq_context_new(&p, &mut ctx) } as u32, 0);
+        let (mut kr, mut vr) = (0, 0);
+        unsafe { tq_context_row_bytes(ctx, &mut kr, &mut vr) };
+        let (mut ks, mut vs) = (vec![0u8; n * kr], vec![0u8; n * vr]);
+        let slots: Vec<i64> = (0..n as i64).collect();
+        let st = unsafe {
+            tq_append_kv(ctx, 0, ks.as_mut_ptr().cast(), vs.as_mut_ptr().cast(), n, slots.as_ptr(), n,
+                k.as_ptr().cast(), std::ptr::null(), v.as_ptr().cast(), std::ptr::null(), std::ptr::null_mut())
+        };
+        assert_eq!(st as u32, 0);
+        let attend = |out: &mut [f32]| unsafe {
+            tq_attend(ctx, 0, q.as_ptr().cast(), n_q, std::ptr::null(), ks.as_ptr().cast(), vs.as_ptr().cast(), n,
+                mask.as_ptr().cast(), 1, n, 1.0 / (PD as f32).sqrt(), out.as_mut_ptr().cast(), std::ptr::null(), std::ptr::null_mut())
+        };
+        assert_eq!(attend(&mut out) as u32, 0);
+        group.bench_function(format!("turboquant_{bits}bit_512q_d4096"), |b| b.iter(|| attend(&mut out)));
+        unsafe { tq_context_free(ctx) };
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_prefill);
 criterion_main!(benches);

@@ -272,3 +272,101 @@ fn half_precision_io_and_strided_tensors_match_f32() {
     let ebf = max_row_rel_error(&run(2, 0, &round_bf16), &as64(&run(0, 0, &round_bf16)), d);
     assert!(ebf < 5e-3, "BF16 I/O: {ebf:e}");
 }
+
+/// Prefill as an engine runs it: one sequence in cells 0..depth + n_q (plus `pad` never-written,
+/// hidden cells, as llama.cpp pads its cache view), n_q query tokens at positions depth.., causal.
+/// The tiled path then sees blocks that are all visible (before the depth), mixed (the diagonal)
+/// and all hidden (past the last query and the padding), full tiles of 16 query tokens and a partial
+/// one. Returns the error against the float64 reference over the dequantized rows.
+#[allow(clippy::too_many_arguments)]
+fn run_prefill(d: usize, n_kv: usize, group: usize, bits: (u32, u32), centering: bool, depth: usize, n_q: usize, f16_mask: bool, seed: u64) -> f64 {
+    let n_heads = n_kv * group;
+    let (pad, n) = (40usize, depth + n_q);
+    let n_cells = n + pad;
+    let mut p = tq_context_default_params();
+    p.n_heads = n_heads as u32;
+    p.n_kv_heads = n_kv as u32;
+    p.head_dim = d as u32;
+    p.bits_k = bits.0;
+    p.bits_v = bits.1;
+    p.centering = centering;
+    p.seed = seed;
+    p.n_threads = 2;
+    let ctx = context(&p);
+    let (kr, vr) = row_bytes(&ctx);
+    let mut rng = Rng::new(seed);
+    let (k, v) = (rng.normals(n * n_kv * d), rng.normals(n * n_kv * d));
+    // 3·q gives peaked softmax rows, so that the running maximum moves between blocks.
+    let q: Vec<f32> = rng.normals(n_q * n_heads * d).iter().map(|x| 3.0 * x).collect();
+    // The padding cells hold bytes no append wrote (0xff: scales that decode to NaN if ever read).
+    let (mut k_store, mut v_store) = (vec![0xffu8; n_cells * kr], vec![0xffu8; n_cells * vr]);
+    let slots: Vec<i64> = (0..n as i64).collect();
+    let st = unsafe {
+        tq_append_kv(ctx.0, 0, k_store.as_mut_ptr().cast(), v_store.as_mut_ptr().cast(), n_cells, slots.as_ptr(), n,
+            k.as_ptr().cast(), std::ptr::null(), v.as_ptr().cast(), std::ptr::null(), std::ptr::null_mut())
+    };
+    assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+    let mask: Vec<f64> =
+        (0..n_q).flat_map(|t| (0..n_cells).map(move |j| if j <= depth + t { 0.0 } else { f64::NEG_INFINITY })).collect();
+    let mask32: Vec<f32> = mask.iter().map(|&x| x as f32).collect();
+    let mask16: Vec<u16> = mask32.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
+    let (mask_ptr, mask_dtype) = if f16_mask { (mask16.as_ptr().cast(), 1) } else { (mask32.as_ptr().cast(), 0) };
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = vec![0.0f32; n_q * n_heads * d];
+    let st = unsafe {
+        tq_attend(ctx.0, 0, q.as_ptr().cast(), n_q, std::ptr::null(), k_store.as_ptr().cast(), v_store.as_ptr().cast(), n_cells,
+            mask_ptr, mask_dtype, n_cells, scale, out.as_mut_ptr().cast(), std::ptr::null(), std::ptr::null_mut())
+    };
+    assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+
+    let rotation = RotationKind::auto(d);
+    let key = Quantizer::new_indexed(QuantizerConfig { dim: d, bits: bits.0, rotation, kind: QuantizerKind::Mse, seed }, 0, 0).unwrap();
+    let value = MseQuantizer::new(d, bits.1, rotation, seed, 1).unwrap();
+    let k_layout = RowLayout { n_kv_heads: n_kv, head_dim: d, mse_bits: bits.0, qjl: false };
+    let v_layout = RowLayout { n_kv_heads: n_kv, head_dim: d, mse_bits: bits.1, qjl: false };
+    // Centering means: the whole first (and only) append, in f64.
+    let mean_of = |x: &[f32]| -> Vec<f32> {
+        (0..n_kv * d).map(|e| ((0..n).map(|i| x[i * n_kv * d + e] as f64).sum::<f64>() / n as f64) as f32).collect()
+    };
+    let (mk, mv) = (mean_of(&k), mean_of(&v));
+    let kd = dequant_rows(&k_store[..n * kr], &k_layout, n, Some(&key), None, centering.then_some(mk.as_slice()));
+    let vd = dequant_rows(&v_store[..n * vr], &v_layout, n, None, Some(&value), centering.then_some(mv.as_slice()));
+    let q64: Vec<f64> = q.iter().map(|&x| x as f64).collect();
+    let mask_n: Vec<f64> = (0..n_q).flat_map(|t| mask[t * n_cells..t * n_cells + n].to_vec()).collect();
+    let reference = reference_attention(&q64, &kd, &vd, &mask_n, n_q, n, n_heads, n_kv, d, scale as f64);
+    max_row_rel_error(&out, &reference, d)
+}
+
+/// The tiled multi-query path (16 query tokens × the group's heads per tile) against the float64
+/// reference, ≤ 1e-5 relative: the llama.cpp SmolLM2 shape (3 kv heads, group 3, d 64), one vector
+/// of lanes (group 1), two lane chunks (group 8, d 128: 128 lanes), a head size that is no multiple
+/// of 16 (DENSE rotation is auto for d 96), 3-bit K / 2-bit V, centering, f16 and f32 masks.
+#[test]
+fn prefill_tiles_match_float64_reference() {
+    let cases: [(usize, usize, usize, (u32, u32), bool, usize, usize, bool); 6] = [
+        (64, 3, 3, (4, 4), false, 300, 40, true),
+        (64, 3, 3, (4, 4), true, 300, 40, false),
+        (64, 2, 1, (4, 3), false, 100, 33, true),
+        (128, 1, 8, (4, 4), false, 200, 20, true),
+        (96, 2, 2, (3, 2), true, 150, 17, false),
+        (256, 1, 4, (4, 4), false, 64, 16, true),
+    ];
+    for (i, &(d, n_kv, group, bits, centering, depth, n_q, f16_mask)) in cases.iter().enumerate() {
+        let err = run_prefill(d, n_kv, group, bits, centering, depth, n_q, f16_mask, 300 + i as u64);
+        assert!(err <= 1e-5, "case {i} (d {d}, n_kv {n_kv}, group {group}, bits {bits:?}): relative error {err:e}");
+    }
+}
+
+/// The same cases through the portable kernels: the test binary runs that test again with
+/// TQ_DISABLE_SIMD=1 (read once per process), which turns off every explicit AVX-512 kernel of CPU
+/// attention; both paths must meet the same float64 bound, so they agree to 2e-5.
+#[test]
+fn prefill_tiles_match_float64_reference_portable() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "prefill_tiles_match_float64_reference", "--test-threads", "1"])
+        .env("TQ_DISABLE_SIMD", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("1 passed"), "portable run failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -367,3 +367,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn many_query_attend_matches_the_row_by_row_path() {
+    // 20 query tokens × 4 heads per kv head take the tiled path (80 lanes), 3 tokens the row-by-row
+    // one (12 lanes). The owned cache places a batch's queries at the last n_q positions, so the last
+    // 3 rows of the 20-token attend and the 3-token attend see the same cells, compressed and full
+    // precision (window, sinks) merged in one softmax: they must agree to float rounding.
+    let ctx = context(&ctx_params(true));
+    let mut rng = Rng::new(9);
+    let n = 300;
+    let (k, v) = (rng.normals(n * NKV * D), rng.normals(n * NKV * D));
+    let q = rng.normals(20 * NH * D);
+    for (window, sinks) in [(0u32, 0u32), (64, 4)] {
+        let c = cache(&ctx, 1, 512, window, sinks);
+        assert_eq!(append(&c, 1, 0, &k, &v), tq_status::TQ_STATUS_OK);
+        let tiled = attend(&c, 1, 0, &q);
+        let rows = attend(&c, 1, 0, &q[17 * NH * D..]);
+        for (a, b) in tiled[17 * NH * D..].iter().zip(&rows) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "window {window}: {a} vs {b}");
+        }
+        // The first rows see fewer cells (causal): they differ from the last ones'.
+        let first: Vec<f64> = rows[..NH * D].iter().map(|&x| x as f64).collect();
+        assert!(max_row_rel_error(&tiled[..NH * D], &first, D) > 1e-3);
+    }
+}

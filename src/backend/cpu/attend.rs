@@ -8,7 +8,8 @@
 //! sinks) join the same softmax in the original basis.
 
 use super::encode::HeadTensor;
-use super::simd::{axpy, dot, exp_neg, exp_shifted_sum, lookup, scale_in_place};
+use super::simd::{avx512_enabled as has_avx512, axpy, dot, exp_neg, exp_shifted_sum, lookup, scale_in_place};
+use super::tile;
 use crate::codec::{Dtype, KvCodec, Means, Strides};
 use crate::math::scale;
 
@@ -90,8 +91,9 @@ unsafe impl Sync for AttendJob<'_> {}
 /// Cells per softmax block.
 const BLOCK: usize = 64;
 
-/// Query tokens processed together: every unpacked K/V row serves all their G heads.
-const QUERY_TILE: usize = 8;
+/// Query tokens processed together: every unpacked K/V row serves all their G heads (16 tokens fill
+/// whole vectors of lanes on the tiled path for any G).
+const QUERY_TILE: usize = 16;
 
 /// Per-thread working memory; "lanes" are the (query token, head) pairs of one tile and kv head.
 pub struct AttendScratch {
@@ -111,6 +113,7 @@ pub struct AttendScratch {
     signs: Vec<f32>,
     codes: Vec<u8>,
     out: Vec<f32>,
+    tile: TileScratch,
 }
 
 impl AttendScratch {
@@ -132,6 +135,7 @@ impl AttendScratch {
             signs: vec![0.0; d],
             codes: vec![0; d],
             out: vec![0.0; d],
+            tile: TileScratch::default(),
         }
     }
 }
@@ -192,18 +196,12 @@ fn raise_max(s: &mut AttendScratch, lane: usize, new_m: f32, d: usize) {
 unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut AttendScratch) {
     let codec = job.codec;
     let lc = &codec.layers[job.layer];
-    let (kl, vl) = (&codec.k_layout, &codec.v_layout);
     let d = codec.config.head_dim;
     let group = codec.group_size();
-    let nt = t1 - t0;
-    let lanes = nt * group;
+    let lanes = (t1 - t0) * group;
     let means = job.means;
     let key_mse = lc.key.mse_stage();
-    let prod = kl.qjl;
-    let qjl_gain = lc.key.qjl_gain();
-    let k_table: &[f32] = key_mse.map_or(&[], |m| &m.codebook().centroids_f32);
-    let v_table: &[f32] = &lc.value.codebook().centroids_f32;
-    let (k_row_bytes, v_row_bytes) = (kl.row_bytes(), vl.row_bytes());
+    let prod = codec.k_layout.qjl;
 
     for lane in 0..lanes {
         let (t, h) = (t0 + lane / group, lane % group);
@@ -223,6 +221,76 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
     }
     s.acc[..lanes * d].iter_mut().for_each(|v| *v = 0.0);
     s.acc_full[..lanes * d].iter_mut().for_each(|v| *v = 0.0);
+
+    if !prod && lanes >= tile::VECTOR {
+        // SAFETY: the caller guarantees the job's pointers; t0..t1 < n_q and g < n_kv_heads.
+        unsafe { compressed_tiled(job, t0, t1, g, s) };
+    } else {
+        // SAFETY: as above.
+        unsafe { compressed_rows(job, t0, t1, g, s) };
+    }
+
+    // Full-precision rows (original basis, uncentered).
+    if let Some((full, query_pos)) = job.full {
+        let n_kv = codec.config.n_kv_heads;
+        for j in 0..full.pos.len() {
+            let k = &full.k[(j * n_kv + g) * d..(j * n_kv + g + 1) * d];
+            let v = &full.v[(j * n_kv + g) * d..(j * n_kv + g + 1) * d];
+            for lane in 0..lanes {
+                if full.pos[j] > query_pos[t0 + lane / group] {
+                    continue;
+                }
+                let sc = dot(&s.q[lane * d..(lane + 1) * d], k) * job.scale;
+                raise_max(s, lane, sc, d);
+                let p = exp_neg(sc - s.m[lane]);
+                s.l[lane] += p;
+                axpy(p, v, &mut s.acc_full[lane * d..(lane + 1) * d]);
+            }
+        }
+    }
+
+    // Un-rotate once, add the centering mean and the full-precision part, normalise, store.
+    for lane in 0..lanes {
+        let (t, h) = (t0 + lane / group, lane % group);
+        // SAFETY: t < n_q and the head index < n_heads: inside the validated out tensor.
+        let out_ptr = unsafe { job.out.add(job.out_strides.offset(t, g * group + h)) };
+        if s.l[lane] == 0.0 {
+            s.out.iter_mut().for_each(|v| *v = 0.0);
+        } else {
+            lc.value.rotation().unrotate(&s.acc[lane * d..(lane + 1) * d], &mut s.out);
+            let inv = 1.0 / s.l[lane];
+            let mu_w = s.l_compressed[lane];
+            for i in 0..d {
+                let mu = means.map_or(0.0, |m| m.v[g * d + i]);
+                s.out[i] = (s.out[i] + mu * mu_w + s.acc_full[lane * d + i]) * inv;
+            }
+        }
+        // SAFETY: out_ptr addresses head_dim writable elements of this item only.
+        unsafe { job.out_dtype.store(&s.out, out_ptr) };
+    }
+}
+
+/// The compressed cells of one tile, row by row: each K/V row is unpacked once and serves the tile's
+/// lanes through dot products and axpys (the path for PROD keys and for tiles of fewer than 16 lanes,
+/// decode among them). Updates the lanes' m, l, l_compressed and acc.
+///
+/// # Safety
+/// As for `run_tile`; the lanes were initialised by it.
+#[inline(always)]
+unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut AttendScratch) {
+    let codec = job.codec;
+    let lc = &codec.layers[job.layer];
+    let (kl, vl) = (&codec.k_layout, &codec.v_layout);
+    let d = codec.config.head_dim;
+    let group = codec.group_size();
+    let nt = t1 - t0;
+    let lanes = nt * group;
+    let key_mse = lc.key.mse_stage();
+    let prod = kl.qjl;
+    let qjl_gain = lc.key.qjl_gain();
+    let k_table: &[f32] = key_mse.map_or(&[], |m| &m.codebook().centroids_f32);
+    let v_table: &[f32] = &lc.value.codebook().centroids_f32;
+    let (k_row_bytes, v_row_bytes) = (kl.row_bytes(), vl.row_bytes());
 
     let mut j0 = 0;
     while j0 < job.n_cells {
@@ -305,42 +373,234 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
         j0 = j1;
     }
 
-    // Full-precision rows (original basis, uncentered).
-    if let Some((full, query_pos)) = job.full {
-        let n_kv = codec.config.n_kv_heads;
-        for j in 0..full.pos.len() {
-            let k = &full.k[(j * n_kv + g) * d..(j * n_kv + g + 1) * d];
-            let v = &full.v[(j * n_kv + g) * d..(j * n_kv + g + 1) * d];
-            for lane in 0..lanes {
-                if full.pos[j] > query_pos[t0 + lane / group] {
-                    continue;
-                }
-                let sc = dot(&s.q[lane * d..(lane + 1) * d], k) * job.scale;
-                raise_max(s, lane, sc, d);
-                let p = exp_neg(sc - s.m[lane]);
-                s.l[lane] += p;
-                axpy(p, v, &mut s.acc_full[lane * d..(lane + 1) * d]);
-            }
+}
+
+/// Cells per block of the tiled path (its working set — unpacked K and V rows, scores — stays in L1).
+const TILE_BLOCK: usize = 32;
+
+/// Working memory of the tiled path (`tile` describes the layouts), allocated on first use.
+#[derive(Default)]
+struct TileScratch {
+    /// Rotated queries, [d][lp].
+    qt: Vec<f32>,
+    /// ⟨q, μ_k⟩·scale per lane (0 without centering).
+    q_mu: Vec<f32>,
+    /// Value accumulators in the rotated basis, [d][lp].
+    at: Vec<f32>,
+    /// Scores, then probabilities times the value scale, [TILE_BLOCK][lp].
+    scores: Vec<f32>,
+    /// The additive mask per lane of a block that is neither all visible nor all hidden, [TILE_BLOCK][lp].
+    mask: Vec<f32>,
+    /// Unpacked K and V rows of a block (centroid values, unscaled), [TILE_BLOCK][d].
+    k_rows: Vec<f32>,
+    v_rows: Vec<f32>,
+    /// Row scales of a block; 0 for cells no lane of the tile sees.
+    k_scale: Vec<f32>,
+    v_scale: Vec<f32>,
+    /// Whether some lane of the tile sees the cell.
+    visible: Vec<bool>,
+    m: Vec<f32>,
+    l: Vec<f32>,
+}
+
+impl TileScratch {
+    fn ensure(&mut self, d: usize, lp_max: usize) {
+        if self.qt.len() < d * lp_max {
+            *self = Self {
+                qt: vec![0.0; d * lp_max],
+                q_mu: vec![0.0; lp_max],
+                at: vec![0.0; d * lp_max],
+                scores: vec![0.0; TILE_BLOCK * lp_max],
+                mask: vec![0.0; TILE_BLOCK * lp_max],
+                // Rows of hidden cells are never unpacked: they keep these finite values.
+                k_rows: vec![0.0; TILE_BLOCK * d],
+                v_rows: vec![0.0; TILE_BLOCK * d],
+                k_scale: vec![0.0; TILE_BLOCK],
+                v_scale: vec![0.0; TILE_BLOCK],
+                visible: vec![false; TILE_BLOCK],
+                m: vec![0.0; lp_max],
+                l: vec![0.0; lp_max],
+            };
         }
     }
+}
 
-    // Un-rotate once, add the centering mean and the full-precision part, normalise, store.
-    for lane in 0..lanes {
-        let (t, h) = (t0 + lane / group, lane % group);
-        // SAFETY: t < n_q and the head index < n_heads: inside the validated out tensor.
-        let out_ptr = unsafe { job.out.add(job.out_strides.offset(t, g * group + h)) };
-        if s.l[lane] == 0.0 {
-            s.out.iter_mut().for_each(|v| *v = 0.0);
-        } else {
-            lc.value.rotation().unrotate(&s.acc[lane * d..(lane + 1) * d], &mut s.out);
-            let inv = 1.0 / s.l[lane];
-            let mu_w = s.l_compressed[lane];
-            for i in 0..d {
-                let mu = means.map_or(0.0, |m| m.v[g * d + i]);
-                s.out[i] = (s.out[i] + mu * mu_w + s.acc_full[lane * d + i]) * inv;
+/// What the mask says about a block of cells for the queries of a tile.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BlockMask {
+    /// Every (query, cell) pair has mask 0.
+    Visible,
+    /// Every pair is −inf.
+    Hidden,
+    /// Anything else: the values are in `TileScratch::mask`, per lane.
+    Mixed,
+}
+
+/// Classify block [j0, j1) for queries [t0, t1) from the raw mask bits (±0 is visible, −inf hidden).
+///
+/// # Safety
+/// A tensor mask covers rows t0..t1 and cells j0..j1.
+unsafe fn classify_block(mask: &MaskSource, t0: usize, t1: usize, j0: usize, j1: usize) -> BlockMask {
+    let (mut any_nonzero, mut all_hidden) = (false, true);
+    match *mask {
+        MaskSource::None => return BlockMask::Visible,
+        MaskSource::Tensor { ptr, dtype, row_stride } => {
+            let (abs_bits, neg_inf_bits): (u32, u32) = match dtype {
+                Dtype::F32 => (0x7fff_ffff, 0xff80_0000),
+                Dtype::F16 => (0x7fff, 0xfc00),
+                Dtype::Bf16 => (0x7fff, 0xff80),
+            };
+            let wide = dtype == Dtype::F32;
+            for t in t0..t1 {
+                // SAFETY: the caller guarantees the mask covers (t, j) for j in j0..j1.
+                let row = unsafe { ptr.add((t * row_stride + j0) * dtype.size()) };
+                let (mut or_bits, mut and_hidden) = (0u32, true);
+                if wide {
+                    for jj in 0..j1 - j0 {
+                        // SAFETY: as above.
+                        let bits = unsafe { (row.add(4 * jj) as *const u32).read_unaligned() };
+                        or_bits |= bits & abs_bits;
+                        and_hidden &= bits == neg_inf_bits;
+                    }
+                } else {
+                    for jj in 0..j1 - j0 {
+                        // SAFETY: as above.
+                        let bits = unsafe { (row.add(2 * jj) as *const u16).read_unaligned() } as u32;
+                        or_bits |= bits & abs_bits;
+                        and_hidden &= bits == neg_inf_bits;
+                    }
+                }
+                any_nonzero |= or_bits != 0;
+                all_hidden &= and_hidden;
             }
         }
-        // SAFETY: out_ptr addresses head_dim writable elements of this item only.
-        unsafe { job.out_dtype.store(&s.out, out_ptr) };
+        MaskSource::Causal { cell_pos, query_pos } => {
+            let first_query = query_pos[t0..t1].iter().copied().min().unwrap_or(i64::MIN);
+            let last_query = query_pos[t0..t1].iter().copied().max().unwrap_or(i64::MIN);
+            let (lo, hi) = cell_pos[j0..j1].iter().fold((i64::MAX, i64::MIN), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+            if hi <= first_query {
+                return BlockMask::Visible;
+            }
+            if lo > last_query {
+                return BlockMask::Hidden;
+            }
+            return BlockMask::Mixed;
+        }
+    }
+    match (any_nonzero, all_hidden) {
+        (false, _) => BlockMask::Visible,
+        (true, true) => BlockMask::Hidden,
+        (true, false) => BlockMask::Mixed,
+    }
+}
+
+/// The compressed cells of one tile as small matrix products (`tile`): per block of cells, the K rows
+/// visible to some lane are unpacked once into [nb][d] and multiplied with the transposed rotated
+/// queries into scores for all lanes; after the online-softmax step the V rows, unpacked once, are
+/// accumulated into the transposed value accumulators. Updates the lanes' m, l, l_compressed and acc.
+///
+/// # Safety
+/// As for `run_tile`; the lanes were initialised by it (q_rot, q_mu), and the keys are MSE.
+#[inline(always)]
+unsafe fn compressed_tiled(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut AttendScratch) {
+    let codec = job.codec;
+    let lc = &codec.layers[job.layer];
+    let (kl, vl) = (&codec.k_layout, &codec.v_layout);
+    let d = codec.config.head_dim;
+    let group = codec.group_size();
+    let lanes = (t1 - t0) * group;
+    let lp = lanes.next_multiple_of(tile::VECTOR);
+    let key = lc.key.mse_stage().expect("the tiled path serves MSE keys");
+    let (k_table, v_table) = (&key.codebook().centroids_f32[..], &lc.value.codebook().centroids_f32[..]);
+    let (k_bits, v_bits) = (key.bits(), lc.value.bits());
+    let (k_row_bytes, v_row_bytes) = (kl.row_bytes(), vl.row_bytes());
+    let (k_codes, v_codes) = (kl.codes_offset(g), vl.codes_offset(g));
+    let (k_scale_at, v_scale_at) = (kl.scale_offset(g), vl.scale_offset(g));
+    let simd = has_avx512();
+
+    let ts = &mut s.tile;
+    ts.ensure(d, QUERY_TILE * group.next_multiple_of(tile::VECTOR));
+    for lane in 0..lp {
+        let live = lane < lanes;
+        for i in 0..d {
+            ts.qt[i * lp + lane] = if live { s.q_rot[lane * d + i] } else { 0.0 };
+        }
+        ts.q_mu[lane] = if live { s.q_mu[lane] * job.scale } else { 0.0 };
+        ts.m[lane] = f32::NEG_INFINITY;
+        ts.l[lane] = 0.0;
+    }
+    ts.at[..d * lp].fill(0.0);
+
+    let mut j0 = 0;
+    while j0 < job.n_cells {
+        let j1 = (j0 + TILE_BLOCK).min(job.n_cells);
+        let nb = j1 - j0;
+        // SAFETY: the job's mask covers rows t0..t1 < n_q and cells j0..j1 ≤ n_cells.
+        let class = unsafe { classify_block(&job.mask, t0, t1, j0, j1) };
+        if class == BlockMask::Hidden {
+            j0 = j1;
+            continue;
+        }
+        if class == BlockMask::Mixed {
+            for jj in 0..nb {
+                let mut any = false;
+                for t in 0..t1 - t0 {
+                    // SAFETY: as above.
+                    let mv = unsafe { job.mask.value(t0 + t, j0 + jj) };
+                    any |= mv != f32::NEG_INFINITY;
+                    ts.mask[jj * lp + t * group..jj * lp + (t + 1) * group].fill(mv);
+                }
+                ts.mask[jj * lp + lanes..(jj + 1) * lp].fill(0.0);
+                ts.visible[jj] = any;
+            }
+        } else {
+            ts.visible[..nb].fill(true);
+        }
+
+        // Scores: each visible K row unpacked once for all lanes.
+        for jj in 0..nb {
+            if !ts.visible[jj] {
+                ts.k_scale[jj] = 0.0;
+                continue;
+            }
+            // SAFETY: j0 + jj < n_cells and the K store holds n_cells rows of k_row_bytes.
+            let row = unsafe { job.k_store.add((j0 + jj) * k_row_bytes) };
+            ts.k_scale[jj] = read_scale(row, k_scale_at) * job.scale;
+            // SAFETY: the codes of head g lie inside the row (RowLayout offsets).
+            let packed = unsafe { std::slice::from_raw_parts(row.add(k_codes), kl.code_bytes()) };
+            lookup(packed, k_bits, k_table, &mut ts.k_rows[jj * d..(jj + 1) * d], &mut s.codes);
+        }
+        tile::scores(&ts.k_rows, &ts.qt, &ts.k_scale, &ts.q_mu, d, lp, nb, &mut ts.scores, simd);
+        if class == BlockMask::Mixed {
+            for (x, &mv) in ts.scores[..nb * lp].iter_mut().zip(&ts.mask[..nb * lp]) {
+                *x += mv;
+            }
+        }
+
+        // Values: each visible V row unpacked once for all lanes.
+        for jj in 0..nb {
+            if !ts.visible[jj] {
+                ts.v_scale[jj] = 0.0;
+                continue;
+            }
+            // SAFETY: j0 + jj < n_cells and the V store holds n_cells rows of v_row_bytes.
+            let row = unsafe { job.v_store.add((j0 + jj) * v_row_bytes) };
+            ts.v_scale[jj] = read_scale(row, v_scale_at);
+            // SAFETY: the codes of head g lie inside the row (RowLayout offsets).
+            let packed = unsafe { std::slice::from_raw_parts(row.add(v_codes), vl.code_bytes()) };
+            lookup(packed, v_bits, v_table, &mut ts.v_rows[jj * d..(jj + 1) * d], &mut s.codes);
+        }
+        tile::softmax_step(&mut ts.scores, &ts.v_scale, &mut ts.m, &mut ts.l, &mut ts.at, d, lp, nb, simd);
+        tile::accumulate(&ts.v_rows, &ts.scores, d, lp, nb, &mut ts.at, simd);
+        j0 = j1;
+    }
+
+    for lane in 0..lanes {
+        s.m[lane] = ts.m[lane];
+        s.l[lane] = ts.l[lane];
+        s.l_compressed[lane] = ts.l[lane];
+        for i in 0..d {
+            s.acc[lane * d + i] = ts.at[i * lp + lane];
+        }
     }
 }

@@ -5,6 +5,7 @@
 pub mod attend;
 pub mod encode;
 mod simd;
+mod tile;
 
 use attend::{AttendJob, AttendScratch, MaskSource};
 use encode::EncodeScratch;

@@ -125,6 +125,20 @@ pub fn lookup(packed: &[u8], bits: u32, table: &[f32], out: &mut [f32], codes: &
     }
 }
 
+/// Whether the explicit AVX-512 kernels run: the CPU has AVX-512F/BW and `TQ_DISABLE_SIMD` is unset
+/// (which forces the portable code everywhere in CPU attention, for testing it).
+#[inline(always)]
+pub fn avx512_enabled() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn has_avx512() -> bool {
