@@ -370,6 +370,33 @@ typedef struct tq_strides {
 } tq_strides;
 
 /**
+ * What tq_attend_ext() / tq_attend_part_ext() add to plain softmax attention. Obtain with
+ * tq_attend_default_options() (nothing added), then set fields.
+ */
+typedef struct tq_attend_options {
+  /**
+   * sizeof(tq_attend_options); set by tq_attend_default_options().
+   */
+  size_t struct_size;
+  /**
+   * TQ_ABI_VERSION; set by tq_attend_default_options().
+   */
+  uint32_t abi_version;
+  /**
+   * Logit soft-capping: each score s = scale·q·k becomes logit_softcap·tanh(s / logit_softcap)
+   * before the mask is added (Gemma 2 style). 0 = off (default); otherwise finite and > 0.
+   */
+  float logit_softcap;
+  /**
+   * Attention sinks (gpt-oss style): n_heads f32 logits, one per query head, each joining that
+   * head's softmax as one more term whose value vector is zero, so out = Σ_j e^(s_j)·v_j /
+   * (e^(sink_h) + Σ_j e^(s_j)). NULL = none (default). Host memory, finite. CPU backend only (a
+   * CUDA context refuses with TQ_STATUS_UNSUPPORTED, as it does logit_softcap).
+   */
+  const float *sinks;
+} tq_attend_options;
+
+/**
  * Parameters of tq_quantizer_new(). Obtain with tq_quantizer_default_params(), then change fields.
  */
 typedef struct tq_quantizer_params {
@@ -818,6 +845,61 @@ enum tq_status tq_attend_batch(const struct tq_context *ctx,
                                const struct tq_strides *out_strides,
                                size_t out_seq_stride,
                                void *stream);
+
+/**
+ * Options that add nothing: tq_attend_ext() with them is tq_attend(). Thread-safe.
+ */
+struct tq_attend_options tq_attend_default_options(void);
+
+/**
+ * tq_attend() with the extra softmax terms of `options` (NULL = none, then the same as tq_attend()):
+ * per-head attention sinks and logit soft-capping, both checked (sinks finite, logit_softcap 0 or
+ * finite > 0). On a CUDA context either option is refused with TQ_STATUS_UNSUPPORTED.
+ *
+ * # Safety
+ * As tq_attend(); `options` is NULL or a tq_attend_options whose `sinks` is NULL or holds n_heads
+ * floats.
+ */
+enum tq_status tq_attend_ext(const struct tq_context *ctx,
+                             uint32_t layer,
+                             const void *q,
+                             size_t n_q,
+                             const struct tq_strides *q_strides,
+                             const void *k_store,
+                             const void *v_store,
+                             size_t n_cells,
+                             const void *mask,
+                             uint32_t mask_dtype,
+                             size_t mask_row_stride,
+                             float scale,
+                             const struct tq_attend_options *options,
+                             void *out,
+                             const struct tq_strides *out_strides,
+                             void *stream);
+
+/**
+ * tq_attend_part() with `options` (see tq_attend_ext()). CPU backend only.
+ *
+ * # Safety
+ * As tq_attend_ext().
+ */
+enum tq_status tq_attend_part_ext(const struct tq_context *ctx,
+                                  uint32_t layer,
+                                  const void *q,
+                                  size_t n_q,
+                                  const struct tq_strides *q_strides,
+                                  const void *k_store,
+                                  const void *v_store,
+                                  size_t n_cells,
+                                  const void *mask,
+                                  uint32_t mask_dtype,
+                                  size_t mask_row_stride,
+                                  float scale,
+                                  const struct tq_attend_options *options,
+                                  void *out,
+                                  const struct tq_strides *out_strides,
+                                  uint32_t ith,
+                                  uint32_t nth);
 
 /**
  * Default parameters: dim 128, 4 bits, MSE, AUTO rotation, all cores, seed 0. Thread-safe.

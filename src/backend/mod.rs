@@ -32,6 +32,10 @@ pub enum Op {
     OwnedCache,
     /// The safe Rust API over host slices.
     HostSlices,
+    /// Per-head sink logits merged in the softmax (`tq_attend_options::sinks`).
+    AttendSinks,
+    /// Logit soft-capping before the mask (`tq_attend_options::logit_softcap`).
+    LogitSoftcap,
 }
 
 /// One backend. Requests are validated by the codec before they reach it.
@@ -126,6 +130,12 @@ impl AnyBackend {
             ),
             Op::HostSlices => format!(
                 "the codec uses {name}, whose tensors are device memory: pass device pointers through the C API"
+            ),
+            Op::AttendSinks => format!(
+                "options->sinks: attention sinks are implemented on the CPU backend only; ctx uses {name}"
+            ),
+            Op::LogitSoftcap => format!(
+                "options->logit_softcap: logit soft-capping is implemented on the CPU backend only; ctx uses {name}"
             ),
         }))
     }

@@ -292,6 +292,8 @@ impl OwnedCache {
             mask: MaskSource::Causal { cell_pos: &sl.comp_pos, query_pos },
             full: Some((FullRows { k: &sl.full_k, v: &sl.full_v, pos: &sl.full_pos }, query_pos)),
             scale,
+            sinks: None,
+            softcap: 0.0,
             out,
             out_strides: Strides::packed(codec.config.n_heads, d, q.dtype),
             out_dtype: q.dtype,

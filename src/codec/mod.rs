@@ -353,6 +353,12 @@ impl Codec {
         if let Exec::Part { .. } = exec {
             self.backend.require(Op::AttendPart)?;
         }
+        if !a.extras.sinks.is_null() {
+            self.backend.require(Op::AttendSinks)?;
+        }
+        if a.extras.softcap != 0.0 {
+            self.backend.require(Op::LogitSoftcap)?;
+        }
         let batch = matches!(a.stores, Stores::Batch { .. });
         if batch {
             self.backend.require(Op::AttendBatch)?;

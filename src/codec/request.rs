@@ -285,6 +285,29 @@ pub struct AttendArgs {
     pub out: *mut c_void,
     pub out_strides: Option<Strides>,
     pub out_seq_stride: usize,
+    /// Extra softmax terms (attention sinks, logit soft-capping); `AttendExtras::NONE` for none.
+    pub extras: AttendExtras,
+}
+
+/// What an attend may add to plain softmax attention.
+#[derive(Clone, Copy, Debug)]
+pub struct AttendExtras {
+    /// n_heads f32 sink logits (one per query head, in the backend's memory) that join each query's
+    /// softmax as one more term with a zero value vector; null = none.
+    pub sinks: *const f32,
+    /// Logit soft-capping: a score s (already multiplied by `scale`) becomes c·tanh(s/c) before the
+    /// mask is added; 0 = off.
+    pub softcap: f32,
+}
+
+impl AttendExtras {
+    /// Plain attention.
+    pub const NONE: AttendExtras = AttendExtras { sinks: std::ptr::null(), softcap: 0.0 };
+
+    /// Whether any extra is used.
+    pub fn any(&self) -> bool {
+        !self.sinks.is_null() || self.softcap != 0.0
+    }
 }
 
 /// An engine's additive mask: element (s, t, j) at `ptr + (s·seq_stride + t·row_stride + j)·size`.
@@ -312,13 +335,18 @@ pub struct AttendRequest {
     pub out: *mut u8,
     pub out_strides: Strides,
     pub out_seq_stride: usize,
+    /// Sink logits (n_heads f32, the backend's memory; null = none), finite where host memory.
+    pub sinks: *const f32,
+    /// Soft-capping constant, 0 = off (else finite and > 0).
+    pub softcap: f32,
 }
 
 impl AttendRequest {
     /// Check an attend (see [`AppendRequest::validate`]).
     ///
     /// # Safety
-    /// With `Memory::Host`, `a.q` covers its tensor (it is read here).
+    /// With `Memory::Host`, `a.q` covers its tensor and a non-null `a.extras.sinks` holds n_heads
+    /// values (they are read here).
     pub unsafe fn validate(codec: &KvCodec, dtype: Dtype, memory: Memory, a: &AttendArgs) -> Result<Self> {
         let layer = check_layer(codec, a.layer)?;
         let cfg = &codec.config;
@@ -347,6 +375,21 @@ impl AttendRequest {
         }
         if !a.scale.is_finite() {
             return Err(Error::invalid(format!("scale is {}: must be finite", a.scale)));
+        }
+        let softcap = a.extras.softcap;
+        if !(softcap.is_finite() && softcap >= 0.0) {
+            return Err(Error::invalid(format!("options->logit_softcap is {softcap}: must be 0 (off) or finite and > 0")));
+        }
+        let sinks = a.extras.sinks;
+        if !sinks.is_null() && memory == Memory::Host {
+            // SAFETY: the caller guarantees a non-null host `sinks` holds n_heads values.
+            let values = unsafe { host_slice(sinks, cfg.n_heads, "options->sinks") }?;
+            if let Some(h) = values.iter().position(|v| !v.is_finite() || v.abs() > limits::MAX_INPUT_ABS) {
+                return Err(Error::new(
+                    ErrorKind::NonFinite,
+                    format!("options->sinks[{h}] is {}: not finite or above 2^64 in magnitude", values[h]),
+                ));
+            }
         }
         let mask = if a.mask.is_null() {
             None
@@ -388,6 +431,8 @@ impl AttendRequest {
             out: a.out.cast(),
             out_strides,
             out_seq_stride: a.out_seq_stride,
+            sinks,
+            softcap,
         })
     }
 }

@@ -3,7 +3,7 @@
 
 use std::ffi::c_void;
 
-use super::request::{AppendArgs, AttendArgs, Exec, Stores};
+use super::request::{AppendArgs, AttendArgs, AttendExtras, Exec, Stores};
 use super::{Codec, Dtype, Strides};
 use crate::backend::Op;
 use crate::error::{Error, Result};
@@ -184,6 +184,7 @@ impl Codec {
             out: out.as_mut_ptr().cast(),
             out_strides: None,
             out_seq_stride: 0,
+            extras: AttendExtras::NONE,
         };
         // SAFETY: every pointer comes from a slice whose length was checked against the shape above;
         // `out` is borrowed mutably and written packed (no two items overlap).

@@ -7,7 +7,7 @@ use super::error::{self, Error, Guarded, Result, guarded_mut, guarded_ref, slice
 use super::quantizer::rotation_from_u32;
 use super::{TQ_ABI_VERSION, tq_status};
 use crate::backend::BackendChoice;
-use crate::codec::request::{AppendArgs, AttendArgs, Exec, Stores};
+use crate::codec::request::{AppendArgs, AttendArgs, AttendExtras, Exec, Stores};
 use crate::codec::{Codec, Dtype, KvConfig, Strides};
 use crate::math::quantizer::QuantizerKind;
 use crate::math::rotation::RotationKind;
@@ -363,6 +363,7 @@ unsafe fn attend_args(
     scale: f32,
     out: *mut c_void,
     out_strides: *const tq_strides,
+    extras: AttendExtras,
 ) -> AttendArgs {
     AttendArgs {
         layer,
@@ -384,6 +385,7 @@ unsafe fn attend_args(
         // SAFETY: as for q_strides.
         out_strides: unsafe { strides_arg(out_strides) },
         out_seq_stride: 0,
+        extras,
     }
 }
 
@@ -497,7 +499,7 @@ pub unsafe extern "C" fn tq_attend(
 ) -> tq_status {
     // SAFETY: the caller guarantees the strides are NULL or valid.
     let a = unsafe {
-        attend_args(layer, q, n_q, q_strides, k_store, v_store, n_cells, mask, mask_dtype, mask_row_stride, scale, out, out_strides)
+        attend_args(layer, q, n_q, q_strides, k_store, v_store, n_cells, mask, mask_dtype, mask_row_stride, scale, out, out_strides, AttendExtras::NONE)
     };
     // SAFETY: the caller guarantees the pointers cover what the sizes say (the function's contract).
     context_call(ctx, |c| unsafe { c.codec.attend_raw(&a, Exec::Queue(stream)) })
@@ -530,7 +532,7 @@ pub unsafe extern "C" fn tq_attend_part(
 ) -> tq_status {
     // SAFETY: the caller guarantees the strides are NULL or valid.
     let a = unsafe {
-        attend_args(layer, q, n_q, q_strides, k_store, v_store, n_cells, mask, mask_dtype, mask_row_stride, scale, out, out_strides)
+        attend_args(layer, q, n_q, q_strides, k_store, v_store, n_cells, mask, mask_dtype, mask_row_stride, scale, out, out_strides, AttendExtras::NONE)
     };
     context_call(ctx, |c| {
         let exec = Exec::part(ith, nth)?;
@@ -595,7 +597,126 @@ pub unsafe extern "C" fn tq_attend_batch(
         // SAFETY: as for q_strides.
         out_strides: unsafe { strides_arg(out_strides) },
         out_seq_stride,
+        extras: AttendExtras::NONE,
     };
     // SAFETY: the caller guarantees the device pointers cover what the sizes say.
     context_call(ctx, |c| unsafe { c.codec.attend_raw(&a, Exec::Queue(stream)) })
+}
+
+/// What tq_attend_ext() / tq_attend_part_ext() add to plain softmax attention. Obtain with
+/// tq_attend_default_options() (nothing added), then set fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct tq_attend_options {
+    /// sizeof(tq_attend_options); set by tq_attend_default_options().
+    pub struct_size: usize,
+    /// TQ_ABI_VERSION; set by tq_attend_default_options().
+    pub abi_version: u32,
+    /// Logit soft-capping: each score s = scale·q·k becomes logit_softcap·tanh(s / logit_softcap)
+    /// before the mask is added (Gemma 2 style). 0 = off (default); otherwise finite and > 0.
+    pub logit_softcap: f32,
+    /// Attention sinks (gpt-oss style): n_heads f32 logits, one per query head, each joining that
+    /// head's softmax as one more term whose value vector is zero, so out = Σ_j e^(s_j)·v_j /
+    /// (e^(sink_h) + Σ_j e^(s_j)). NULL = none (default). Host memory, finite. CPU backend only (a
+    /// CUDA context refuses with TQ_STATUS_UNSUPPORTED, as it does logit_softcap).
+    pub sinks: *const f32,
+}
+
+/// Options that add nothing: tq_attend_ext() with them is tq_attend(). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn tq_attend_default_options() -> tq_attend_options {
+    tq_attend_options {
+        struct_size: std::mem::size_of::<tq_attend_options>(),
+        abi_version: TQ_ABI_VERSION,
+        logit_softcap: 0.0,
+        sinks: std::ptr::null(),
+    }
+}
+
+/// The options argument as extras: NULL = none.
+///
+/// # Safety
+/// `opts` is NULL or points to a tq_attend_options (its struct_size read first).
+unsafe fn extras_arg(opts: *const tq_attend_options) -> Result<AttendExtras> {
+    if opts.is_null() {
+        return Ok(AttendExtras::NONE);
+    }
+    // SAFETY: the caller guarantees a non-NULL `opts` is a tq_attend_options.
+    let o = unsafe { error::read_params(opts, "options", |o: &tq_attend_options| o.abi_version) }?;
+    Ok(AttendExtras { sinks: o.sinks, softcap: o.logit_softcap })
+}
+
+/// tq_attend() with the extra softmax terms of `options` (NULL = none, then the same as tq_attend()):
+/// per-head attention sinks and logit soft-capping, both checked (sinks finite, logit_softcap 0 or
+/// finite > 0). On a CUDA context either option is refused with TQ_STATUS_UNSUPPORTED.
+///
+/// # Safety
+/// As tq_attend(); `options` is NULL or a tq_attend_options whose `sinks` is NULL or holds n_heads
+/// floats.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tq_attend_ext(
+    ctx: *const tq_context,
+    layer: u32,
+    q: *const c_void,
+    n_q: usize,
+    q_strides: *const tq_strides,
+    k_store: *const c_void,
+    v_store: *const c_void,
+    n_cells: usize,
+    mask: *const c_void,
+    mask_dtype: u32,
+    mask_row_stride: usize,
+    scale: f32,
+    options: *const tq_attend_options,
+    out: *mut c_void,
+    out_strides: *const tq_strides,
+    stream: *mut c_void,
+) -> tq_status {
+    context_call(ctx, |c| {
+        // SAFETY: the caller guarantees `options` is NULL or valid.
+        let extras = unsafe { extras_arg(options) }?;
+        // SAFETY: the caller guarantees the strides are NULL or valid.
+        let a = unsafe {
+            attend_args(layer, q, n_q, q_strides, k_store, v_store, n_cells, mask, mask_dtype, mask_row_stride, scale, out, out_strides, extras)
+        };
+        // SAFETY: the caller guarantees the pointers cover what the sizes say (the function's contract).
+        unsafe { c.codec.attend_raw(&a, Exec::Queue(stream)) }
+    })
+}
+
+/// tq_attend_part() with `options` (see tq_attend_ext()). CPU backend only.
+///
+/// # Safety
+/// As tq_attend_ext().
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tq_attend_part_ext(
+    ctx: *const tq_context,
+    layer: u32,
+    q: *const c_void,
+    n_q: usize,
+    q_strides: *const tq_strides,
+    k_store: *const c_void,
+    v_store: *const c_void,
+    n_cells: usize,
+    mask: *const c_void,
+    mask_dtype: u32,
+    mask_row_stride: usize,
+    scale: f32,
+    options: *const tq_attend_options,
+    out: *mut c_void,
+    out_strides: *const tq_strides,
+    ith: u32,
+    nth: u32,
+) -> tq_status {
+    context_call(ctx, |c| {
+        let exec = Exec::part(ith, nth)?;
+        // SAFETY: the caller guarantees `options` is NULL or valid.
+        let extras = unsafe { extras_arg(options) }?;
+        // SAFETY: the caller guarantees the strides are NULL or valid.
+        let a = unsafe {
+            attend_args(layer, q, n_q, q_strides, k_store, v_store, n_cells, mask, mask_dtype, mask_row_stride, scale, out, out_strides, extras)
+        };
+        // SAFETY: as in tq_attend.
+        unsafe { c.codec.attend_raw(&a, exec) }
+    })
 }

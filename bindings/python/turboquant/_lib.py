@@ -92,6 +92,17 @@ class Strides(Structure):
     _fields_ = [("token", c_size_t), ("head", c_size_t)]
 
 
+class AttendOptions(Structure):
+    """Mirror of tq_attend_options: attention sinks and logit soft-capping for tq_attend_ext."""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("abi_version", c_uint32),
+        ("logit_softcap", c_float),
+        ("sinks", POINTER(c_float)),
+    ]
+
+
 class _OpaqueContext(Structure):
     pass
 
@@ -154,6 +165,14 @@ PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "tq_attend_part": (_status, [ContextHandle, c_uint32, c_void_p, c_size_t, _strides_p,
                                  c_void_p, c_void_p, c_size_t, c_void_p, c_uint32, c_size_t,
                                  c_float, c_void_p, _strides_p, c_uint32, c_uint32]),
+    "tq_attend_default_options": (AttendOptions, []),
+    "tq_attend_ext": (_status, [ContextHandle, c_uint32, c_void_p, c_size_t, _strides_p, c_void_p,
+                                c_void_p, c_size_t, c_void_p, c_uint32, c_size_t, c_float,
+                                POINTER(AttendOptions), c_void_p, _strides_p, c_void_p]),
+    "tq_attend_part_ext": (_status, [ContextHandle, c_uint32, c_void_p, c_size_t, _strides_p,
+                                     c_void_p, c_void_p, c_size_t, c_void_p, c_uint32, c_size_t,
+                                     c_float, POINTER(AttendOptions), c_void_p, _strides_p,
+                                     c_uint32, c_uint32]),
     # CUDA contexts only: several sequences in one launch (device pointer arrays).
     "tq_attend_batch": (_status, [ContextHandle, c_uint32, c_size_t, c_void_p, c_size_t, _strides_p,
                                   c_size_t, c_void_p, c_void_p, POINTER(c_int64), c_size_t,
@@ -224,8 +243,9 @@ class Library:
     def _check_structs(self) -> None:
         for struct, size_fn in MIRRORED_STRUCTS:
             check_struct_size(struct, getattr(self, size_fn)(), self.path)
+        check_struct_size(AttendOptions, self.tq_attend_default_options().struct_size, self.path)
         for default_fn in ("tq_context_default_params", "tq_quantizer_default_params",
-                           "tq_cache_default_params"):
+                           "tq_cache_default_params", "tq_attend_default_options"):
             abi = getattr(self, default_fn)().abi_version
             if abi != ABI_VERSION:
                 raise LibraryNotFoundError(

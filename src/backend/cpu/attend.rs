@@ -78,6 +78,10 @@ pub struct AttendJob<'a> {
     /// Causal positions of the queries for `full` rows (owned cache); ignored otherwise.
     pub full: Option<(FullRows<'a>, &'a [i64])>,
     pub scale: f32,
+    /// Sink logit per query head (n_heads): one more softmax term with a zero value vector.
+    pub sinks: Option<&'a [f32]>,
+    /// Logit soft-capping: a scaled score s becomes softcap·tanh(s/softcap) before the mask; 0 = off.
+    pub softcap: f32,
     pub out: *mut u8,
     pub out_strides: Strides,
     pub out_dtype: Dtype,
@@ -179,6 +183,12 @@ pub unsafe fn run_items(job: &AttendJob, items: std::ops::Range<usize>, s: &mut 
     }
 }
 
+/// Logit soft-capping: c·tanh(s/c), or s when c is 0.
+#[inline(always)]
+fn cap(s: f32, c: f32) -> f32 {
+    if c == 0.0 { s } else { c * (s / c).tanh() }
+}
+
 /// Rescale lane `lane`'s running state to a new maximum.
 #[inline(always)]
 fn raise_max(s: &mut AttendScratch, lane: usize, new_m: f32, d: usize) {
@@ -222,7 +232,8 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
     s.acc[..lanes * d].iter_mut().for_each(|v| *v = 0.0);
     s.acc_full[..lanes * d].iter_mut().for_each(|v| *v = 0.0);
 
-    if !prod && lanes >= tile::VECTOR {
+    // The tiled path has no logit soft-capping: a soft-capped job takes the row-by-row path.
+    if !prod && lanes >= tile::VECTOR && job.softcap == 0.0 {
         // SAFETY: the caller guarantees the job's pointers; t0..t1 < n_q and g < n_kv_heads.
         unsafe { compressed_tiled(job, t0, t1, g, s) };
     } else {
@@ -240,12 +251,22 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
                 if full.pos[j] > query_pos[t0 + lane / group] {
                     continue;
                 }
-                let sc = dot(&s.q[lane * d..(lane + 1) * d], k) * job.scale;
+                let sc = cap(dot(&s.q[lane * d..(lane + 1) * d], k) * job.scale, job.softcap);
                 raise_max(s, lane, sc, d);
                 let p = exp_neg(sc - s.m[lane]);
                 s.l[lane] += p;
                 axpy(p, v, &mut s.acc_full[lane * d..(lane + 1) * d]);
             }
+        }
+    }
+
+    // Attention sinks: one more term per query head in the denominator, with nothing to add to the
+    // numerator (a query that sees no cell then still gets a zero row).
+    if let Some(sinks) = job.sinks {
+        for lane in 0..lanes {
+            let sink = sinks[g * group + lane % group];
+            raise_max(s, lane, sink, d);
+            s.l[lane] += exp_neg(sink - s.m[lane]);
         }
     }
 
@@ -337,7 +358,7 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &m
                 if prod {
                     ip += gamma * dot(&s.q_proj[lane * d..(lane + 1) * d], &s.signs);
                 }
-                s.scores[lane * BLOCK + (j - j0)] = ip * job.scale + mv;
+                s.scores[lane * BLOCK + (j - j0)] = cap(ip * job.scale, job.softcap) + mv;
             }
         }
         // Online softmax update.

@@ -91,7 +91,7 @@ impl Backend for CpuBackend {
     fn supports(&self, op: Op) -> bool {
         match op {
             Op::AttendBatch => false,
-            Op::AppendPart | Op::AttendPart | Op::OwnedCache | Op::HostSlices => true,
+            Op::AppendPart | Op::AttendPart | Op::OwnedCache | Op::HostSlices | Op::AttendSinks | Op::LogitSoftcap => true,
         }
     }
 
@@ -133,6 +133,9 @@ impl Backend for CpuBackend {
             },
             full: None,
             scale: req.scale,
+            // SAFETY: validation checked that non-null sinks hold n_heads finite host values.
+            sinks: if req.sinks.is_null() { None } else { Some(unsafe { std::slice::from_raw_parts(req.sinks, codec.config.n_heads) }) },
+            softcap: req.softcap,
             out: req.out,
             out_strides: req.out_strides,
             out_dtype: req.q.dtype,

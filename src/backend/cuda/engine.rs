@@ -19,7 +19,8 @@ impl Backend for CudaBackend {
     fn supports(&self, op: Op) -> bool {
         match op {
             Op::AttendBatch => true,
-            Op::AppendPart | Op::AttendPart | Op::OwnedCache | Op::HostSlices => false,
+            // Sinks and soft-capping are not in the kernels (kernels/*.cu): such attends are refused.
+            Op::AppendPart | Op::AttendPart | Op::OwnedCache | Op::HostSlices | Op::AttendSinks | Op::LogitSoftcap => false,
         }
     }
 
