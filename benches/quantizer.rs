@@ -1,7 +1,7 @@
 //! Quantize / dequantize throughput through the C API (`tq_quantize`, `tq_dequantize`, so the
 //! quantizer's `n_threads` setting is what runs): d = 128, 4 bits, HADAMARD and DENSE, 1 and 2 threads,
 //! 65,536 Gaussian vectors per call. `make bench`; the side-by-side comparison with the seed package
-//! is `bench/seed_vs_ours.sh`.
+//! is `bench/quantizer/seed_vs_ours.sh`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use turboquant::ffi::quantizer::{

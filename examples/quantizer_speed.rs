@@ -1,6 +1,6 @@
 //! Quantize / dequantize throughput of the C API (`tq_quantize`, `tq_dequantize`), measured with the
 //! same protocol as the seed package's `measure_speed.py` so the two can run side by side
-//! (`bench/seed_vs_ours.sh`): N Gaussian vectors, one warm-up, `--reps` timed runs, median wall time.
+//! (`bench/quantizer/seed_vs_ours.sh`): N Gaussian vectors, one warm-up, `--reps` timed runs, median wall time.
 //!
 //! Usage: cargo run --release --example quantizer_speed -- [--n 65536] [--dim 128] [--bits 4]
 //!        [--threads 1,2] [--rotation hadamard|dense] [--kind mse|prod] [--reps 5]

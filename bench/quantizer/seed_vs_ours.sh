@@ -6,11 +6,11 @@
 # for each thread count and the slower of the two is reported, so load from other processes counts
 # against us, not for us.
 #
-# Usage: bench/seed_vs_ours.sh [output.md]      (default: print only)
+# Usage: bench/quantizer/seed_vs_ours.sh [output.md]      (default: print only)
 # Needs: python3 with venv + pip (PyPI reachable the first time), cargo.
 # SEED_BENCH_DIR: the seed's scripts (default ../shared/bench/seed relative to the repository).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 root=$(pwd)
 seed_dir=${SEED_BENCH_DIR:-$root/../shared/bench/seed}
 venv=$root/build/seed-venv
@@ -52,7 +52,7 @@ lines = []
 p = lines.append
 p("# Quantizer throughput: libturboquant vs the seed package")
 p("")
-p(f"Measured {datetime.date.today().isoformat()} by `bench/seed_vs_ours.sh` (commit {commit}) on "
+p(f"Measured {datetime.date.today().isoformat()} by `bench/quantizer/seed_vs_ours.sh` (commit {commit}) on "
   f"**{model}** ({cores} cores; {flags.strip()}), load average before the summary {load}. "
   f"d = 128, 4 bits, {int(n):,} Gaussian vectors per call, median wall time of {reps} runs after a warm-up. "
   "Ours: the C API (`tq_quantize` / `tq_dequantize`, `examples/quantizer_speed.rs`), run before and after "
