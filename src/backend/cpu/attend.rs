@@ -110,6 +110,8 @@ pub struct AttendScratch {
     scores: Vec<f32>,
     masks: Vec<f32>,
     row: Vec<f32>,
+    /// Unpacked V rows of a block (row-by-row path), [BLOCK][d].
+    v_rows: Vec<f32>,
     signs: Vec<f32>,
     codes: Vec<u8>,
     out: Vec<f32>,
@@ -132,6 +134,7 @@ impl AttendScratch {
             scores: vec![0.0; lanes * BLOCK],
             masks: vec![0.0; QUERY_TILE],
             row: vec![0.0; d],
+            v_rows: vec![0.0; BLOCK * d],
             signs: vec![0.0; d],
             codes: vec![0; d],
             out: vec![0.0; d],
@@ -271,8 +274,9 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
 }
 
 /// The compressed cells of one tile, row by row: each K/V row is unpacked once and serves the tile's
-/// lanes through dot products and axpys (the path for PROD keys and for tiles of fewer than 16 lanes,
-/// decode among them). Updates the lanes' m, l, l_compressed and acc.
+/// lanes through dot products (K) and one accumulation pass per block (V) — the path for PROD keys
+/// and for tiles of fewer than 16 lanes, decode among them. Updates the lanes' m, l, l_compressed
+/// and acc.
 ///
 /// # Safety
 /// As for `run_tile`; the lanes were initialised by it.
@@ -352,24 +356,26 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &m
             s.l[lane] += sum;
             s.l_compressed[lane] += sum;
         }
-        // Value accumulation in the rotated basis: each V row unpacked once for all lanes.
-        for j in j0..j1 {
-            if !(0..lanes).any(|lane| s.scores[lane * BLOCK + (j - j0)] > 0.0) {
+        // Value accumulation in the rotated basis: each V row that some lane weighs is unpacked once
+        // into the block's rows, its scale folded into the weights; then one pass over the block
+        // for all lanes. Cells no lane weighs get weight 0 (their buffered row is stale but finite).
+        for jj in 0..nb {
+            if !(0..lanes).any(|lane| s.scores[lane * BLOCK + jj] > 0.0) {
+                (0..lanes).for_each(|lane| s.scores[lane * BLOCK + jj] = 0.0);
                 continue;
             }
-            // SAFETY: j < n_cells and the V store holds n_cells rows of v_row_bytes.
-            let row = unsafe { job.v_store.add(j * v_row_bytes) };
+            // SAFETY: j0 + jj < n_cells and the V store holds n_cells rows of v_row_bytes.
+            let row = unsafe { job.v_store.add((j0 + jj) * v_row_bytes) };
             let vs = read_scale(row, vl.scale_offset(g));
             // SAFETY: the codes of head g lie inside the row (RowLayout offsets).
             let packed = unsafe { std::slice::from_raw_parts(row.add(vl.codes_offset(g)), vl.code_bytes()) };
-            lookup(packed, lc.value.bits(), v_table, &mut s.row, &mut s.codes);
+            lookup(packed, lc.value.bits(), v_table, &mut s.v_rows[jj * d..(jj + 1) * d], &mut s.codes);
             for lane in 0..lanes {
-                let p = s.scores[lane * BLOCK + (j - j0)];
-                if p > 0.0 {
-                    axpy(p * vs, &s.row, &mut s.acc[lane * d..(lane + 1) * d]);
-                }
+                let p = &mut s.scores[lane * BLOCK + jj];
+                *p = if *p > 0.0 { *p * vs } else { 0.0 };
             }
         }
+        tile::accumulate_lanes(&s.v_rows, &s.scores, BLOCK, lanes, d, nb, &mut s.acc, has_avx512());
         j0 = j1;
     }
 
