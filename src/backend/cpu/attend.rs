@@ -110,6 +110,8 @@ pub struct AttendScratch {
     scores: Vec<f32>,
     masks: Vec<f32>,
     row: Vec<f32>,
+    /// ⟨Π_k·q, c[idx]⟩ of one K row for every lane (row-by-row path).
+    k_dots: Vec<f32>,
     /// Unpacked V rows of a block (row-by-row path), [BLOCK][d].
     v_rows: Vec<f32>,
     signs: Vec<f32>,
@@ -134,6 +136,7 @@ impl AttendScratch {
             scores: vec![0.0; lanes * BLOCK],
             masks: vec![0.0; QUERY_TILE],
             row: vec![0.0; d],
+            k_dots: vec![0.0; lanes],
             v_rows: vec![0.0; BLOCK * d],
             signs: vec![0.0; d],
             codes: vec![0; d],
@@ -295,6 +298,7 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &m
     let k_table: &[f32] = key_mse.map_or(&[], |m| &m.codebook().centroids_f32);
     let v_table: &[f32] = &lc.value.codebook().centroids_f32;
     let (k_row_bytes, v_row_bytes) = (kl.row_bytes(), vl.row_bytes());
+    let simd = has_avx512();
 
     let mut j0 = 0;
     while j0 < job.n_cells {
@@ -321,6 +325,7 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &m
                 // SAFETY: the codes of head g lie inside the row (RowLayout offsets).
                 let packed = unsafe { std::slice::from_raw_parts(row.add(kl.codes_offset(g)), kl.code_bytes()) };
                 lookup(packed, m.bits(), k_table, &mut s.row, &mut s.codes);
+                tile::dots(&s.row, &s.q_rot, lanes, d, &mut s.k_dots, simd);
             }
             if prod {
                 // SAFETY: the sign bits of head g lie inside the row (RowLayout offsets).
@@ -336,7 +341,7 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &m
                 }
                 let mut ip = s.q_mu[lane];
                 if key_mse.is_some() {
-                    ip += ks * dot(&s.q_rot[lane * d..(lane + 1) * d], &s.row);
+                    ip += ks * s.k_dots[lane];
                 }
                 if prod {
                     ip += gamma * dot(&s.q_proj[lane * d..(lane + 1) * d], &s.signs);
@@ -375,7 +380,7 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &m
                 *p = if *p > 0.0 { *p * vs } else { 0.0 };
             }
         }
-        tile::accumulate_lanes(&s.v_rows, &s.scores, BLOCK, lanes, d, nb, &mut s.acc, has_avx512());
+        tile::accumulate_lanes(&s.v_rows, &s.scores, BLOCK, lanes, d, nb, &mut s.acc, simd);
         j0 = j1;
     }
 
