@@ -5,6 +5,7 @@
 #   make llama-quality        perplexity / KL divergence table (bench/llama/quality.md) on CORPUS=<text file>
 #   make llama-server-test    llama-server with a TurboQuant cache answers a /v1/chat/completions request
 #   make llama-bench-decode   llama-bench decode tok/s at depth 0 and 4096: f16, q4_0, TurboQuant
+#   make llama-bench-prefill  llama-bench pp512 tok/s at depth 4096 (a prompt chunk over a filled cache), same types
 #   make test-llama           CI check: 4 parallel sequences, TurboQuant 4/4 KL divergence vs f16 under a bound
 #
 # Everything lands in build/llama (ignored); a second run reuses what was fetched and built.
@@ -36,7 +37,7 @@ export LLAMA_ARG_REPACK ?= false
 comma := ,
 llama_say = @printf '\n== %s\n' $(1)
 
-.PHONY: llama-example llama-quality llama-server-test llama-bench-decode test-llama \
+.PHONY: llama-example llama-quality llama-server-test llama-bench-decode llama-bench-prefill test-llama \
         llama-fetch llama-model llama-lib llama-configure llama-bin-cli llama-bin-completion llama-bin-perplexity \
         llama-bin-server llama-bin-bench llama-clean
 
@@ -164,6 +165,10 @@ llama-server-test: llama-bin-server $(LLAMA_MODEL)
 
 llama-bench-decode: llama-bin-bench $(LLAMA_MODEL)
 	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) THREADS=$(LLAMA_THREADS) OUT=bench/llama/decode.md bash tools/llama/bench.sh
+
+llama-bench-prefill: llama-bin-bench $(LLAMA_MODEL)
+	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_MODEL) THREADS=$(LLAMA_THREADS) MODE=prefill ROUNDS=2 OUT=bench/llama/prefill.md \
+	    bash tools/llama/bench.sh
 
 # CI: a short perplexity run with 4 sequences in parallel streams; KL divergence of TurboQuant 4/4 vs f16
 test-llama: llama-bin-perplexity $(LLAMA_MODEL)

@@ -343,7 +343,7 @@ fn run_prefill(d: usize, n_kv: usize, group: usize, bits: (u32, u32), centering:
 /// of 16 (DENSE rotation is auto for d 96), 3-bit K / 2-bit V, centering, f16 and f32 masks.
 #[test]
 fn prefill_tiles_match_float64_reference() {
-    let cases: [(usize, usize, usize, (u32, u32), bool, usize, usize, bool); 6] = [
+    let cases = [
         (64, 3, 3, (4, 4), false, 300, 40, true),
         (64, 3, 3, (4, 4), true, 300, 40, false),
         (64, 2, 1, (4, 3), false, 100, 33, true),

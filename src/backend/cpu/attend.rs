@@ -114,6 +114,10 @@ pub struct AttendScratch {
     scores: Vec<f32>,
     masks: Vec<f32>,
     row: Vec<f32>,
+    /// ⟨Π_k·q, c[idx]⟩ of one K row for every lane (row-by-row path).
+    k_dots: Vec<f32>,
+    /// Unpacked V rows of a block (row-by-row path), [BLOCK][d].
+    v_rows: Vec<f32>,
     signs: Vec<f32>,
     codes: Vec<u8>,
     out: Vec<f32>,
@@ -136,6 +140,8 @@ impl AttendScratch {
             scores: vec![0.0; lanes * BLOCK],
             masks: vec![0.0; QUERY_TILE],
             row: vec![0.0; d],
+            k_dots: vec![0.0; lanes],
+            v_rows: vec![0.0; BLOCK * d],
             signs: vec![0.0; d],
             codes: vec![0; d],
             out: vec![0.0; d],
@@ -292,8 +298,9 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
 }
 
 /// The compressed cells of one tile, row by row: each K/V row is unpacked once and serves the tile's
-/// lanes through dot products and axpys (the path for PROD keys and for tiles of fewer than 16 lanes,
-/// decode among them). Updates the lanes' m, l, l_compressed and acc.
+/// lanes through dot products (K) and one accumulation pass per block (V) — the path for PROD keys
+/// and for tiles of fewer than 16 lanes, decode among them. Updates the lanes' m, l, l_compressed
+/// and acc.
 ///
 /// # Safety
 /// As for `run_tile`; the lanes were initialised by it.
@@ -312,6 +319,7 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &m
     let k_table: &[f32] = key_mse.map_or(&[], |m| &m.codebook().centroids_f32);
     let v_table: &[f32] = &lc.value.codebook().centroids_f32;
     let (k_row_bytes, v_row_bytes) = (kl.row_bytes(), vl.row_bytes());
+    let simd = has_avx512();
 
     let mut j0 = 0;
     while j0 < job.n_cells {
@@ -338,6 +346,7 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &m
                 // SAFETY: the codes of head g lie inside the row (RowLayout offsets).
                 let packed = unsafe { std::slice::from_raw_parts(row.add(kl.codes_offset(g)), kl.code_bytes()) };
                 lookup(packed, m.bits(), k_table, &mut s.row, &mut s.codes);
+                tile::dots(&s.row, &s.q_rot, lanes, d, &mut s.k_dots, simd);
             }
             if prod {
                 // SAFETY: the sign bits of head g lie inside the row (RowLayout offsets).
@@ -353,7 +362,7 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &m
                 }
                 let mut ip = s.q_mu[lane];
                 if key_mse.is_some() {
-                    ip += ks * dot(&s.q_rot[lane * d..(lane + 1) * d], &s.row);
+                    ip += ks * s.k_dots[lane];
                 }
                 if prod {
                     ip += gamma * dot(&s.q_proj[lane * d..(lane + 1) * d], &s.signs);
@@ -373,24 +382,26 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &m
             s.l[lane] += sum;
             s.l_compressed[lane] += sum;
         }
-        // Value accumulation in the rotated basis: each V row unpacked once for all lanes.
-        for j in j0..j1 {
-            if !(0..lanes).any(|lane| s.scores[lane * BLOCK + (j - j0)] > 0.0) {
+        // Value accumulation in the rotated basis: each V row that some lane weighs is unpacked once
+        // into the block's rows, its scale folded into the weights; then one pass over the block
+        // for all lanes. Cells no lane weighs get weight 0 (their buffered row is stale but finite).
+        for jj in 0..nb {
+            if !(0..lanes).any(|lane| s.scores[lane * BLOCK + jj] > 0.0) {
+                (0..lanes).for_each(|lane| s.scores[lane * BLOCK + jj] = 0.0);
                 continue;
             }
-            // SAFETY: j < n_cells and the V store holds n_cells rows of v_row_bytes.
-            let row = unsafe { job.v_store.add(j * v_row_bytes) };
+            // SAFETY: j0 + jj < n_cells and the V store holds n_cells rows of v_row_bytes.
+            let row = unsafe { job.v_store.add((j0 + jj) * v_row_bytes) };
             let vs = read_scale(row, vl.scale_offset(g));
             // SAFETY: the codes of head g lie inside the row (RowLayout offsets).
             let packed = unsafe { std::slice::from_raw_parts(row.add(vl.codes_offset(g)), vl.code_bytes()) };
-            lookup(packed, lc.value.bits(), v_table, &mut s.row, &mut s.codes);
+            lookup(packed, lc.value.bits(), v_table, &mut s.v_rows[jj * d..(jj + 1) * d], &mut s.codes);
             for lane in 0..lanes {
-                let p = s.scores[lane * BLOCK + (j - j0)];
-                if p > 0.0 {
-                    axpy(p * vs, &s.row, &mut s.acc[lane * d..(lane + 1) * d]);
-                }
+                let p = &mut s.scores[lane * BLOCK + jj];
+                *p = if *p > 0.0 { *p * vs } else { 0.0 };
             }
         }
+        tile::accumulate_lanes(&s.v_rows, &s.scores, BLOCK, lanes, d, nb, &mut s.acc, simd);
         j0 = j1;
     }
 

@@ -1,5 +1,6 @@
 //! The two matrix kernels of the tiled (prefill) attention path, `attend::compressed_tiled`, and its
-//! softmax step, each in a portable form and an AVX-512 form.
+//! softmax step, plus the value accumulation of the row-by-row path (`accumulate_lanes`), each in a
+//! portable form and an AVX-512 form.
 //!
 //! Layout: a tile has `lp` lanes (the (query token, head) pairs of the tile, padded to a multiple of
 //! 16) and a block of `nb` cells whose compressed rows were unpacked once into `rows` ([nb][d], the
@@ -62,6 +63,47 @@ pub fn accumulate(rows: &[f32], p: &[f32], d: usize, lp: usize, nb: usize, at: &
             let v = rows[j * d + i];
             for (a, &w) in at[i * lp..(i + 1) * lp].iter_mut().zip(pr) {
                 *a += v * w;
+            }
+        }
+    }
+}
+
+/// out[lane] = Σ_i q[lane·d + i] · row[i] for lane < lanes: the key scores of one row in the
+/// row-by-row path. The AVX-512 form reduces the partial sums of 4 lanes together (one shuffle tree
+/// for 4 dot products instead of one per product).
+pub fn dots(row: &[f32], q: &[f32], lanes: usize, d: usize, out: &mut [f32], avx512: bool) {
+    assert!(row.len() >= d && q.len() >= lanes * d && out.len() >= lanes);
+    #[cfg(target_arch = "x86_64")]
+    if avx512 && d.is_multiple_of(VECTOR) {
+        // SAFETY: as in `scores`; d is a multiple of 16 as the kernel requires.
+        unsafe { x86::dots(row.as_ptr(), q.as_ptr(), lanes, d, out.as_mut_ptr()) };
+        return;
+    }
+    let _ = avx512;
+    for (lane, o) in out[..lanes].iter_mut().enumerate() {
+        *o = super::simd::dot(&q[lane * d..(lane + 1) * d], &row[..d]);
+    }
+}
+
+/// acc[lane·d + i] += Σ_j p[lane·p_stride + j] · rows[j·d + i] for lane < lanes, i < d: the value
+/// accumulation of the row-by-row path (lanes in their own rows of `acc`, as few as one), with the
+/// unpacked rows of a block read once per group of up to 4 lanes instead of once per lane.
+#[allow(clippy::too_many_arguments)]
+pub fn accumulate_lanes(rows: &[f32], p: &[f32], p_stride: usize, lanes: usize, d: usize, nb: usize, acc: &mut [f32], avx512: bool) {
+    assert!(rows.len() >= nb * d && acc.len() >= lanes * d && nb <= p_stride && (lanes == 0 || p.len() >= (lanes - 1) * p_stride + nb));
+    #[cfg(target_arch = "x86_64")]
+    if avx512 && d.is_multiple_of(VECTOR) {
+        // SAFETY: as in `scores`; d is a multiple of 16 as the kernel requires.
+        unsafe { x86::accumulate_lanes(rows.as_ptr(), p.as_ptr(), p_stride, lanes, d, nb, acc.as_mut_ptr()) };
+        return;
+    }
+    let _ = avx512;
+    for lane in 0..lanes {
+        let a = &mut acc[lane * d..(lane + 1) * d];
+        for j in 0..nb {
+            let w = p[lane * p_stride + j];
+            for (x, &v) in a.iter_mut().zip(&rows[j * d..(j + 1) * d]) {
+                *x += w * v;
             }
         }
     }
@@ -258,6 +300,105 @@ mod x86 {
         }
     }
 
+    /// # Safety
+    /// AVX-512F; `row` holds d elements, `q` lanes·d, `out` lanes; d a multiple of 16.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dots(row: *const f32, q: *const f32, lanes: usize, d: usize, out: *mut f32) {
+        // SAFETY: reads inside row[..d] and the lanes' rows of q, writes out[..lanes].
+        unsafe {
+            let mut l0 = 0;
+            while l0 < lanes {
+                let g = (lanes - l0).min(4);
+                let mut acc = [_mm512_setzero_ps(); 4];
+                for i in (0..d).step_by(VECTOR) {
+                    let r = _mm512_loadu_ps(row.add(i));
+                    for (k, a) in acc.iter_mut().enumerate().take(g) {
+                        *a = _mm512_fmadd_ps(_mm512_loadu_ps(q.add((l0 + k) * d + i)), r, *a);
+                    }
+                }
+                // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3], the same for c, d, then [a, b, c, d].
+                let t0 = _mm512_add_ps(_mm512_unpacklo_ps(acc[0], acc[1]), _mm512_unpackhi_ps(acc[0], acc[1]));
+                let t1 = _mm512_add_ps(_mm512_unpacklo_ps(acc[2], acc[3]), _mm512_unpackhi_ps(acc[2], acc[3]));
+                let u = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(t0, t1), _mm512_shuffle_ps::<0xEE>(t0, t1));
+                // Sum the four 128-bit lanes.
+                let v = _mm512_add_ps(u, _mm512_shuffle_f32x4::<0x4E>(u, u));
+                let w = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0xB1>(v, v));
+                let mut sums = [0.0f32; 4];
+                _mm_storeu_ps(sums.as_mut_ptr(), _mm512_castps512_ps128(w));
+                for (k, &x) in sums.iter().enumerate().take(g) {
+                    *out.add(l0 + k) = x;
+                }
+                l0 += g;
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX-512F; `rows` holds nb·d elements, `p` lanes rows of stride p_stride ≥ nb, `acc` lanes·d;
+    /// d a multiple of 16.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn accumulate_lanes(rows: *const f32, p: *const f32, p_stride: usize, lanes: usize, d: usize, nb: usize, acc: *mut f32) {
+        let nv = d / VECTOR;
+        let mut v0 = 0;
+        while v0 < nv {
+            let w = (nv - v0).min(MAX_W);
+            let mut l0 = 0;
+            while l0 < lanes {
+                let g = (lanes - l0).min(MAX_W);
+                // SAFETY: dimensions v0·16 .. (v0 + w)·16 ≤ d and lanes l0 .. l0 + g ≤ lanes.
+                unsafe {
+                    let (rows, p, acc) = (rows.add(v0 * VECTOR), p.add(l0 * p_stride), acc.add(l0 * d + v0 * VECTOR));
+                    macro_rules! go {
+                        ($($g:literal),*) => {
+                            match (g, w) {
+                                $( ($g, 1) => lanes_chunk::<$g, 1>(rows, p, p_stride, d, nb, acc),
+                                   ($g, 2) => lanes_chunk::<$g, 2>(rows, p, p_stride, d, nb, acc),
+                                   ($g, 3) => lanes_chunk::<$g, 3>(rows, p, p_stride, d, nb, acc),
+                                   ($g, _) => lanes_chunk::<$g, 4>(rows, p, p_stride, d, nb, acc), )*
+                                _ => unreachable!("lane groups have 1 to 4 lanes"),
+                            }
+                        };
+                    }
+                    go!(1, 2, 3, 4)
+                }
+                l0 += g;
+            }
+            v0 += w;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn lanes_chunk<const G: usize, const W: usize>(rows: *const f32, p: *const f32, p_stride: usize, d: usize, nb: usize, acc: *mut f32) {
+        // SAFETY: AVX-512F (the caller is a target_feature function); reads W vectors of nb rows of
+        // stride d, G lanes' nb weights, and updates W vectors of G accumulator rows of stride d.
+        unsafe {
+            let mut a = [[_mm512_setzero_ps(); W]; G];
+            for (lane, al) in a.iter_mut().enumerate() {
+                for (w, x) in al.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(acc.add(lane * d + w * VECTOR));
+                }
+            }
+            for j in 0..nb {
+                let mut r = [_mm512_setzero_ps(); W];
+                for (w, x) in r.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(rows.add(j * d + w * VECTOR));
+                }
+                for (lane, al) in a.iter_mut().enumerate() {
+                    let pw = _mm512_set1_ps(*p.add(lane * p_stride + j));
+                    for w in 0..W {
+                        al[w] = _mm512_fmadd_ps(pw, r[w], al[w]);
+                    }
+                }
+            }
+            for (lane, al) in a.iter().enumerate() {
+                for (w, &x) in al.iter().enumerate() {
+                    _mm512_storeu_ps(acc.add(lane * d + w * VECTOR), x);
+                }
+            }
+        }
+    }
+
     /// e^x for x ≤ 0, 16 lanes: the range reduction and polynomial of `simd::exp_neg` (2^n applied
     /// with vscalefps); 0 below −87.3, for −inf and for NaN.
     #[inline]
@@ -374,6 +515,68 @@ mod tests {
             }
             if let [(s0, a0), (s1, a1)] = &outs[..] {
                 for (x, y) in s0.iter().zip(s1).chain(a0.iter().zip(a1)) {
+                    assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "portable {x} vs AVX-512 {y}");
+                }
+            }
+        }
+    }
+
+    /// The row-by-row path's key dot products, both forms, against float64: 1 to 9 lanes (groups of 4
+    /// and a remainder), d 16 to 256, and a head size that is no multiple of 16.
+    #[test]
+    fn lane_dots_match_float64_on_both_paths() {
+        let paths: &[bool] = if avx512() { &[false, true] } else { &[false] };
+        for &(lanes, d) in &[(3usize, 64usize), (1, 16), (9, 256), (4, 128), (6, 96), (2, 40)] {
+            let row = data(d, 11);
+            let q = data(lanes * d, 12);
+            let mut outs = Vec::new();
+            for &simd in paths {
+                let mut out = vec![f32::NAN; lanes + 1];
+                dots(&row, &q, lanes, d, &mut out, simd);
+                for lane in 0..lanes {
+                    let want: f64 = (0..d).map(|i| q[lane * d + i] as f64 * row[i] as f64).sum();
+                    let bound: f64 = (0..d).map(|i| (q[lane * d + i] as f64 * row[i] as f64).abs()).sum();
+                    assert!((out[lane] as f64 - want).abs() <= 1e-6 * bound, "lanes {lanes} d {d} simd={simd}: {} vs {want}", out[lane]);
+                }
+                assert!(out[lanes].is_nan(), "wrote past the lanes");
+                outs.push(out);
+            }
+            if let [o0, o1] = &outs[..] {
+                for (x, y) in o0[..lanes].iter().zip(&o1[..lanes]) {
+                    assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "portable {x} vs AVX-512 {y}");
+                }
+            }
+        }
+    }
+
+    /// The row-by-row path's value accumulation, both forms, against float64: 1 to 9 lanes (lane
+    /// groups of 4 and a remainder), d 16 to 320 (dimension chunks of 64 and a remainder), and a head
+    /// size that is no multiple of 16 (portable form on both paths).
+    #[test]
+    fn lane_accumulation_matches_float64_on_both_paths() {
+        let paths: &[bool] = if avx512() { &[false, true] } else { &[false] };
+        for &(lanes, d, nb) in &[(3usize, 64usize, 64usize), (1, 16, 5), (9, 320, 33), (4, 128, 1), (5, 96, 17), (2, 40, 9)] {
+            let p_stride = nb + 3;
+            let rows = data(nb * d, 7);
+            let p = data(lanes * p_stride, 8);
+            let acc0 = data(lanes * d, 9);
+            let mut outs = Vec::new();
+            for &simd in paths {
+                let mut acc = acc0.clone();
+                accumulate_lanes(&rows, &p, p_stride, lanes, d, nb, &mut acc, simd);
+                for lane in 0..lanes {
+                    for i in 0..d {
+                        let terms = (0..nb).map(|j| p[lane * p_stride + j] as f64 * rows[j * d + i] as f64);
+                        let want = acc0[lane * d + i] as f64 + terms.clone().sum::<f64>();
+                        let bound = (acc0[lane * d + i] as f64).abs() + terms.map(f64::abs).sum::<f64>();
+                        let got = acc[lane * d + i] as f64;
+                        assert!((got - want).abs() <= 1e-6 * bound, "lanes {lanes} d {d} nb {nb} simd={simd}: {got} vs {want}");
+                    }
+                }
+                outs.push(acc);
+            }
+            if let [a0, a1] = &outs[..] {
+                for (x, y) in a0.iter().zip(a1) {
                     assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "portable {x} vs AVX-512 {y}");
                 }
             }
