@@ -393,6 +393,8 @@ fn cuda_residual_rows_match_cpu() {
             n_cells: n_c,
             mask: MaskSource::Causal { cell_pos: &cell_pos, query_pos: &query_pos },
             full: Some((FullRows { k: &full_k, v: &full_v, pos: &full_pos }, &query_pos)),
+            sinks: None,
+            softcap: 0.0,
             scale,
             out: out_cpu.as_mut_ptr().cast(),
             out_strides: Strides::packed(hq, d, Dtype::F16),
