@@ -9,7 +9,8 @@
 #   make test-llama-archs     CI check: every architecture as a tiny random-weight model, f16 cache vs TurboQuant
 #                             (agrees, or refused with a message naming the architecture)
 #   make test-llama-gemma3    CI check: Gemma 3 270M (sliding-window + full layers) in llama-perplexity (KLD bound,
-#                             chunks past the window), llama-completion and llama-server with a TurboQuant cache
+#                             chunks past the window) and llama-completion with a TurboQuant cache
+#   make llama-server-test-gemma3  the llama-server check with Gemma 3 270M
 #   make llama-quality-gemma3 Gemma 3 270M section of bench/llama/quality.md on CORPUS=<text file>
 #
 # Everything lands in build/llama (ignored); a second run reuses what was fetched and built.
@@ -51,7 +52,7 @@ llama_say = @printf '\n== %s\n' $(1)
 .PHONY: llama-example llama-quality llama-server-test llama-bench-decode test-llama \
         llama-fetch llama-model llama-lib llama-configure llama-bin-cli llama-bin-completion llama-bin-perplexity \
         llama-bin-server llama-bin-bench llama-clean llama-model-gemma3 llama-bin-tq-archs test-llama-archs \
-        test-llama-gemma3 llama-quality-gemma3
+        test-llama-gemma3 llama-quality-gemma3 llama-server-test-gemma3
 
 test: test-llama test-llama-archs test-llama-gemma3
 
@@ -211,10 +212,13 @@ test-llama-archs: llama-bin-tq-archs
 	cat $(LLAMA_W)/test-archs/table.md
 
 # CI: Gemma 3 270M (iSWA: 5 of 6 layers sliding-window) with a TurboQuant cache in llama-perplexity (KL divergence
-# vs f16 under a bound, 2 parallel sequences, chunks longer than the window), llama-completion and llama-server
-test-llama-gemma3: llama-bin-perplexity llama-bin-completion llama-bin-server $(LLAMA_GEMMA3)
-	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_GEMMA3) THREADS=$(LLAMA_THREADS) PYTHON3=$(PYTHON3) \
+# vs f16 under a bound, 2 parallel sequences, chunks longer than the window) and llama-completion
+test-llama-gemma3: llama-bin-perplexity llama-bin-completion $(LLAMA_GEMMA3)
+	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_GEMMA3) THREADS=$(LLAMA_THREADS) \
 	    CORPUS=$(or $(CORPUS),$(LLAMA_SRC)/docs/build.md) bash tools/llama/test_gemma3.sh
+
+llama-server-test-gemma3: llama-bin-server $(LLAMA_GEMMA3)
+	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_GEMMA3) THREADS=$(LLAMA_THREADS) $(PYTHON3) tools/llama/server_test.py
 
 llama-quality-gemma3: llama-bin-perplexity $(LLAMA_GEMMA3)
 	@test -n "$(CORPUS)" || { echo "make llama-quality-gemma3: pass CORPUS=<plain text file> (e.g. a public-domain novel)"; exit 2; }

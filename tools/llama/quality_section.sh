@@ -4,7 +4,7 @@
 # rewrites the main table). Same method as quality.sh: llama-perplexity f16 base logits, then
 # --kl-divergence with each cache type, same chunks, same build, -fa on, 4 sequences in parallel
 # streams (-b 4*CTX). Rows: f16 with flash attention off (noise floor), q8_0, q4_0 (llama.cpp's own, with its
-# Hadamard rotation) and TurboQuant K4/V4 without and with centering.
+# Hadamard rotation) and TurboQuant K4/V4.
 # Environment: LLAMA_BIN, MODEL, CORPUS, NAME (section name), TITLE (one line about the model), THREADS,
 # CTX (tokens per chunk; default 1024: past Gemma 3's 512-token window, so its sliding-window cache reuses
 # cells), CHUNKS (default 8), OUT (default bench/llama/quality.md), WORK.
@@ -26,7 +26,6 @@ RUNS=(
   "q8_0|q8_0 (llama.cpp, Hadamard rotation)||-ctk q8_0 -ctv q8_0"
   "q4_0|q4_0 (llama.cpp, Hadamard rotation)||-ctk q4_0 -ctv q4_0"
   "tq44|TurboQuant K4/V4|LLAMA_TQ_CENTERING=0|-ctk tq4 -ctv tq4"
-  "tq44-c|TurboQuant K4/V4, centering|LLAMA_TQ_CENTERING=1|-ctk tq4 -ctv tq4"
 )
 t0=$(date +%s)
 echo "== $NAME: f16 base, $CHUNKS chunks of $CTX tokens of $CORPUS"
