@@ -10,7 +10,10 @@
 #                             (agrees, or refused with a message naming the architecture)
 #   make test-llama-gemma3    CI check: Gemma 3 270M (sliding-window + full layers) in llama-perplexity (KLD bound,
 #                             chunks past the window) and llama-completion with a TurboQuant cache
-#   make llama-server-test-gemma3  the llama-server check with Gemma 3 270M
+#   make llama-server-test-gemma3  llama-server with Gemma 3 270M and a TurboQuant cache: it serves, both caches are
+#                             TurboQuant, the cached-prefix repeat gives the same answer; but this base (not
+#                             instruction-tuned) 270M model does not answer "Paris" with f16 either, so the answer
+#                             check fails (2026-12-03)
 #   make llama-quality-gemma3 Gemma 3 270M section of bench/llama/quality.md on CORPUS=<text file>
 #
 # Everything lands in build/llama (ignored); a second run reuses what was fetched and built.
