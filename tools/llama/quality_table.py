@@ -107,8 +107,16 @@ def main():
                f"{rows['tq44-c']['kld']/q4:.2f}× q4_0's — best {verdict} the target.\n")
     out.append("![mean KLD against bits per element](kld_vs_bits.svg)\n")
     os.makedirs(a.outdir, exist_ok=True)
-    with open(os.path.join(a.outdir, "quality.md"), "w") as f:
-        f.write("\n".join(out))
+    path = os.path.join(a.outdir, "quality.md")
+    # sections of other models (tools/llama/quality_section.sh) stay as they are
+    kept = ""
+    if os.path.exists(path):
+        old = open(path).read()
+        i = old.find("<!-- section ")
+        if i >= 0:
+            kept = "\n" + old[i:]
+    with open(path, "w") as f:
+        f.write("\n".join(out) + kept)
     print("\n".join(out))
 
     import matplotlib
