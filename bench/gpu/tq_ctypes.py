@@ -9,7 +9,9 @@ class Params(ctypes.Structure):
                 ("bits_k", ctypes.c_uint32), ("bits_v", ctypes.c_uint32), ("rotation", ctypes.c_uint32),
                 ("key_mode", ctypes.c_uint32), ("dtype", ctypes.c_uint32), ("backend", ctypes.c_uint32),
                 ("device", ctypes.c_int32), ("n_threads", ctypes.c_uint32), ("max_batch", ctypes.c_uint32),
-                ("seed", ctypes.c_uint64), ("centering", ctypes.c_bool)]
+                ("seed", ctypes.c_uint64), ("centering", ctypes.c_bool),
+                ("layer_bits_k", ctypes.POINTER(ctypes.c_uint32)), ("layer_bits_v", ctypes.POINTER(ctypes.c_uint32)),
+                ("n_layer_bits", ctypes.c_uint32), ("center_values", ctypes.c_bool)]
 
 
 class Strides(ctypes.Structure):

@@ -192,7 +192,7 @@ fn raise_max(s: &mut AttendScratch, lane: usize, new_m: f32, d: usize) {
 unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut AttendScratch) {
     let codec = job.codec;
     let lc = &codec.layers[job.layer];
-    let (kl, vl) = (&codec.k_layout, &codec.v_layout);
+    let (kl, vl) = (&lc.k_layout, &lc.v_layout);
     let d = codec.config.head_dim;
     let group = codec.group_size();
     let nt = t1 - t0;

@@ -31,6 +31,7 @@ use cudarc::driver::{CudaContext, result, sys};
 use crate::codec::{Dtype, KvCodec, Strides};
 use crate::math::quantizer::QuantizerKind;
 use crate::math::rotation::{Rotation, RotationKind};
+use crate::math::scale::ScaleRule;
 use params::DevPtr;
 
 /// Why a CUDA call failed.
@@ -233,6 +234,9 @@ pub struct CudaBackend {
     group: usize,
     bits_k: u32,
     bits_v: u32,
+    /// The row format's scale rules (params::scale_rule_code) of K and V.
+    k_scale_rule: i64,
+    v_scale_rule: i64,
     k_row_bytes: usize,
     v_row_bytes: usize,
     k_code_bytes: usize,
@@ -538,6 +542,10 @@ impl CudaBackend {
             group: codec.group_size(),
             bits_k: cfg.bits_k,
             bits_v: cfg.bits_v,
+            k_scale_rule: params::scale_rule_code(
+                codec.layers.first().and_then(|l| l.key.mse_stage()).map_or(ScaleRule::Norm, |m| m.scale_rule()),
+            ),
+            v_scale_rule: params::scale_rule_code(codec.layers.first().map_or(ScaleRule::Norm, |l| l.value.scale_rule())),
             k_row_bytes: codec.k_layout.row_bytes(),
             v_row_bytes: codec.v_layout.row_bytes(),
             k_code_bytes: codec.k_layout.code_bytes(),
@@ -670,7 +678,7 @@ impl CudaBackend {
         }
         self.bind()?;
         let (kt, vt) = &self.layers[a.layer];
-        let side = |store, input, strides: Strides, row_bytes, scale_offset, t: &SideTables| params::EncodeSide {
+        let side = |store, input, strides: Strides, row_bytes, scale_offset, t: &SideTables, scale_rule| params::EncodeSide {
             store,
             input,
             token_stride: strides.token as i64,
@@ -682,10 +690,12 @@ impl CudaBackend {
             signs_out: t.signs_out,
             matrix_t: t.matrix_t,
             mean: 0,
+            centroids: t.centroids,
+            scale_rule,
         };
         let mut p = params::AppendParams {
-            k: side(a.k_store, a.k, a.k_strides, self.k_row_bytes, self.k_scale_offset, kt),
-            v: side(a.v_store, a.v, a.v_strides, self.v_row_bytes, self.v_scale_offset, vt),
+            k: side(a.k_store, a.k, a.k_strides, self.k_row_bytes, self.k_scale_offset, kt, self.k_scale_rule),
+            v: side(a.v_store, a.v, a.v_strides, self.v_row_bytes, self.v_scale_offset, vt, self.v_scale_rule),
             slots: a.slots,
             n_tokens: a.n_tokens as i64,
             n_cells: a.n_cells as i64,

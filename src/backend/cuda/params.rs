@@ -62,6 +62,19 @@ pub struct EncodeSide {
     pub signs_out: DevPtr,
     pub matrix_t: DevPtr,
     pub mean: DevPtr,
+    pub centroids: DevPtr,
+    pub scale_rule: i64,
+}
+
+/// The append kernel's code of a scale rule (SCALE_* in kernels/append.cu).
+pub fn scale_rule_code(rule: crate::math::scale::ScaleRule) -> i64 {
+    use crate::math::scale::ScaleRule;
+    match rule {
+        ScaleRule::Norm => 0,
+        ScaleRule::NormCorrected => 1,
+        ScaleRule::LeastSquares => 2,
+        ScaleRule::Projection => 3,
+    }
 }
 
 #[repr(C)]
@@ -164,7 +177,7 @@ pub fn layout() -> (String, Vec<i64>) {
         mask_dtype, mask_row_stride, mask_seq_stride, cell_pos, cell_pos_seq_stride, query_pos, chunk, n_splits,
         warps_per_head, heads_per_cta, n_partials, stage_cells, partials, k_centroids, v_centroids, q_hat16]);
     layout!(probe, offsets, EncodeSide, [store, input, token_stride, head_stride, row_bytes, scale_offset, boundaries, signs_in,
-        signs_out, matrix_t, mean]);
+        signs_out, matrix_t, mean, centroids, scale_rule]);
     layout!(probe, offsets, AppendParams, [k, v, slots, n_tokens, n_cells, n_kv_heads, dtype]);
     layout!(probe, offsets, Rotation, [signs_in, signs_out, matrix, matrix_t]);
     layout!(probe, offsets, QueryTensor, [ptr, seq_stride, token_stride, head_stride]);
