@@ -143,9 +143,11 @@ fn run_case(c: &Case, n_q: usize, seed: u64) -> (f64, f64) {
     assert_eq!((k_layout.row_bytes(), v_layout.row_bytes()), (kr, vr));
     // Centering means: the mean of the first append's 200 tokens, computed here in f64.
     let mean_of = |x: &[f32]| -> Vec<f32> {
-        (0..c.n_kv * d).map(|e| ((0..200).map(|i| x[i * c.n_kv * d + e] as f64).sum::<f64>() / 200.0) as f32).collect()
+        (0..c.n_kv * d).map(|e| ((1..200).map(|i| x[i * c.n_kv * d + e] as f64).sum::<f64>() / 199.0) as f32).collect()
     };
-    let (mk, mv) = (mean_of(&k), mean_of(&v));
+    // Rows 1..200: the library leaves the first row out (codec::MEAN_SKIP_FIRST); V is not centered
+    // (params->center_values is off by default).
+    let (mk, mv) = (mean_of(&k), vec![0.0f32; c.n_kv * d]);
     let kd = dequant_rows(&k_store, &k_layout, n_cells, Some(&key), None, centering.then_some(mk.as_slice()));
     let vd = dequant_rows(&v_store, &v_layout, n_cells, None, Some(&value), centering.then_some(mv.as_slice()));
     // The row format's scale rules (codec::KEY_SCALE_RULE, VALUE_SCALE_RULE), checked on the rows
