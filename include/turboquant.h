@@ -348,10 +348,36 @@ typedef struct tq_context_params {
    */
   uint64_t seed;
   /**
-   * Subtract a per-(layer, kv head) mean from K and from V before quantizing, estimated from the
-   * rows of the first append to each layer and then frozen (exact for attention). Default false.
+   * Subtract a per-(layer, kv head) mean from K before quantizing (and from V with
+   * center_values), estimated from the rows of the first append to each layer and then frozen
+   * (exact for attention: q·μ_k is added back to every logit, μ_v to every output). Keys with a
+   * large constant component (e.g. k_proj biases) otherwise lose most of their precision to it.
+   * Default true. Not yet on the CUDA backend (set false there).
    */
   bool centering;
+  /**
+   * Per-layer bits of the K codes: NULL (every layer at bits_k), or an array of n_layer_bits =
+   * n_layers values, each in bits_k's range, read by tq_context_new() only. Layers may then have
+   * different row sizes (tq_context_layer_row_bytes()). Not with the CUDA backend or the owned
+   * cache unless all values are equal to bits_k. Default NULL. (Added after the first release:
+   * a struct_size without this field and the three after it is accepted and means NULL, NULL, 0,
+   * false.)
+   */
+  const uint32_t *layer_bits_k;
+  /**
+   * Per-layer bits of the V codes, as layer_bits_k for bits_v. Default NULL.
+   */
+  const uint32_t *layer_bits_v;
+  /**
+   * Length of each non-NULL per-layer array: n_layers; 0 when both are NULL. Default 0.
+   */
+  uint32_t n_layer_bits;
+  /**
+   * With centering: subtract a per-(layer, kv head) mean from V too. Default false: measured on
+   * SmolLM2-135M it helps at 4-bit values and hurts at 2-bit ones (bench/llama/quality.md).
+   * (Added with the per-layer bits; an older struct_size means false.)
+   */
+  bool center_values;
 } tq_context_params;
 
 /**
@@ -652,7 +678,9 @@ void tq_context_free(struct tq_context *ctx);
 
 /**
  * Bytes per token per layer of a K row and of a V row (all kv heads): the engine allocates
- * n_cells × these for each layer's K and V store. Either output may be NULL. Thread-safe.
+ * n_cells × these for each layer's K and V store. Either output may be NULL. A context whose
+ * per-layer bits differ between layers has no single row size: this fails with
+ * TQ_STATUS_INVALID_ARGUMENT (use tq_context_layer_row_bytes()). Thread-safe.
  *
  * # Safety
  * `ctx` is NULL or live; outputs are NULL or writable.
@@ -660,6 +688,18 @@ void tq_context_free(struct tq_context *ctx);
 enum tq_status tq_context_row_bytes(const struct tq_context *ctx,
                                     size_t *k_row_bytes,
                                     size_t *v_row_bytes);
+
+/**
+ * Bytes of a K row and of a V row of `layer` (as tq_context_row_bytes(), for contexts with
+ * per-layer bits; any context). Either output may be NULL. Thread-safe.
+ *
+ * # Safety
+ * `ctx` is NULL or live; outputs are NULL or writable.
+ */
+enum tq_status tq_context_layer_row_bytes(const struct tq_context *ctx,
+                                          uint32_t layer,
+                                          size_t *k_row_bytes,
+                                          size_t *v_row_bytes);
 
 /**
  * Size in bytes of the context's state (the centering means of every layer). Thread-safe.

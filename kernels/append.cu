@@ -3,7 +3,15 @@
 // head, K or V). The arithmetic follows the row-format contract exactly: the norm in f64 over eight
 // interleaved partial sums, u = (float)((double)x * (1/norm)), the rotation in f32 with every
 // multiply and add rounded separately (__fmul_rn/__fadd_rn: no FMA contraction), codes = number of
-// f32 boundaries strictly below y, scale = bf16(min((float)norm, bf16 max)) rounded to nearest even.
+// f32 boundaries strictly below y, then the side's scale rule (math::scale::apply_rule: ‖x‖, or ‖x‖
+// corrected by ⟨y, ĉ⟩ and ‖ĉ‖², summed in f64 like the norm), scale = bf16(min((float)scale, bf16 max))
+// rounded to nearest even.
+
+// Scale rules (src/backend/cuda/params.rs scale_rule_code, math::scale::ScaleRule).
+constexpr i64 SCALE_NORM = 0;            // ‖x‖
+constexpr i64 SCALE_NORM_CORRECTED = 1;  // ‖x‖ / ‖ĉ‖
+constexpr i64 SCALE_LEAST_SQUARES = 2;   // ‖x‖ · ⟨y, ĉ⟩ / ‖ĉ‖²
+constexpr i64 SCALE_PROJECTION = 3;      // ‖x‖ / ⟨y, ĉ⟩
 
 struct EncodeSide {
     u8 *store;             // device rows (n_cells * row_bytes)
@@ -15,6 +23,8 @@ struct EncodeSide {
     const float *signs_out;   // Hadamard D2/sqrt(d)
     const float *matrix_t;    // dense: Pi transposed, row j = column j of Pi (NULL for Hadamard)
     const float *mean;        // centering: [n_kv_heads][D] or NULL
+    const float *centroids;   // 2^b, ascending (the scale rules other than SCALE_NORM read them)
+    i64 scale_rule;           // SCALE_*
 };
 
 struct AppendParams {
@@ -122,6 +132,36 @@ __device__ void encode_vector(const EncodeSide &s, const AppendParams &p, i64 to
         codes[lane + 32 * k] = (u8)lo;
     }
     __syncwarp();
+    // The scale: ⟨y, ĉ⟩ and ‖ĉ‖² with ĉ = centroids[code], lane l < 8 summing the exact f64 products of
+    // elements l, l+8, l+16, ... in order, combined as the norm's partial sums are.
+    double scale = norm;
+    if (s.scale_rule != SCALE_NORM) {
+#pragma unroll
+        for (int k = 0; k < PER_LANE; k++) xs[lane + 32 * k] = y[k];
+        __syncwarp();
+        double dot = 0.0, sq = 0.0;
+        if (lane < 8) {
+            for (int j = 0; j < D / 8; j++) {
+                const int e = lane + 8 * j;
+                const double yv = (double)xs[e], cv = (double)s.centroids[codes[e]];
+                dot = __dadd_rn(dot, __dmul_rn(yv, cv));
+                sq = __dadd_rn(sq, __dmul_rn(cv, cv));
+            }
+        }
+        double pd[8], ps[8];
+#pragma unroll
+        for (int l = 0; l < 8; l++) {
+            pd[l] = __shfl_sync(0xffffffffu, dot, l);
+            ps[l] = __shfl_sync(0xffffffffu, sq, l);
+        }
+        dot = __dadd_rn(__dadd_rn(__dadd_rn(pd[0], pd[1]), __dadd_rn(pd[2], pd[3])),
+                        __dadd_rn(__dadd_rn(pd[4], pd[5]), __dadd_rn(pd[6], pd[7])));
+        sq = __dadd_rn(__dadd_rn(__dadd_rn(ps[0], ps[1]), __dadd_rn(ps[2], ps[3])),
+                       __dadd_rn(__dadd_rn(ps[4], ps[5]), __dadd_rn(ps[6], ps[7])));
+        if (s.scale_rule == SCALE_NORM_CORRECTED && sq > 0.0) scale = __ddiv_rn(norm, __dsqrt_rn(sq));
+        else if (s.scale_rule == SCALE_LEAST_SQUARES && sq > 0.0 && dot > 0.0) scale = __ddiv_rn(__dmul_rn(norm, dot), sq);
+        else if (s.scale_rule == SCALE_PROJECTION && dot > 0.0) scale = __ddiv_rn(norm, dot);
+    }
     // Pack: byte m holds stream bits [8m, 8m+8), code i at bits [ib, ib+b), LSB first.
     for (int m = lane; m < CB; m += 32) {
         u32 byte = 0;
@@ -133,7 +173,7 @@ __device__ void encode_vector(const EncodeSide &s, const AppendParams &p, i64 to
         out_codes[m] = (u8)byte;
     }
     if (lane == 0) {
-        float f = __double2float_rn(norm);
+        float f = __double2float_rn(scale);
         const float bf16_max = __uint_as_float(0x7f7f0000u);
         if (f > bf16_max) f = bf16_max;
         u32 bits = __float_as_uint(f);
@@ -155,8 +195,9 @@ extern "C" __global__ void __launch_bounds__(APPEND_WARPS * 32) tq_append(const 
     else encode_vector<BITS_V>(p.v, p, token, head, xs_all[warp], codes_all[warp]);
 }
 
-// Centering means: the mean over the first append's n_tokens rows of every (kv head, dimension), for K
-// (blockIdx.y 0) and V (1) — the CPU backend's arithmetic exactly (encode::head_means): elements loaded
+// Centering means: the mean over rows [first_token, n_tokens) of the first append (codec::mean_rows: row 0,
+// usually the BOS / sink token, left out) of every (kv head, dimension), for K
+// (blockIdx.y 0) and V (1; zero without value centering) — KvCodec::estimate_means exactly: elements loaded
 // as f32, summed in f64 token by token, divided in f64, rounded to f32. One thread per element.
 struct MeansSide {
     const u8 *input;  // [n_tokens][n_kv_heads][D] of dtype with byte strides
@@ -166,7 +207,8 @@ struct MeansSide {
 
 struct MeansParams {
     MeansSide k, v;
-    i64 n_tokens, n_kv_heads, dtype;
+    i64 first_token, n_tokens, n_kv_heads, dtype;
+    i64 center_values;  // 0: the V means are zero
 };
 
 extern "C" __global__ void __launch_bounds__(256) tq_head_means(const MeansParams p) {
@@ -176,7 +218,13 @@ extern "C" __global__ void __launch_bounds__(256) tq_head_means(const MeansParam
     const i64 head = idx / D, e = idx % D;
     const i64 esz = p.dtype == DTYPE_F32 ? 4 : 2;
     const u8 *src = s.input + head * s.head_stride + e * esz;
+    if (blockIdx.y == 1 && !p.center_values) {
+        s.out[idx] = 0.0f;
+        return;
+    }
     double sum = 0.0;
-    for (i64 t = 0; t < p.n_tokens; t++) sum = __dadd_rn(sum, (double)load_elem(src + t * s.token_stride, p.dtype));
-    s.out[idx] = __double2float_rn(__ddiv_rn(sum, (double)(p.n_tokens > 0 ? p.n_tokens : 1)));
+    for (i64 t = p.first_token; t < p.n_tokens; t++)
+        sum = __dadd_rn(sum, (double)load_elem(src + t * s.token_stride, p.dtype));
+    const i64 count = p.n_tokens - p.first_token;
+    s.out[idx] = __double2float_rn(__ddiv_rn(sum, (double)(count > 0 ? count : 1)));
 }

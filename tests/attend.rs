@@ -18,10 +18,23 @@ struct Case {
     bits_k: u32,
     bits_v: u32,
     prod: bool,
-    centering: bool,
+    /// None: the library's default.
+    centering: Option<bool>,
     rotation: u32,
-    /// Add a large per-channel constant (3..7) to every key, as some model families have.
-    key_offset: bool,
+    key_offset: Offset,
+    /// Give bits_k/bits_v to layer 1 (the layer tested) through the per-layer bits arrays, with
+    /// params->bits_k/bits_v (and so layer 0) at 8 bits.
+    per_layer: bool,
+}
+
+/// A constant added to every key (some model families have large key biases).
+#[derive(Clone, Copy, PartialEq)]
+enum Offset {
+    None,
+    /// 3..7 per channel.
+    Channels,
+    /// One fixed random direction of norm 30·√d, 30× the keys' typical norm (k ~ N(0, I)).
+    Norm30,
 }
 
 /// Returns (error vs dequantized reference, error vs exact attention over the original K/V).
@@ -35,19 +48,43 @@ fn run_case(c: &Case, n_q: usize, seed: u64) -> (f64, f64) {
     p.head_dim = d as u32;
     p.bits_k = c.bits_k;
     p.bits_v = c.bits_v;
+    let (layer_k, layer_v) = ([8, c.bits_k], [8, c.bits_v]);
+    if c.per_layer {
+        (p.bits_k, p.bits_v) = (8, 8);
+        (p.layer_bits_k, p.layer_bits_v, p.n_layer_bits) = (layer_k.as_ptr(), layer_v.as_ptr(), 2);
+    }
     p.key_mode = if c.prod { 1 } else { 0 };
-    p.centering = c.centering;
+    if let Some(on) = c.centering {
+        p.centering = on;
+    }
+    let centering = p.centering;
     p.rotation = c.rotation;
     p.seed = seed;
     p.n_threads = 2;
     let ctx = context(&p);
-    let (kr, vr) = row_bytes(&ctx);
     let layer = 1u32;
+    let (mut kr, mut vr) = (0, 0);
+    assert_eq!(unsafe { tq_context_layer_row_bytes(ctx.0, layer, &mut kr, &mut vr) }, tq_status::TQ_STATUS_OK);
+    if !c.per_layer {
+        assert_eq!(row_bytes(&ctx), (kr, vr));
+    }
 
     // Two sequences interleaved over the cells (slot mode: the engine's mask separates them).
     let n_cells = 300;
     let mut rng = Rng::new(seed);
-    let offset: Vec<f32> = (0..c.n_kv * d).map(|i| if c.key_offset { 3.0 + (i % 5) as f32 } else { 0.0 }).collect();
+    let offset: Vec<f32> = match c.key_offset {
+        Offset::None => vec![0.0; c.n_kv * d],
+        Offset::Channels => (0..c.n_kv * d).map(|i| 3.0 + (i % 5) as f32).collect(),
+        Offset::Norm30 => {
+            let dir = Rng::new(0x0ff5e7).normals(c.n_kv * d);
+            let mut out = Vec::new();
+            for h in dir.chunks_exact(d) {
+                let n = h.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+                out.extend(h.iter().map(|&x| (x as f64 * 30.0 * (d as f64).sqrt() / n) as f32));
+            }
+            out
+        }
+    };
     let mut k = rng.normals(n_cells * c.n_kv * d);
     for (i, x) in k.iter_mut().enumerate() {
         *x += offset[i % (c.n_kv * d)];
@@ -104,13 +141,31 @@ fn run_case(c: &Case, n_q: usize, seed: u64) -> (f64, f64) {
     let k_layout = RowLayout { n_kv_heads: c.n_kv, head_dim: d, mse_bits: if c.prod { c.bits_k - 1 } else { c.bits_k }, qjl: c.prod };
     let v_layout = RowLayout { n_kv_heads: c.n_kv, head_dim: d, mse_bits: c.bits_v, qjl: false };
     assert_eq!((k_layout.row_bytes(), v_layout.row_bytes()), (kr, vr));
-    // Centering means: the mean of the first append's 200 tokens, computed here in f64.
-    let mean_of = |x: &[f32]| -> Vec<f32> {
-        (0..c.n_kv * d).map(|e| ((0..200).map(|i| x[i * c.n_kv * d + e] as f64).sum::<f64>() / 200.0) as f32).collect()
-    };
-    let (mk, mv) = (mean_of(&k), mean_of(&v));
-    let kd = dequant_rows(&k_store, &k_layout, n_cells, Some(&key), None, c.centering.then_some(mk.as_slice()));
-    let vd = dequant_rows(&v_store, &v_layout, n_cells, None, Some(&value), c.centering.then_some(mv.as_slice()));
+    // Key centering means from the first append's 200 tokens; V is not centered (params->center_values
+    // is off by default).
+    let mk = key_means(&k[..200 * c.n_kv * d], 200, c.n_kv * d);
+    let kd = dequant_rows(&k_store, &k_layout, n_cells, Some(&key), None, centering.then_some(mk.as_slice()));
+    let vd = dequant_rows(&v_store, &v_layout, n_cells, None, Some(&value), None);
+    // The row format's scale rules (codec::KEY_SCALE_RULE, VALUE_SCALE_RULE), checked on the rows
+    // dequantized here: every MSE key head reconstructs with its input's norm, every value head with
+    // its input's projection ⟨v̂, v⟩ = ‖v‖², to the bf16 scale's rounding (2^-8, doubled for margin).
+    if !centering {
+        let tol = 2.0 * 2f64.powi(-8);
+        for (i, &cell) in slots.iter().enumerate() {
+            for g in 0..c.n_kv {
+                let (src, dst) = ((i * c.n_kv + g) * d, (cell as usize * c.n_kv + g) * d);
+                let (x, xk) = (&k[src..src + d], &kd[dst..dst + d]);
+                let (y, yv) = (&v[src..src + d], &vd[dst..dst + d]);
+                let n2 = |a: &[f32]| a.iter().map(|&e| e as f64 * e as f64).sum::<f64>();
+                if !c.prod {
+                    let nk = xk.iter().map(|e| e * e).sum::<f64>().sqrt();
+                    assert!((nk / n2(x).sqrt() - 1.0).abs() <= tol, "token {i} head {g}: ‖k̂‖ {nk} vs ‖k‖ {}", n2(x).sqrt());
+                }
+                let proj = yv.iter().zip(y).map(|(a, &b)| a * b as f64).sum::<f64>();
+                assert!((proj / n2(y) - 1.0).abs() <= tol, "token {i} head {g}: ⟨v̂,v⟩ {proj} vs ‖v‖² {}", n2(y));
+            }
+        }
+    }
     let q64: Vec<f64> = q.iter().map(|&x| x as f64).collect();
     let mask64: Vec<f64> = mask.iter().map(|&x| x as f64).collect();
     let reference = reference_attention(&q64, &kd, &vd, &mask64, n_q, n_cells, n_heads, c.n_kv, d, scale as f64);
@@ -136,7 +191,7 @@ fn attend_matches_float64_reference_over_dequantized_rows() {
     for d in [64usize, 128, 256] {
         for group in [1usize, 4, 8] {
             for n_q in [1usize, 64] {
-                let c = Case { d, n_kv: 2, group, bits_k: 4, bits_v: 4, prod: false, centering: false, rotation: 0, key_offset: false };
+                let c = Case { d, n_kv: 2, group, bits_k: 4, bits_v: 4, prod: false, centering: Some(false), rotation: 0, key_offset: Offset::None, per_layer: false };
                 let (err, _) = run_case(&c, n_q, seed);
                 seed += 1;
                 assert!(err <= 1e-5, "d={d} group={group} n_q={n_q}: relative error {err:e}");
@@ -149,10 +204,10 @@ fn attend_matches_float64_reference_over_dequantized_rows() {
 fn attend_variants_match_reference() {
     // PROD keys, centering, dense rotation, odd bit widths.
     let cases = [
-        Case { d: 64, n_kv: 3, group: 3, bits_k: 3, bits_v: 2, prod: false, centering: true, rotation: 0, key_offset: true },
-        Case { d: 128, n_kv: 2, group: 4, bits_k: 4, bits_v: 3, prod: true, centering: false, rotation: 0, key_offset: false },
-        Case { d: 96, n_kv: 2, group: 2, bits_k: 5, bits_v: 4, prod: false, centering: true, rotation: 1, key_offset: false },
-        Case { d: 64, n_kv: 1, group: 8, bits_k: 2, bits_v: 8, prod: true, centering: true, rotation: 1, key_offset: false },
+        Case { d: 64, n_kv: 3, group: 3, bits_k: 3, bits_v: 2, prod: false, centering: Some(true), rotation: 0, key_offset: Offset::Channels, per_layer: false },
+        Case { d: 128, n_kv: 2, group: 4, bits_k: 4, bits_v: 3, prod: true, centering: Some(false), rotation: 0, key_offset: Offset::None, per_layer: false },
+        Case { d: 96, n_kv: 2, group: 2, bits_k: 5, bits_v: 4, prod: false, centering: Some(true), rotation: 1, key_offset: Offset::None, per_layer: false },
+        Case { d: 64, n_kv: 1, group: 8, bits_k: 2, bits_v: 8, prod: true, centering: Some(true), rotation: 1, key_offset: Offset::None, per_layer: false },
     ];
     for (i, c) in cases.iter().enumerate() {
         for n_q in [1, 17] {
@@ -169,7 +224,7 @@ fn quantization_error_against_exact_attention_shrinks_with_bits() {
     // an output that averages the values; K errors perturb the weights on top. Bound: 3·√D_mse(b).
     let mut errs = Vec::new();
     for (bits, d_mse) in [(4u32, 0.0093f64), (3, 0.0340), (2, 0.1160)] {
-        let c = Case { d: 128, n_kv: 2, group: 4, bits_k: bits, bits_v: bits, prod: false, centering: false, rotation: 0, key_offset: false };
+        let c = Case { d: 128, n_kv: 2, group: 4, bits_k: bits, bits_v: bits, prod: false, centering: Some(false), rotation: 0, key_offset: Offset::None, per_layer: false };
         let (_, err) = run_case(&c, 16, 7);
         assert!(err < 3.0 * d_mse.sqrt(), "{bits}-bit error vs exact attention {err}");
         errs.push(err);
@@ -181,14 +236,116 @@ fn quantization_error_against_exact_attention_shrinks_with_bits() {
 fn centering_removes_a_large_constant_key_component() {
     // Keys with a large shared offset dominate ‖k‖ and so the quantization error; centering must
     // bring the error back to that of offset-free keys.
-    let plain = Case { d: 64, n_kv: 2, group: 2, bits_k: 3, bits_v: 3, prod: false, centering: false, rotation: 0, key_offset: false };
-    let offset = Case { key_offset: true, ..plain };
-    let offset_centered = Case { key_offset: true, centering: true, ..plain };
+    let plain = Case { d: 64, n_kv: 2, group: 2, bits_k: 3, bits_v: 3, prod: false, centering: Some(false), rotation: 0, key_offset: Offset::None, per_layer: false };
+    let offset = Case { key_offset: Offset::Channels, ..plain };
+    let offset_centered = Case { key_offset: Offset::Channels, centering: Some(true), ..plain };
     let (_, e_plain) = run_case(&plain, 8, 11);
     let (_, e_offset) = run_case(&offset, 8, 11);
     let (_, e_centered) = run_case(&offset_centered, 8, 11);
     assert!(e_offset > 2.0 * e_plain, "offset keys without centering: {e_offset} vs plain {e_plain}");
     assert!(e_centered < 1.5 * e_plain, "offset keys with centering: {e_centered} vs plain {e_plain}");
+}
+
+#[test]
+fn default_params_are_immune_to_a_key_offset_of_30_norms() {
+    // A constant added to every key changes no attention output (softmax is shift-invariant per
+    // query), so exact attention is the same with and without it. With the DEFAULT parameters the
+    // compressed cache must not care either: its error against float64 exact attention with keys
+    // offset by a constant of 30× their norm stays within 10% of its error on the plain keys (the
+    // centered vectors differ only by f32 rounding of the offset, ~2e-6 of an element). Without
+    // centering the same offset multiplies the error (checked, so the test can fail).
+    for bits in [4u32, 3] {
+        let plain = Case { d: 64, n_kv: 3, group: 3, bits_k: bits, bits_v: bits, prod: false, centering: None, rotation: 0, key_offset: Offset::None, per_layer: false };
+        let offset = Case { key_offset: Offset::Norm30, ..plain };
+        let (_, e_plain) = run_case(&plain, 8, 21);
+        let (codec_err, e_offset) = run_case(&offset, 8, 21);
+        assert!(codec_err <= 1e-5, "{bits} bits: attend vs its own dequantized rows {codec_err:e}");
+        assert!((e_offset / e_plain - 1.0).abs() <= 0.10, "{bits} bits, default params: offset keys {e_offset} vs plain {e_plain}");
+        let (_, e_off_uncentered) = run_case(&Case { centering: Some(false), ..offset }, 8, 21);
+        assert!(e_off_uncentered > 3.0 * e_plain, "{bits} bits without centering: {e_off_uncentered} vs plain {e_plain}");
+    }
+}
+
+#[test]
+fn per_layer_bits_match_reference_and_are_validated() {
+    // Layer 1 at its own widths (layer 0 and params->bits_* at 8): rows of that layer's size,
+    // attention over them equal to the float64 softmax over rows dequantized by math-layer
+    // quantizers at those widths (1e-5), error vs exact attention as for a uniform context.
+    for (bits_k, bits_v, prod) in [(2u32, 4u32, false), (4, 2, false), (3, 3, true)] {
+        let c = Case { d: 64, n_kv: 2, group: 2, bits_k, bits_v, prod, centering: Some(false), rotation: 0, key_offset: Offset::None, per_layer: true };
+        let (err, exact_err) = run_case(&c, 5, 31);
+        assert!(err <= 1e-5, "K{bits_k}/V{bits_v} prod={prod}: relative error {err:e}");
+        let uniform = Case { per_layer: false, ..c };
+        let (_, exact_uniform) = run_case(&uniform, 5, 31);
+        assert!((exact_err / exact_uniform - 1.0).abs() < 1e-9, "per-layer {exact_err} vs uniform {exact_uniform}");
+    }
+
+    let mut p = tq_context_default_params();
+    p.n_layers = 3;
+    (p.n_heads, p.n_kv_heads, p.head_dim) = (4, 2, 64);
+    let bits_k = [2u32, 4, 3];
+    let bits_v = [4u32, 2, 8];
+    p.layer_bits_k = bits_k.as_ptr();
+    p.layer_bits_v = bits_v.as_ptr();
+    p.n_layer_bits = 3;
+    let ctx = context(&p);
+    for l in 0..3 {
+        let (mut kr, mut vr) = (0, 0);
+        assert_eq!(unsafe { tq_context_layer_row_bytes(ctx.0, l, &mut kr, &mut vr) }, tq_status::TQ_STATUS_OK);
+        let kl = RowLayout { n_kv_heads: 2, head_dim: 64, mse_bits: bits_k[l as usize], qjl: false };
+        let vl = RowLayout { n_kv_heads: 2, head_dim: 64, mse_bits: bits_v[l as usize], qjl: false };
+        assert_eq!((kr, vr), (kl.row_bytes(), vl.row_bytes()), "layer {l}");
+    }
+    let (mut kr, mut vr) = (0, 0);
+    assert_eq!(unsafe { tq_context_layer_row_bytes(ctx.0, 3, &mut kr, &mut vr) }, tq_status::TQ_STATUS_INVALID_ARGUMENT);
+    assert!(last_error().contains("layer is 3"), "{}", last_error());
+    assert_eq!(unsafe { tq_context_row_bytes(ctx.0, &mut kr, &mut vr) }, tq_status::TQ_STATUS_INVALID_ARGUMENT);
+    assert!(last_error().contains("tq_context_layer_row_bytes"), "{}", last_error());
+    // The owned cache keeps one row size: refused.
+    let cp = turboquant::ffi::cache::tq_cache_default_params();
+    let mut cache = std::ptr::null_mut();
+    assert_eq!(unsafe { turboquant::ffi::cache::tq_cache_new(ctx.0, &cp, &mut cache) }, tq_status::TQ_STATUS_UNSUPPORTED);
+    assert!(last_error().contains("per-layer bits"), "{}", last_error());
+
+    // Bad arrays name the argument and the reason.
+    let refuse = |p: &tq_context_params, needle: &str| {
+        let mut out = std::ptr::null_mut();
+        assert_eq!(unsafe { tq_context_new(p, &mut out) }, tq_status::TQ_STATUS_INVALID_ARGUMENT);
+        assert!(out.is_null());
+        assert!(last_error().contains(needle), "{needle}: {}", last_error());
+    };
+    refuse(&tq_context_params { n_layer_bits: 2, ..p }, "params->n_layer_bits is 2");
+    refuse(&tq_context_params { layer_bits_k: std::ptr::null(), layer_bits_v: std::ptr::null(), ..p }, "params->n_layer_bits is 3 but");
+    let bad = [2u32, 9, 3];
+    refuse(&tq_context_params { layer_bits_k: bad.as_ptr(), ..p }, "params->layer_bits_k[1] is 9");
+    let zero = [4u32, 4, 0];
+    refuse(&tq_context_params { layer_bits_v: zero.as_ptr(), ..p }, "params->layer_bits_v[2] is 0");
+    let one = [1u32, 4, 4];
+    refuse(&tq_context_params { layer_bits_k: one.as_ptr(), key_mode: 1, ..p }, "params->layer_bits_k[0] is 1: must be in 2..=8");
+    // One array alone: the other tensor keeps params->bits_*.
+    let only_k = context(&tq_context_params { layer_bits_v: std::ptr::null(), ..p });
+    let (mut kr, mut vr) = (0, 0);
+    assert_eq!(unsafe { tq_context_layer_row_bytes(only_k.0, 2, &mut kr, &mut vr) }, tq_status::TQ_STATUS_OK);
+    assert_eq!(vr, RowLayout { n_kv_heads: 2, head_dim: 64, mse_bits: p.bits_v, qjl: false }.row_bytes());
+}
+
+#[test]
+fn params_of_the_first_release_size_are_accepted_with_new_fields_at_default() {
+    // A caller built before the per-layer fields existed passes struct_size = the old size and
+    // only that many bytes: the library must read no further and use the defaults for the rest.
+    let p = tq_context_default_params();
+    assert_eq!(TQ_CONTEXT_PARAMS_SIZE_V1, std::mem::offset_of!(tq_context_params, layer_bits_k));
+    let mut old = vec![0u8; TQ_CONTEXT_PARAMS_SIZE_V1];
+    unsafe { std::ptr::copy_nonoverlapping(&p as *const tq_context_params as *const u8, old.as_mut_ptr(), old.len()) };
+    old[..std::mem::size_of::<usize>()].copy_from_slice(&TQ_CONTEXT_PARAMS_SIZE_V1.to_ne_bytes());
+    let mut out = std::ptr::null_mut();
+    assert_eq!(unsafe { tq_context_new(old.as_ptr().cast(), &mut out) }, tq_status::TQ_STATUS_OK, "{}", last_error());
+    let ctx = Ctx(out);
+    assert_eq!(row_bytes(&ctx), (RowLayout { n_kv_heads: 8, head_dim: 128, mse_bits: 4, qjl: false }.row_bytes(), 8 * 66));
+    // Any other size is refused.
+    old[..std::mem::size_of::<usize>()].copy_from_slice(&(TQ_CONTEXT_PARAMS_SIZE_V1 - 8).to_ne_bytes());
+    assert_eq!(unsafe { tq_context_new(old.as_ptr().cast(), &mut out) }, tq_status::TQ_STATUS_ABI_MISMATCH);
+    assert!(last_error().contains("struct_size"), "{}", last_error());
 }
 
 #[test]
@@ -324,13 +481,11 @@ fn run_prefill(d: usize, n_kv: usize, group: usize, bits: (u32, u32), centering:
     let value = MseQuantizer::new(d, bits.1, rotation, seed, 1).unwrap();
     let k_layout = RowLayout { n_kv_heads: n_kv, head_dim: d, mse_bits: bits.0, qjl: false };
     let v_layout = RowLayout { n_kv_heads: n_kv, head_dim: d, mse_bits: bits.1, qjl: false };
-    // Centering means: the whole first (and only) append, in f64.
-    let mean_of = |x: &[f32]| -> Vec<f32> {
-        (0..n_kv * d).map(|e| ((0..n).map(|i| x[i * n_kv * d + e] as f64).sum::<f64>() / n as f64) as f32).collect()
-    };
-    let (mk, mv) = (mean_of(&k), mean_of(&v));
+    // Key centering means: rows 1..n of the first (and only) append (row 0, the engine's BOS / sink
+    // row, is left out), in f64; values are not centered by default.
+    let mk = key_means(&k, n, n_kv * d);
     let kd = dequant_rows(&k_store[..n * kr], &k_layout, n, Some(&key), None, centering.then_some(mk.as_slice()));
-    let vd = dequant_rows(&v_store[..n * vr], &v_layout, n, None, Some(&value), centering.then_some(mv.as_slice()));
+    let vd = dequant_rows(&v_store[..n * vr], &v_layout, n, None, Some(&value), None);
     let q64: Vec<f64> = q.iter().map(|&x| x as f64).collect();
     let mask_n: Vec<f64> = (0..n_q).flat_map(|t| mask[t * n_cells..t * n_cells + n].to_vec()).collect();
     let reference = reference_attention(&q64, &kd, &vd, &mask_n, n_q, n, n_heads, n_kv, d, scale as f64);

@@ -108,12 +108,10 @@ fn setup(d: usize, n_kv: usize, group: usize, bits: u32, centering: bool, n_cell
     let value = MseQuantizer::new(d, bits, rotation, seed, 2 * layer as u64 + 1).unwrap();
     let k_layout = RowLayout { n_kv_heads: n_kv, head_dim: d, mse_bits: bits, qjl: false };
     let v_layout = RowLayout { n_kv_heads: n_kv, head_dim: d, mse_bits: bits, qjl: false };
-    let mean_of = |x: &[f32]| -> Vec<f32> {
-        (0..n_kv * d).map(|e| ((0..n_cells).map(|i| x[i * n_kv * d + e] as f64).sum::<f64>() / n_cells as f64) as f32).collect()
-    };
-    let (mk, mv) = (mean_of(&k), mean_of(&v));
+    // Key centering (values are not centered by default).
+    let mk = key_means(&k, n_cells, n_kv * d);
     let kd = dequant_rows(&k_store, &k_layout, n_cells, Some(&key), None, centering.then_some(mk.as_slice()));
-    let vd = dequant_rows(&v_store, &v_layout, n_cells, None, Some(&value), centering.then_some(mv.as_slice()));
+    let vd = dequant_rows(&v_store, &v_layout, n_cells, None, Some(&value), None);
     Setup { ctx, n_heads, n_kv, d, n_cells, k_store, v_store, kd, vd }
 }
 

@@ -352,7 +352,7 @@ fn cuda_residual_rows_match_cpu() {
     let (d, hq, hkv) = (128usize, 16usize, 4usize);
     let config = KvConfig {
         n_layers: 1, n_heads: hq, n_kv_heads: hkv, head_dim: d, bits_k: 4, bits_v: 4,
-        rotation: RotationKind::Hadamard, key_mode: QuantizerKind::Mse, seed: 77, centering: false,
+        rotation: RotationKind::Hadamard, key_mode: QuantizerKind::Mse, seed: 77, centering: false, center_values: false,
     };
     let codec = KvCodec::new(config).unwrap();
     let backend = CudaBackend::new(&codec, Dtype::F16, 0, 256).expect("CUDA backend");

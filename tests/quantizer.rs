@@ -17,7 +17,9 @@ use turboquant::math::codebook;
 use turboquant::math::isa::Isa;
 use turboquant::math::quantizer::{Quantizer, QuantizerConfig, QuantizerKind};
 use turboquant::math::rotation::RotationKind;
-use turboquant::math::scale;
+use turboquant::math::scale::{self, ScaleRule};
+
+const RULES: [ScaleRule; 4] = [ScaleRule::Norm, ScaleRule::NormCorrected, ScaleRule::LeastSquares, ScaleRule::Projection];
 
 const D: usize = 128;
 const N: usize = 100_000;
@@ -388,13 +390,16 @@ fn portable_and_avx512_paths_are_bit_identical() {
         let y = gaussians(dim as u64 + 1, dim);
         for rotation in [RotationKind::Hadamard, RotationKind::Dense] {
             for kind in [QuantizerKind::Mse, QuantizerKind::Prod] {
-                for bits in 1..=8u32 {
+                for (bits, rule) in (1..=8u32).flat_map(|b| RULES.iter().map(move |&r| (b, r))) {
                     if rotation == RotationKind::Dense && (dim > 256 || bits > 4) {
                         continue; // DENSE runs portable code either way; keep the test quick
                     }
-                    let fast = quantizer(dim, bits, rotation, kind, 11).with_isa(Isa::Avx512);
-                    let portable = quantizer(dim, bits, rotation, kind, 11).with_isa(Isa::Portable);
-                    let what = format!("d={dim} {rotation:?} {kind:?} b={bits}");
+                    if kind == QuantizerKind::Prod && rule != ScaleRule::Norm {
+                        continue; // the rule acts on the MSE stage; MSE covers it
+                    }
+                    let fast = quantizer(dim, bits, rotation, kind, 11).with_isa(Isa::Avx512).with_scale_rule(rule);
+                    let portable = quantizer(dim, bits, rotation, kind, 11).with_isa(Isa::Portable).with_scale_rule(rule);
+                    let what = format!("d={dim} {rotation:?} {kind:?} b={bits} {rule:?}");
                     let (cb, sc) = (fast.code_bytes(), fast.scale_count());
                     let mut scratch = fast.scratch();
                     let run = |q: &Quantizer, scratch: &mut _| {
@@ -537,6 +542,48 @@ fn encoding_follows_the_row_format_contract() {
                             (&want_codes, want_scale),
                             "d={dim} {rotation:?} b={bits} {isa:?} vector {i}"
                         );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Each scale rule's defining property, checked on the reconstruction in f64: NormCorrected keeps
+/// ‖x̂‖ = ‖x‖, Projection keeps ⟨x̂, x⟩ = ‖x‖², LeastSquares leaves the error orthogonal to x̂
+/// (⟨x − x̂, x̂⟩ = 0), Norm stores ‖x‖ itself. Tolerance: the bf16 scale's rounding,
+/// 2^-8 relative (plus f32 rounding of the reconstruction, far below it).
+#[test]
+fn scale_rules_hold_their_defining_property() {
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum::<f64>();
+    for (dim, rotation) in [(64usize, RotationKind::Hadamard), (128, RotationKind::Hadamard), (48, RotationKind::Dense)] {
+        for bits in 1..=4u32 {
+            for rule in RULES {
+                let q = quantizer(dim, bits, rotation, QuantizerKind::Mse, 5).with_scale_rule(rule);
+                let mut scratch = q.scratch();
+                let x = gaussians(dim as u64 * 7 + bits as u64, 20 * dim);
+                for (i, xi) in x.chunks_exact(dim).enumerate() {
+                    let xi: Vec<f32> = xi.iter().map(|v| v * 3.0 + if i % 2 == 0 { 0.5 } else { 0.0 }).collect();
+                    let (mut codes, mut sc) = (vec![0u8; q.code_bytes()], [0u16; 1]);
+                    q.quantize_one(&xi, &mut codes, &mut sc, &mut scratch);
+                    let mut xh = vec![0.0f32; dim];
+                    q.dequantize_one(&codes, &sc, &mut xh, &mut scratch);
+                    let (xx, hh, xh_x) = (dot(&xi, &xi), dot(&xh, &xh), dot(&xh, &xi));
+                    let what = format!("d={dim} b={bits} {rule:?} vector {i}");
+                    let tol = 2.0 * 2f64.powi(-8);
+                    match rule {
+                        ScaleRule::Norm => {
+                            let s = scale::decode(sc[0]) as f64;
+                            assert!((s / xx.sqrt() - 1.0).abs() <= tol / 2.0, "{what}: scale {s} vs ‖x‖ {}", xx.sqrt())
+                        }
+                        ScaleRule::NormCorrected => {
+                            assert!((hh.sqrt() / xx.sqrt() - 1.0).abs() <= tol, "{what}: ‖x̂‖ {} vs ‖x‖ {}", hh.sqrt(), xx.sqrt())
+                        }
+                        ScaleRule::Projection => assert!((xh_x / xx - 1.0).abs() <= tol, "{what}: ⟨x̂,x⟩ {xh_x} vs ‖x‖² {xx}"),
+                        ScaleRule::LeastSquares => {
+                            // ⟨x − x̂, x̂⟩ / ‖x̂‖² = ⟨x, x̂⟩/‖x̂‖² − 1: the optimal gain on top of x̂ is 1.
+                            assert!((xh_x / hh - 1.0).abs() <= tol, "{what}: residual gain {}", xh_x / hh)
+                        }
                     }
                 }
             }

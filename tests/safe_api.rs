@@ -29,6 +29,7 @@ fn params() -> tq_context_params {
     p.head_dim = D as u32;
     p.seed = 7;
     p.centering = true;
+    p.center_values = true;
     p.n_threads = 2;
     p
 }
@@ -44,7 +45,7 @@ fn codec() -> Codec {
         rotation: RotationKind::Hadamard,
         key_mode: QuantizerKind::Mse,
         seed: 7,
-        centering: true,
+        centering: true, center_values: true,
     };
     Codec::new(config, Dtype::F32, BackendChoice::Cpu { threads: 2 }).expect("codec")
 }

@@ -13,6 +13,11 @@ use crate::error::{Error, Result};
 /// An empty cache for `codec` with parameters `p` (checked).
 pub fn new_state(codec: &Codec, p: CacheParams) -> Result<OwnedCache> {
     codec.backend().require(Op::OwnedCache)?;
+    if !codec.kv().uniform_bits() {
+        return Err(Error::unsupported(
+            "ctx has per-layer bits that differ between layers: the owned cache stores one row size for every layer (use slot mode)",
+        ));
+    }
     if p.max_seqs == 0 || p.max_seqs > 65_536 {
         return Err(Error::invalid(format!("params->max_seqs is {}: must be in 1..=65536", p.max_seqs)));
     }

@@ -204,7 +204,7 @@ impl OwnedCache {
         if codec.config.centering && self.means[layer].is_none() {
             self.means[layer] =
                 // SAFETY: kt and vt cover n packed tokens (the caller's guarantee for k and v).
-                Some(Means { k: unsafe { encode::head_means(codec, &kt, n) }, v: unsafe { encode::head_means(codec, &vt, n) } });
+                Some(unsafe { encode::first_append_means(codec, &kt, &vt, n) });
         }
         let hd = h * d;
         let sl = self.layer_mut(seq, layer);

@@ -14,7 +14,9 @@ use crate::codec::limits::{MAX_INPUT_ABS, MAX_POSITION, MAX_ROW_SCALE};
 use crate::codec::{KvCodec, Means};
 
 const MAGIC: &[u8; 8] = b"TQKVCACH";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: rows store scale-corrected K and V scales (`codec::KEY_SCALE_RULE`, `VALUE_SCALE_RULE`); version 1
+/// rows stored ‖x‖ and would decode with the wrong magnitude, so they are refused.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum LoadError {
@@ -124,7 +126,7 @@ pub fn load(bytes: &[u8], codec: &KvCodec, params: &CacheParams) -> Result<Owned
     let version = r.u32("version")?;
     if version != FORMAT_VERSION {
         return Err(LoadError::Incompatible(format!(
-            "cache format version {version}; this library reads version {FORMAT_VERSION}"
+            "cache format version {version}; this library reads version {FORMAT_VERSION} (rows of other versions store other scales: re-create the cache)"
         )));
     }
     let fp = u64::from_le_bytes(r.take(8, "fingerprint")?.try_into().unwrap());

@@ -4,7 +4,8 @@
 //! PROD row: [MSE codes × H] [sign bits × H] [pad] [bf16 ‖x‖ × H] [bf16 γ × H]
 //! Codes per head are ⌈d·b/8⌉ bytes in the bit-stream layout of `math::packing`; sign bits ⌈d/8⌉
 //! bytes (1 = the projection of the residual is ≥ 0). One pad byte, where the codes end on an odd
-//! offset, keeps the bf16 scales 2-byte aligned (rows have even length).
+//! offset, keeps the bf16 scales 2-byte aligned (rows have even length). The bf16 scale is the one
+//! `codec::KEY_SCALE_RULE` / `VALUE_SCALE_RULE` give (PROD keys: ‖x‖), so that x̂ = scale · Πᵀ·c[idx].
 
 use crate::math::packing::packed_len;
 

@@ -28,6 +28,7 @@ use std::sync::OnceLock;
 
 use crate::math::quantizer::{MseQuantizer, Quantizer, QuantizerConfig, QuantizerKind};
 use crate::math::rotation::RotationKind;
+pub use crate::math::scale::ScaleRule;
 pub use dtype::{Dtype, Strides};
 pub use layout::RowLayout;
 
@@ -43,7 +44,10 @@ pub struct KvConfig {
     pub rotation: RotationKind,
     pub key_mode: QuantizerKind,
     pub seed: u64,
+    /// Centering of K (subtract frozen per-(layer, kv head) means; exact for attention).
     pub centering: bool,
+    /// Centering of V as well (only with `centering`).
+    pub center_values: bool,
 }
 
 /// Per-(kv head) means subtracted before quantization (centering), each n_kv_heads × head_dim.
@@ -61,47 +65,83 @@ pub struct LayerCodec {
     pub value: MseQuantizer,
     /// Centering means, frozen at the first append to this layer.
     pub means: OnceLock<Means>,
+    /// Bits per K and per V coordinate of this layer.
+    pub bits_k: u32,
+    pub bits_v: u32,
+    /// Row formats of this layer's K and V rows.
+    pub k_layout: RowLayout,
+    pub v_layout: RowLayout,
 }
 
 #[derive(Debug)]
 pub struct KvCodec {
     pub config: KvConfig,
     pub layers: Vec<LayerCodec>,
+    /// Layer 0's row formats: those of every layer unless per-layer bits differ (`uniform_bits`).
     pub k_layout: RowLayout,
     pub v_layout: RowLayout,
 }
 
 impl KvCodec {
-    /// Build all per-layer quantizers. K of layer L uses rotation stream 2L (and QJL stream L), V uses
-    /// rotation stream 2L + 1, all from `config.seed`.
+    /// Build all per-layer quantizers at `config.bits_k`/`bits_v`. K of layer L uses rotation stream
+    /// 2L (and QJL stream L), V uses rotation stream 2L + 1, all from `config.seed`.
     pub fn new(config: KvConfig) -> Result<Self, String> {
+        Self::with_layer_bits(config, None)
+    }
+
+    /// As `new`, with (bits_k, bits_v) of every layer from `layer_bits` (n_layers pairs) when given.
+    pub fn with_layer_bits(config: KvConfig, layer_bits: Option<&[(u32, u32)]>) -> Result<Self, String> {
+        if let Some(b) = layer_bits
+            && b.len() != config.n_layers
+        {
+            return Err(format!("per-layer bits for {} layers, the context has {} layers", b.len(), config.n_layers));
+        }
+        if config.n_layers == 0 {
+            return Err("n_layers is 0: a codec needs at least one layer".into());
+        }
         let layers = (0..config.n_layers)
             .map(|l| {
+                let (bits_k, bits_v) = layer_bits.map_or((config.bits_k, config.bits_v), |b| b[l]);
                 let key_cfg = QuantizerConfig {
                     dim: config.head_dim,
-                    bits: config.bits_k,
+                    bits: bits_k,
                     rotation: config.rotation,
                     kind: config.key_mode,
                     seed: config.seed,
                 };
-                let key = Quantizer::new_indexed(key_cfg, 2 * l as u64, l as u64)?;
-                let value =
-                    MseQuantizer::new(config.head_dim, config.bits_v, config.rotation, config.seed, 2 * l as u64 + 1)?;
-                Ok(LayerCodec { key, value, means: OnceLock::new() })
+                let key = Quantizer::new_indexed(key_cfg, 2 * l as u64, l as u64)
+                    .map_err(|e| format!("layer {l} keys: {e}"))?
+                    .with_scale_rule(key_rule(config.key_mode));
+                let value = MseQuantizer::new(config.head_dim, bits_v, config.rotation, config.seed, 2 * l as u64 + 1)
+                    .map_err(|e| format!("layer {l} values: {e}"))?
+                    .with_scale_rule(VALUE_SCALE_RULE);
+                let k_layout = RowLayout {
+                    n_kv_heads: config.n_kv_heads,
+                    head_dim: config.head_dim,
+                    mse_bits: match config.key_mode {
+                        QuantizerKind::Mse => bits_k,
+                        QuantizerKind::Prod => bits_k - 1,
+                    },
+                    qjl: config.key_mode == QuantizerKind::Prod,
+                };
+                let v_layout =
+                    RowLayout { n_kv_heads: config.n_kv_heads, head_dim: config.head_dim, mse_bits: bits_v, qjl: false };
+                Ok(LayerCodec { key, value, means: OnceLock::new(), bits_k, bits_v, k_layout, v_layout })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let k_layout = RowLayout {
-            n_kv_heads: config.n_kv_heads,
-            head_dim: config.head_dim,
-            mse_bits: match config.key_mode {
-                QuantizerKind::Mse => config.bits_k,
-                QuantizerKind::Prod => config.bits_k - 1,
-            },
-            qjl: config.key_mode == QuantizerKind::Prod,
-        };
-        let v_layout =
-            RowLayout { n_kv_heads: config.n_kv_heads, head_dim: config.head_dim, mse_bits: config.bits_v, qjl: false };
+        let (k_layout, v_layout) = (layers[0].k_layout, layers[0].v_layout);
         Ok(Self { config, layers, k_layout, v_layout })
+    }
+
+    /// Whether every layer has the bits of `config` (no per-layer widths that differ).
+    pub fn uniform_bits(&self) -> bool {
+        self.layers.iter().all(|l| (l.bits_k, l.bits_v) == (self.config.bits_k, self.config.bits_v))
+    }
+
+    /// Bytes of one K row and one V row of `layer`.
+    pub fn layer_row_bytes(&self, layer: usize) -> (usize, usize) {
+        let l = &self.layers[layer];
+        (l.k_layout.row_bytes(), l.v_layout.row_bytes())
     }
 
     /// Query heads per kv head.
@@ -121,6 +161,45 @@ impl KvCodec {
             return None;
         }
         Some(self.layers[layer].means.get_or_init(compute))
+    }
+
+    /// Which rows of a layer's first append the centering means are estimated from: all of them, except
+    /// that row 0 is left out when there are at least `MEAN_SKIP_MIN_ROWS` rows (the first row of an
+    /// engine's first batch is typically the BOS / attention-sink token, whose K and V are far from
+    /// the others and would pull the mean away from the typical row).
+    pub fn mean_rows(&self, n_tokens: usize) -> std::ops::Range<usize> {
+        mean_rows(n_tokens)
+    }
+
+    /// The centering means of one layer from its first append: for every kv head, the mean over
+    /// `mean_rows(n_tokens)` of the K rows and of the V rows, accumulated in f64 in row order and
+    /// rounded once to f32; a tensor without centering gets zero means (subtracting 0 and adding
+    /// 0·Σp leave every bit as it is). `load(which, token, head, out)` writes row (token, head) of K
+    /// (which = 0) or V (which = 1) as f32 (V rows only with `center_values`). This is the whole
+    /// estimate a backend must reproduce.
+    pub fn estimate_means(&self, n_tokens: usize, mut load: impl FnMut(usize, usize, usize, &mut [f32])) -> Means {
+        let (h, d) = (self.config.n_kv_heads, self.config.head_dim);
+        let rows = self.mean_rows(n_tokens);
+        let count = rows.len().max(1) as f64;
+        let mut x = vec![0.0f32; d];
+        let mut one = |which: usize, on: bool| -> Vec<f32> {
+            if !on {
+                return vec![0.0; h * d];
+            }
+            let mut sum = vec![0.0f64; h * d];
+            for tok in rows.clone() {
+                for head in 0..h {
+                    load(which, tok, head, &mut x);
+                    for (s, &v) in sum[head * d..(head + 1) * d].iter_mut().zip(&x) {
+                        *s += v as f64;
+                    }
+                }
+            }
+            sum.iter().map(|&s| (s / count) as f32).collect()
+        };
+        let k = one(0, true);
+        let v = one(1, self.config.center_values);
+        Means { k, v }
     }
 
     /// Replace every layer's means by a state written by `save_state` (validated first; on error
@@ -161,11 +240,17 @@ impl KvCodec {
                 QuantizerKind::Prod => 1,
             },
             c.seed,
-            c.centering as u64,
+            c.centering as u64 | ((c.centering && c.center_values) as u64) << 1,
         ];
-        // FNV-1a over the little-endian fields: stable across platforms and releases.
+        // FNV-1a over the little-endian fields: stable across platforms and releases. Per-layer bits
+        // that differ from bits_k/bits_v follow the fields (uniform contexts keep their fingerprint).
+        let per_layer: Vec<u64> = if self.uniform_bits() {
+            Vec::new()
+        } else {
+            self.layers.iter().map(|l| l.bits_k as u64 | (l.bits_v as u64) << 8).collect()
+        };
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for f in fields {
+        for f in fields.into_iter().chain(per_layer) {
             for b in f.to_le_bytes() {
                 h ^= b as u64;
                 h = h.wrapping_mul(0x0000_0100_0000_01b3);
@@ -219,7 +304,7 @@ impl KvCodec {
         pos += 4;
         if version != STATE_VERSION {
             return Err(StateError::Incompatible(format!(
-                "context state format version {version}, this library reads version {STATE_VERSION}"
+                "context state format version {version}, this library reads version {STATE_VERSION} (the rows saved with it use another row format: re-create them)"
             )));
         }
         let fp = u64::from_le_bytes(bytes[pos..pos + 8].try_into().unwrap());
@@ -255,9 +340,38 @@ impl KvCodec {
     }
 }
 
+/// The scale rule of MSE key rows (see `ScaleRule`), part of the row format. Measured on SmolLM2-135M
+/// (bench/llama/quality.md): ‖x̂‖ = ‖x‖ for keys and the exact projection for values lowered the
+/// mean KL divergence the most of the four rules (K4/V4, 8 chunks: 0.0737 with ‖x‖ for both, 0.0698).
+pub const KEY_SCALE_RULE: ScaleRule = ScaleRule::NormCorrected;
+/// The scale rule of value rows.
+pub const VALUE_SCALE_RULE: ScaleRule = ScaleRule::Projection;
+
+/// The scale rule of the key rows' MSE stage: PROD keys keep ‖x‖ (their QJL stage sketches the
+/// residual of that reconstruction and its estimator is unbiased as it is).
+pub fn key_rule(mode: QuantizerKind) -> ScaleRule {
+    match mode {
+        QuantizerKind::Mse => KEY_SCALE_RULE,
+        QuantizerKind::Prod => ScaleRule::Norm,
+    }
+}
+
+/// The rows of a layer's first append of `n_tokens` rows that its centering means are estimated from
+/// (`KvCodec::mean_rows`; every backend uses this one rule).
+pub fn mean_rows(n_tokens: usize) -> std::ops::Range<usize> {
+    if MEAN_SKIP_FIRST && n_tokens >= MEAN_SKIP_MIN_ROWS { 1..n_tokens } else { 0..n_tokens }
+}
+
+/// Whether the means leave out row 0 of the first append (see `KvCodec::mean_rows`).
+pub const MEAN_SKIP_FIRST: bool = true;
+/// The fewest rows of a first append from which row 0 is left out.
+pub const MEAN_SKIP_MIN_ROWS: usize = 2;
+
 const STATE_MAGIC: &[u8; 8] = b"TQCTXST\0";
-/// 2: a CRC-32 follows the means (version 1 had none).
-const STATE_VERSION: u32 = 2;
+/// 2: a CRC-32 follows the means (version 1 had none). 3: the rows this state belongs to store
+/// scale-corrected scales (`KEY_SCALE_RULE`, `VALUE_SCALE_RULE`) and the means may leave out the first
+/// row (`mean_rows`); rows saved with a version-2 state decode differently, so that state is refused.
+const STATE_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum StateError {
@@ -279,7 +393,23 @@ pub struct Codec {
 impl Codec {
     /// Build the quantizers of every layer and the chosen backend.
     pub fn new(config: KvConfig, dtype: Dtype, backend: BackendChoice) -> CResult<Self> {
-        let kv = KvCodec::new(config).map_err(|m| Error::new(ErrorKind::Unsupported, m))?;
+        Self::with_layer_bits(config, None, dtype, backend)
+    }
+
+    /// As `new`, with per-layer (bits_k, bits_v) (`KvCodec::with_layer_bits`). The CUDA backend
+    /// compiles one bit width per context and refuses widths that differ between layers.
+    pub fn with_layer_bits(
+        config: KvConfig,
+        layer_bits: Option<&[(u32, u32)]>,
+        dtype: Dtype,
+        backend: BackendChoice,
+    ) -> CResult<Self> {
+        let kv = KvCodec::with_layer_bits(config, layer_bits).map_err(|m| Error::new(ErrorKind::Unsupported, m))?;
+        if !kv.uniform_bits() && matches!(backend, BackendChoice::Cuda { .. }) {
+            return Err(Error::unsupported(
+                "per-layer bits that differ between layers: the CUDA backend compiles one K and one V width per context",
+            ));
+        }
         let backend = AnyBackend::new(backend, &kv, dtype)?;
         Ok(Self { kv, dtype, backend })
     }
@@ -298,9 +428,15 @@ impl Codec {
         &self.backend
     }
 
-    /// Bytes of one K row and one V row (one token of one layer, all kv heads).
+    /// Bytes of one K row and one V row (one token of one layer, all kv heads) of layer 0 — of every
+    /// layer when `kv().uniform_bits()`; `layer_row_bytes` otherwise.
     pub fn row_bytes(&self) -> (usize, usize) {
         (self.kv.k_layout.row_bytes(), self.kv.v_layout.row_bytes())
+    }
+
+    /// Bytes of one K row and one V row of `layer` (< n_layers).
+    pub fn layer_row_bytes(&self, layer: usize) -> (usize, usize) {
+        self.kv.layer_row_bytes(layer)
     }
 
     /// Size of the saved state (`save_state`).

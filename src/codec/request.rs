@@ -200,8 +200,9 @@ impl AppendRequest {
             return Err(Error::null("v"));
         }
         limits::check_tokens_fit(a.n_tokens, a.n_cells)?;
-        limits::check_store(a.n_cells, codec.k_layout.row_bytes(), "k_store")?;
-        limits::check_store(a.n_cells, codec.v_layout.row_bytes(), "v_store")?;
+        let (k_row_bytes, v_row_bytes) = codec.layer_row_bytes(layer);
+        limits::check_store(a.n_cells, k_row_bytes, "k_store")?;
+        limits::check_store(a.n_cells, v_row_bytes, "v_store")?;
         let slots = match memory {
             Memory::Host => {
                 // SAFETY: the caller guarantees `slots` holds n_tokens readable values.
@@ -405,8 +406,9 @@ impl AttendRequest {
             Some(Mask { ptr: a.mask.cast(), dtype, row_stride: a.mask_row_stride, seq_stride: a.mask_seq_stride })
         };
         let q_strides = strides_or_packed(a.q_strides, cfg.n_heads, cfg.head_dim, dtype, "q_strides")?;
-        limits::check_store(a.n_cells, codec.k_layout.row_bytes(), "k_store")?;
-        limits::check_store(a.n_cells, codec.v_layout.row_bytes(), "v_store")?;
+        let (k_row_bytes, v_row_bytes) = codec.layer_row_bytes(layer);
+        limits::check_store(a.n_cells, k_row_bytes, "k_store")?;
+        limits::check_store(a.n_cells, v_row_bytes, "v_store")?;
         let q_span = limits::tensor_span(a.q.cast(), q_strides, a.n_q, cfg.n_heads, cfg.head_dim, dtype, "q_strides")?;
         limits::seq_span(a.q.cast(), a.q_seq_stride, a.n_seqs, q_span, "q_seq_stride")?;
         let q = HeadTensor { ptr: a.q.cast(), strides: q_strides, dtype };

@@ -81,10 +81,31 @@ pub struct tq_context_params {
     pub max_batch: u32,
     /// Seed of every rotation and projection. Default 0.
     pub seed: u64,
-    /// Subtract a per-(layer, kv head) mean from K and from V before quantizing, estimated from the
-    /// rows of the first append to each layer and then frozen (exact for attention). Default false.
+    /// Subtract a per-(layer, kv head) mean from K before quantizing (and from V with
+    /// center_values), estimated from the rows of the first append to each layer and then frozen
+    /// (exact for attention: q·μ_k is added back to every logit, μ_v to every output). Keys with a
+    /// large constant component (e.g. k_proj biases) otherwise lose most of their precision to it.
+    /// Default true. Not yet on the CUDA backend (set false there).
     pub centering: bool,
+    /// Per-layer bits of the K codes: NULL (every layer at bits_k), or an array of n_layer_bits =
+    /// n_layers values, each in bits_k's range, read by tq_context_new() only. Layers may then have
+    /// different row sizes (tq_context_layer_row_bytes()). Not with the CUDA backend or the owned
+    /// cache unless all values are equal to bits_k. Default NULL. (Added after the first release:
+    /// a struct_size without this field and the three after it is accepted and means NULL, NULL, 0,
+    /// false.)
+    pub layer_bits_k: *const u32,
+    /// Per-layer bits of the V codes, as layer_bits_k for bits_v. Default NULL.
+    pub layer_bits_v: *const u32,
+    /// Length of each non-NULL per-layer array: n_layers; 0 when both are NULL. Default 0.
+    pub n_layer_bits: u32,
+    /// With centering: subtract a per-(layer, kv head) mean from V too. Default false: measured on
+    /// SmolLM2-135M it helps at 4-bit values and hurts at 2-bit ones (bench/llama/quality.md).
+    /// (Added with the per-layer bits; an older struct_size means false.)
+    pub center_values: bool,
 }
+
+/// struct_size of tq_context_params before the per-layer bits fields (still accepted).
+pub const TQ_CONTEXT_PARAMS_SIZE_V1: usize = std::mem::offset_of!(tq_context_params, layer_bits_k);
 
 /// A KV codec context. Opaque; create with tq_context_new(), free with tq_context_free().
 pub struct tq_context {
@@ -120,7 +141,11 @@ pub extern "C" fn tq_context_default_params() -> tq_context_params {
         n_threads: 0,
         max_batch: 512,
         seed: 0,
-        centering: false,
+        centering: true,
+        layer_bits_k: std::ptr::null(),
+        layer_bits_v: std::ptr::null(),
+        n_layer_bits: 0,
+        center_values: false,
     }
 }
 
@@ -172,7 +197,45 @@ fn config_from_params(p: &tq_context_params) -> Result<KvConfig> {
         key_mode,
         seed: p.seed,
         centering: p.centering,
+        center_values: p.centering && p.center_values,
     })
+}
+
+/// The per-layer (bits_k, bits_v) of `p` for `config`, or None when both arrays are NULL.
+///
+/// # Safety
+/// Each non-NULL array of `p` holds n_layer_bits readable u32.
+unsafe fn layer_bits_from_params(p: &tq_context_params, config: &KvConfig) -> Result<Option<Vec<(u32, u32)>>> {
+    let n = p.n_layer_bits as usize;
+    if p.layer_bits_k.is_null() && p.layer_bits_v.is_null() {
+        if n != 0 {
+            return Err(Error::invalid(format!(
+                "params->n_layer_bits is {n} but params->layer_bits_k and params->layer_bits_v are NULL: set 0 or pass the arrays"
+            )));
+        }
+        return Ok(None);
+    }
+    if n != config.n_layers {
+        return Err(Error::invalid(format!(
+            "params->n_layer_bits is {n}: the per-layer bits arrays need one value per layer (n_layers = {})",
+            config.n_layers
+        )));
+    }
+    let min_k = if config.key_mode == QuantizerKind::Prod { 2 } else { 1 };
+    let read = |ptr: *const u32, name: &str, lo: u32, default: u32| -> Result<Vec<u32>> {
+        if ptr.is_null() {
+            return Ok(vec![default; n]);
+        }
+        // SAFETY: the caller guarantees a non-NULL array holds n_layer_bits values.
+        let values = unsafe { std::slice::from_raw_parts(ptr, n) };
+        if let Some((i, &b)) = values.iter().enumerate().find(|&(_, &b)| b < lo || b > 8) {
+            return Err(Error::invalid(format!("params->{name}[{i}] is {b}: must be in {lo}..=8")));
+        }
+        Ok(values.to_vec())
+    };
+    let k = read(p.layer_bits_k, "layer_bits_k", min_k, config.bits_k)?;
+    let v = read(p.layer_bits_v, "layer_bits_v", 1, config.bits_v)?;
+    Ok(Some(k.into_iter().zip(v).collect()))
 }
 
 /// Create a context: every layer's K and V rotation and codebook (milliseconds for typical models).
@@ -186,18 +249,29 @@ fn config_from_params(p: &tq_context_params) -> Result<KvConfig> {
 pub unsafe extern "C" fn tq_context_new(params: *const tq_context_params, out: *mut *mut tq_context) -> tq_status {
     error::boundary(|| {
         // SAFETY: the caller guarantees `params` is NULL or a tq_context_params.
-        let p = unsafe { error::read_params(params, "params", |p: &tq_context_params| p.abi_version) }?;
+        let p = unsafe {
+            error::read_params_grown(
+                params,
+                "params",
+                |p: &tq_context_params| p.abi_version,
+                &[TQ_CONTEXT_PARAMS_SIZE_V1],
+                Some(tq_context_default_params()),
+            )
+        }?;
         if out.is_null() {
             return Err(Error::null("out"));
         }
         let config = config_from_params(&p)?;
+        // SAFETY: the caller guarantees the per-layer arrays of `params` (NULL or n_layer_bits values).
+        let layer_bits = unsafe { layer_bits_from_params(&p, &config) }?;
         let dtype = Dtype::from_code(p.dtype, "params->dtype")?;
         let backend = match p.backend {
             0 => BackendChoice::Cpu { threads: p.n_threads },
             1 => BackendChoice::Cuda { device: p.device, max_batch: p.max_batch as usize },
             other => return Err(Error::invalid(format!("params->backend is {other}: not a tq_backend (CPU=0, CUDA=1)"))),
         };
-        let ctx = Box::new(tq_context { codec: Codec::new(config, dtype, backend)?, poisoned: AtomicBool::new(false) });
+        let codec = Codec::with_layer_bits(config, layer_bits.as_deref(), dtype, backend)?;
+        let ctx = Box::new(tq_context { codec, poisoned: AtomicBool::new(false) });
         // SAFETY: the caller guarantees `out` is NULL (checked) or writable.
         unsafe { write_out(out, Box::into_raw(ctx), "out") }
     })
@@ -224,25 +298,57 @@ pub(crate) fn context_call(ctx: *const tq_context, body: impl FnOnce(&tq_context
 }
 
 /// Bytes per token per layer of a K row and of a V row (all kv heads): the engine allocates
-/// n_cells × these for each layer's K and V store. Either output may be NULL. Thread-safe.
+/// n_cells × these for each layer's K and V store. Either output may be NULL. A context whose
+/// per-layer bits differ between layers has no single row size: this fails with
+/// TQ_STATUS_INVALID_ARGUMENT (use tq_context_layer_row_bytes()). Thread-safe.
 ///
 /// # Safety
 /// `ctx` is NULL or live; outputs are NULL or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_context_row_bytes(ctx: *const tq_context, k_row_bytes: *mut usize, v_row_bytes: *mut usize) -> tq_status {
     context_call(ctx, |c| {
-        if k_row_bytes.is_null() && v_row_bytes.is_null() {
-            return Err(Error::null("k_row_bytes and v_row_bytes"));
+        if !c.codec.kv().uniform_bits() {
+            return Err(Error::invalid(
+                "ctx has per-layer bits that differ between layers: its rows have per-layer sizes (tq_context_layer_row_bytes)",
+            ));
         }
-        let (kr, vr) = c.codec.row_bytes();
-        for (ptr, bytes) in [(k_row_bytes, kr), (v_row_bytes, vr)] {
-            if !ptr.is_null() {
-                // SAFETY: the caller guarantees a non-NULL output is writable.
-                unsafe { ptr.write(bytes) };
-            }
-        }
-        Ok(())
+        // SAFETY: the caller's guarantee for the outputs.
+        unsafe { write_row_bytes(c.codec.row_bytes(), k_row_bytes, v_row_bytes) }
     })
+}
+
+/// Bytes of a K row and of a V row of `layer` (as tq_context_row_bytes(), for contexts with
+/// per-layer bits; any context). Either output may be NULL. Thread-safe.
+///
+/// # Safety
+/// `ctx` is NULL or live; outputs are NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tq_context_layer_row_bytes(
+    ctx: *const tq_context,
+    layer: u32,
+    k_row_bytes: *mut usize,
+    v_row_bytes: *mut usize,
+) -> tq_status {
+    context_call(ctx, |c| {
+        let layer = crate::codec::request::check_layer(c.codec.kv(), layer)?;
+        // SAFETY: the caller's guarantee for the outputs.
+        unsafe { write_row_bytes(c.codec.layer_row_bytes(layer), k_row_bytes, v_row_bytes) }
+    })
+}
+
+/// # Safety
+/// Outputs are NULL or writable.
+unsafe fn write_row_bytes((kr, vr): (usize, usize), k_row_bytes: *mut usize, v_row_bytes: *mut usize) -> Result<()> {
+    if k_row_bytes.is_null() && v_row_bytes.is_null() {
+        return Err(Error::null("k_row_bytes and v_row_bytes"));
+    }
+    for (ptr, bytes) in [(k_row_bytes, kr), (v_row_bytes, vr)] {
+        if !ptr.is_null() {
+            // SAFETY: the caller guarantees a non-NULL output is writable.
+            unsafe { ptr.write(bytes) };
+        }
+    }
+    Ok(())
 }
 
 /// Size in bytes of the context's state (the centering means of every layer). Thread-safe.

@@ -254,13 +254,40 @@ pub fn status_cstr(status: u32) -> &'static CStr {
 /// `ptr` is NULL or points to at least `size_of::<usize>()` readable bytes, and to a whole `T` when
 /// that first field equals `size_of::<T>()`.
 pub unsafe fn read_params<T: Copy>(ptr: *const T, arg: &str, abi_version_of: impl Fn(&T) -> u32) -> Result<T> {
+    // SAFETY: the caller's guarantee; no older sizes are accepted.
+    unsafe { read_params_grown(ptr, arg, abi_version_of, &[], None) }
+}
+
+/// `read_params` for a struct that has grown: a `struct_size` equal to one of `older` (the sizes of
+/// earlier releases of the struct, each ending before the fields added after it) is accepted too, and
+/// then the fields past that size keep their values in `defaults` (the struct's default params), so
+/// callers built against an older header keep working with the defaults of the new fields.
+///
+/// # Safety
+/// As for `read_params`, and when the first field equals one of `older`, `ptr` points to that many
+/// readable bytes.
+pub unsafe fn read_params_grown<T: Copy>(
+    ptr: *const T,
+    arg: &str,
+    abi_version_of: impl Fn(&T) -> u32,
+    older: &[usize],
+    defaults: Option<T>,
+) -> Result<T> {
     if ptr.is_null() {
         return Err(Error::null(arg));
     }
     // SAFETY: non-NULL (checked); the caller guarantees at least a usize is readable.
     let declared = unsafe { (ptr as *const usize).read_unaligned() };
     let expected = std::mem::size_of::<T>();
-    if declared != expected {
+    let params = if declared == expected {
+        // SAFETY: the first field equals size_of::<T>(), so the caller guarantees a whole T.
+        unsafe { ptr.read_unaligned() }
+    } else if let (true, Some(mut p)) = (older.contains(&declared) && declared < expected, defaults) {
+        // SAFETY: `declared` bytes are readable (the caller's guarantee for an older size) and fit in
+        // `p` (declared < size_of::<T>()); the older struct is a prefix of T, field for field.
+        unsafe { std::ptr::copy_nonoverlapping(ptr as *const u8, &mut p as *mut T as *mut u8, declared) };
+        p
+    } else {
         return Err(Error::new(
             ErrorKind::AbiMismatch,
             format!(
@@ -268,9 +295,7 @@ pub unsafe fn read_params<T: Copy>(ptr: *const T, arg: &str, abi_version_of: imp
                  initialise the struct with its tq_*_default_params() function and rebuild against this header"
             ),
         ));
-    }
-    // SAFETY: the first field equals size_of::<T>(), so the caller guarantees a whole T.
-    let params = unsafe { ptr.read_unaligned() };
+    };
     let abi = abi_version_of(&params);
     if abi != super::TQ_ABI_VERSION {
         return Err(Error::new(

@@ -14,6 +14,7 @@
 use std::arch::x86_64::*;
 
 use super::packing::packed_len;
+use super::scale::combine8;
 
 /// FWHT butterflies of strides 1, 2, 4, 8 inside one register: lane i pairs with lane i ^ h; the lane
 /// without bit h gets a + b, the lane with it gets a − b (a the lower-index element).
@@ -139,13 +140,16 @@ fn encode_n<const N: usize, const B: u32, const G: usize>(
     signs_in: &[f32],
     signs_out_scaled: &[f32],
     boundaries: &[f32],
+    centroids: &[f32],
     packed: &mut [u8],
     norms: &mut [f64],
+    gains: &mut [(f64, f64)],
 ) {
     let d = 16 * N;
     let code_bytes = packed_len(d, B);
     assert!(x.len() == G * d && signs_in.len() == d && signs_out_scaled.len() == d);
     assert!(boundaries.len() == (1 << B) - 1 && packed.len() == G * code_bytes && norms.len() == G);
+    assert!(centroids.len() == 1 << B && gains.len() == G);
     // ‖x‖: eight f64 partial sums, element i into sum i mod 8 (scale::norm_f64).
     let mut acc = [_mm512_setzero_pd(); G];
     for i in 0..2 * N {
@@ -161,7 +165,7 @@ fn encode_n<const N: usize, const B: u32, const G: usize>(
         let mut a = [0.0f64; 8];
         // SAFETY: `a` has 8 elements.
         unsafe { _mm512_storeu_pd(a.as_mut_ptr(), acc[g]) };
-        norms[g] = (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))).sqrt();
+        norms[g] = combine8(&a).sqrt();
         // A zero vector gives inf·0 = NaN here; its codes are overwritten below.
         inv[g] = _mm512_set1_pd(1.0 / norms[g]);
     }
@@ -185,38 +189,65 @@ fn encode_n<const N: usize, const B: u32, const G: usize>(
     for vg in v.iter_mut() {
         butterflies_across_registers(vg);
     }
-    // D₂/√d, bucket, pack.
+    // D₂/√d, bucket, pack; ⟨y, ĉ⟩ and ‖ĉ‖² in f64 (scale::gain_sums: element e into sum e mod 8, so
+    // lanes 0–7 then lanes 8–15 of each register).
     let t = table(boundaries, f32::INFINITY);
+    let c = table(centroids, 0.0);
     let bytes = 2 * B as usize;
+    let mut dot = [_mm512_setzero_pd(); G];
+    let mut sq = [_mm512_setzero_pd(); G];
     for i in 0..N {
         let s2 = load16(signs_out_scaled, i);
         for g in 0..G {
             let y = _mm512_mul_ps(v[g][i], s2);
-            let word = pack16::<B>(bucket::<B>(y, t));
+            let idx = bucket::<B>(y, t);
+            let word = pack16::<B>(idx);
             let at = g * code_bytes + bytes * i;
             packed[at..at + bytes].copy_from_slice(&word.to_le_bytes()[..bytes]);
+            let cy = _mm512_permutexvar_ps(idx, c);
+            for (yh, ch) in [
+                (_mm512_castps512_ps256(y), _mm512_castps512_ps256(cy)),
+                (
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(y))),
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(cy))),
+                ),
+            ] {
+                let (yd, cd) = (_mm512_cvtps_pd(yh), _mm512_cvtps_pd(ch));
+                dot[g] = _mm512_add_pd(dot[g], _mm512_mul_pd(yd, cd));
+                sq[g] = _mm512_add_pd(sq[g], _mm512_mul_pd(cd, cd));
+            }
         }
     }
     for g in 0..G {
         if norms[g] == 0.0 {
             packed[g * code_bytes..(g + 1) * code_bytes].fill(0);
         }
+        let (mut a, mut b) = ([0.0f64; 8], [0.0f64; 8]);
+        // SAFETY: `a` and `b` have 8 elements.
+        unsafe {
+            _mm512_storeu_pd(a.as_mut_ptr(), dot[g]);
+            _mm512_storeu_pd(b.as_mut_ptr(), sq[g]);
+        }
+        gains[g] = (combine8(&a), combine8(&b));
     }
 }
 
 /// Encode the n = x.len()/d vectors of `x` two at a time (see `encode_n`).
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn encode_many<const N: usize, const B: u32>(
     x: &[f32],
     signs_in: &[f32],
     signs_out_scaled: &[f32],
     boundaries: &[f32],
+    centroids: &[f32],
     packed: &mut [u8],
     norms: &mut [f64],
+    gains: &mut [(f64, f64)],
 ) {
     let (d, cb) = (16 * N, packed_len(16 * N, B));
     let n = norms.len();
-    assert!(x.len() == n * d && packed.len() == n * cb);
+    assert!(x.len() == n * d && packed.len() == n * cb && gains.len() == n);
     let pairs = n / 2;
     for p in 0..pairs {
         encode_n::<N, B, 2>(
@@ -224,13 +255,24 @@ fn encode_many<const N: usize, const B: u32>(
             signs_in,
             signs_out_scaled,
             boundaries,
+            centroids,
             &mut packed[2 * p * cb..2 * (p + 1) * cb],
             &mut norms[2 * p..2 * p + 2],
+            &mut gains[2 * p..2 * p + 2],
         );
     }
     if n % 2 == 1 {
         let k = n - 1;
-        encode_n::<N, B, 1>(&x[k * d..], signs_in, signs_out_scaled, boundaries, &mut packed[k * cb..], &mut norms[k..]);
+        encode_n::<N, B, 1>(
+            &x[k * d..],
+            signs_in,
+            signs_out_scaled,
+            boundaries,
+            centroids,
+            &mut packed[k * cb..],
+            &mut norms[k..],
+            &mut gains[k..],
+        );
     }
 }
 
@@ -298,7 +340,7 @@ pub fn supports(dim: usize, bits: u32) -> bool {
 }
 
 /// HADAMARD encode of n vectors (see `encode_n`): `x` holds n × d floats, `packed` n × ⌈d·bits/8⌉
-/// bytes, `norms` receives the n norms.
+/// bytes, `norms` receives the n norms and `gains` the n pairs (⟨y, ĉ⟩, ‖ĉ‖²) of `scale::gain_sums`.
 ///
 /// # Safety
 /// The CPU has AVX-512F/BW/VL (`Isa::avx512_available()`), and `supports(d, bits)`.
@@ -310,11 +352,15 @@ pub unsafe fn encode_hadamard(
     signs_in: &[f32],
     signs_out_scaled: &[f32],
     boundaries: &[f32],
+    centroids: &[f32],
     packed: &mut [u8],
     norms: &mut [f64],
+    gains: &mut [(f64, f64)],
 ) {
     // SAFETY: the caller detected AVX-512 and passes slices of the lengths the kernels take.
-    unsafe { by_dim_and_bits!(encode_many, dim, bits, (x, signs_in, signs_out_scaled, boundaries, packed, norms)) }
+    unsafe {
+        by_dim_and_bits!(encode_many, dim, bits, (x, signs_in, signs_out_scaled, boundaries, centroids, packed, norms, gains))
+    }
 }
 
 /// HADAMARD decode (see `decode_n`).

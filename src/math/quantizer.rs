@@ -2,6 +2,8 @@
 //!
 //! MSE: y = Π·x/‖x‖, each coordinate of y → the index of its Lloyd–Max cell (`codebook`), indices
 //! bit-packed (`packing`), scale ‖x‖ stored as bf16 (`scale`). Dequantize: x̂ = scale · Πᵀ·c[idx].
+//! `MseQuantizer::with_scale_rule` stores a corrected scale instead (`scale::ScaleRule`; the KV codec's
+//! rows): ‖x‖ times a factor from ⟨y, c[idx]⟩ and ‖c[idx]‖², which decoding needs no knowledge of.
 //!
 //! PROD (unbiased inner products): the MSE quantizer at b−1 bits, then the residual r = x − x̂_mse is
 //! sketched by QJL: z = sign(S·r) with S a seeded d×d i.i.d. N(0,1) matrix, plus γ = ‖r‖. The
@@ -18,7 +20,7 @@ use super::isa::Isa;
 use super::packing::{pack, packed_len, unpack};
 use super::rng::{self, Stream};
 use super::rotation::{Rotation, RotationKind, axpy_product};
-use super::scale;
+use super::scale::{self, ScaleRule};
 #[cfg(target_arch = "x86_64")]
 use super::avx512::{self, supports as avx512_supports};
 
@@ -65,13 +67,25 @@ pub struct MseQuantizer {
     rotation: Rotation,
     codebook: Arc<Codebook>,
     isa: Isa,
+    rule: ScaleRule,
 }
 
 impl MseQuantizer {
     pub fn new(dim: usize, bits: u32, rotation: RotationKind, seed: u64, index: u64) -> Result<Self, String> {
         let codebook = codebook::codebook(dim, bits).map_err(|e| e.to_string())?;
         let rotation = Rotation::new(rotation, dim, seed, index)?;
-        Ok(Self { bits, rotation, codebook, isa: Isa::detect() })
+        Ok(Self { bits, rotation, codebook, isa: Isa::detect(), rule: ScaleRule::Norm })
+    }
+
+    /// The same quantizer storing scales by `rule` (`ScaleRule::Norm` unless set; the KV codec sets
+    /// its row format's rule).
+    pub fn with_scale_rule(mut self, rule: ScaleRule) -> Self {
+        self.rule = rule;
+        self
+    }
+
+    pub fn scale_rule(&self) -> ScaleRule {
+        self.rule
     }
 
     /// The same quantizer running its loops with `isa` (bit-identical results). `Isa::Avx512` on a
@@ -114,18 +128,30 @@ impl MseQuantizer {
         packed_len(self.dim(), self.bits)
     }
 
-    /// Quantize one vector: packed codes into `codes_out`, returns the bf16 scale bits.
+    /// Quantize one vector: packed codes into `codes_out`, returns the bf16 scale bits (by the
+    /// quantizer's `ScaleRule`).
     pub fn encode(&self, x: &[f32], codes_out: &mut [u8], scratch: &mut Scratch) -> u16 {
         #[cfg(target_arch = "x86_64")]
         if self.uses_avx512() {
             let (signs_in, signs_out) = self.rotation.hadamard_signs();
-            let mut norm = [0.0f64];
-            let boundaries = &self.codebook.boundaries_f32;
+            let (mut norm, mut gains) = ([0.0f64], [(0.0f64, 0.0f64)]);
+            let cb = &self.codebook;
             // SAFETY: `uses_avx512` checked the CPU (via `with_isa`/`Isa::detect`) and (dim, bits).
             unsafe {
-                avx512::encode_hadamard(x, self.dim(), self.bits, signs_in, signs_out, boundaries, codes_out, &mut norm)
+                avx512::encode_hadamard(
+                    x,
+                    self.dim(),
+                    self.bits,
+                    signs_in,
+                    signs_out,
+                    &cb.boundaries_f32,
+                    &cb.centroids_f32,
+                    codes_out,
+                    &mut norm,
+                    &mut gains,
+                )
             };
-            return scale::encode(norm[0]);
+            return scale::encode(scale::apply_rule(self.rule, norm[0], gains[0].0, gains[0].1));
         }
         let norm = scale::norm_f64(x);
         if norm == 0.0 {
@@ -139,7 +165,15 @@ impl MseQuantizer {
         self.rotation.rotate(&scratch.work, &mut scratch.rotated);
         bucketize(&scratch.rotated, &self.codebook.boundaries_f32, &mut scratch.codes);
         pack(&scratch.codes, self.bits, codes_out);
-        scale::encode(norm)
+        if self.rule == ScaleRule::Norm {
+            return scale::encode(norm);
+        }
+        let table = &self.codebook.centroids_f32;
+        for (w, &c) in scratch.work.iter_mut().zip(scratch.codes.iter()) {
+            *w = table[c as usize];
+        }
+        let (dot, sq) = scale::gain_sums(&scratch.rotated, &scratch.work);
+        scale::encode(scale::apply_rule(self.rule, norm, dot, sq))
     }
 
     /// Quantize n = `scales_out.len()` vectors (`x`: n × dim floats) into `codes_out`
@@ -151,15 +185,29 @@ impl MseQuantizer {
         if self.uses_avx512() {
             const BLOCK: usize = 64;
             let (signs_in, signs_out) = self.rotation.hadamard_signs();
-            let boundaries = &self.codebook.boundaries_f32;
+            let book = &self.codebook;
             let mut norms = [0.0f64; BLOCK];
+            let mut gains = [(0.0f64, 0.0f64); BLOCK];
             for start in (0..n).step_by(BLOCK) {
                 let m = BLOCK.min(n - start);
                 let (xs, codes) = (&x[start * d..(start + m) * d], &mut codes_out[start * cb..(start + m) * cb]);
                 // SAFETY: as in `encode`.
-                unsafe { avx512::encode_hadamard(xs, d, self.bits, signs_in, signs_out, boundaries, codes, &mut norms[..m]) };
-                for (s, &norm) in scales_out[start..start + m].iter_mut().zip(&norms[..m]) {
-                    *s = scale::encode(norm);
+                unsafe {
+                    avx512::encode_hadamard(
+                        xs,
+                        d,
+                        self.bits,
+                        signs_in,
+                        signs_out,
+                        &book.boundaries_f32,
+                        &book.centroids_f32,
+                        codes,
+                        &mut norms[..m],
+                        &mut gains[..m],
+                    )
+                };
+                for ((s, &norm), &(dot, sq)) in scales_out[start..start + m].iter_mut().zip(&norms[..m]).zip(&gains[..m]) {
+                    *s = scale::encode(scale::apply_rule(self.rule, norm, dot, sq));
                 }
             }
             return;
@@ -314,6 +362,12 @@ impl Quantizer {
     /// The same quantizer running its loops with `isa` (see `MseQuantizer::with_isa`).
     pub fn with_isa(mut self, isa: Isa) -> Self {
         self.mse = self.mse.map(|m| m.with_isa(isa));
+        self
+    }
+
+    /// The same quantizer with its MSE stage storing scales by `rule` (see `MseQuantizer::with_scale_rule`).
+    pub fn with_scale_rule(mut self, rule: ScaleRule) -> Self {
+        self.mse = self.mse.map(|m| m.with_scale_rule(rule));
         self
     }
 

@@ -44,7 +44,7 @@ static void test_context(void) {
     tq_context_params p = tq_context_default_params();
     CHECK(p.struct_size == sizeof(tq_context_params), "struct_size %zu", p.struct_size);
     CHECK(tq_context_params_size() == sizeof(tq_context_params), "params size");
-    CHECK(p.abi_version == TQ_ABI_VERSION && p.bits_k == 4 && p.bits_v == 4 && !p.centering, "defaults");
+    CHECK(p.abi_version == TQ_ABI_VERSION && p.bits_k == 4 && p.bits_v == 4 && p.centering && !p.center_values && p.n_layer_bits == 0, "defaults (key centering on, values uncentered, uniform bits)");
 
     tq_context *ctx = NULL;
     EXPECT_ERR(tq_context_new(NULL, &ctx), TQ_STATUS_NULL_POINTER, "params");

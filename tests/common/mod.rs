@@ -91,6 +91,17 @@ pub fn max_row_rel_error(a: &[f32], b: &[f64], d: usize) -> f64 {
     worst
 }
 
+/// The key centering means the library freezes from a first append of `n` rows of `width` elements
+/// (`x` row-major): the per-element mean over rows 1..n in f64, rounded once to f32 — row 0 (an
+/// engine's BOS / sink row) is left out when there are at least two rows (codec::mean_rows).
+/// Written out here, independently of the library's code.
+#[allow(dead_code)]
+pub fn key_means(x: &[f32], n: usize, width: usize) -> Vec<f32> {
+    let first = if n >= 2 { 1 } else { 0 };
+    let count = (n - first).max(1) as f64;
+    (0..width).map(|e| ((first..n).map(|i| x[i * width + e] as f64).sum::<f64>() / count) as f32).collect()
+}
+
 /// Dequantize one head of a row independently of the attention code path (math layer only).
 pub fn dequant_rows(
     store: &[u8],

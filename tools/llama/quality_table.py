@@ -65,9 +65,9 @@ def main():
         r["n_seq"] = int(m.group(1))
         if n.startswith("tq"):
             t = open(os.path.join(a.work, n + ".cache.log")).read()
-            m = grab(r"TurboQuant K (\d) bits, V (\d) bits, centering (on|off): K ([0-9.]+) \+ V ([0-9.]+) bits per element",
+            m = grab(r"TurboQuant K (\d) bits, V (\d) bits, centering (off|K|K\+V): K ([0-9.]+) \+ V ([0-9.]+) bits per element",
                      t, n, "TurboQuant cache line")
-            r["bk"], r["bv"], r["center"] = int(m.group(1)), int(m.group(2)), m.group(3) == "on"
+            r["bk"], r["bv"], r["center"] = int(m.group(1)), int(m.group(2)), m.group(3) != "off"
             r["bits_k"], r["bits_v"] = float(m.group(4)), float(m.group(5))
             r["label"] = f"TurboQuant K{r['bk']}/V{r['bv']}" + (", centering" if r["center"] else "")
         else:

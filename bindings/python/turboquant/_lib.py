@@ -44,6 +44,10 @@ class ContextParams(Structure):
         ("max_batch", c_uint32),
         ("seed", c_uint64),
         ("centering", c_bool),
+        ("layer_bits_k", POINTER(c_uint32)),
+        ("layer_bits_v", POINTER(c_uint32)),
+        ("n_layer_bits", c_uint32),
+        ("center_values", c_bool),
     ]
 
 

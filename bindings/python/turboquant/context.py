@@ -31,13 +31,15 @@ class Context:
 
     ``dtype`` is the element type of q, k, v and out ("float32", "float16", "bfloat16");
     ``backend`` "cpu" (numpy arrays / CPU tensors) or "cuda" (CUDA torch tensors on ``device``).
+    ``centering`` (key centering) is on by default; ``center_values`` centers V too (off by default).
     """
 
     def __init__(self, n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
                  bits_k: int = 4, bits_v: int = 4, rotation: str | int = "auto",
                  key_mode: str | int = "mse", dtype: str | int = "float32",
                  backend: str | int = "cpu", device: int = 0, n_threads: int = 0,
-                 max_batch: int = 512, seed: int = 0, centering: bool = False,
+                 max_batch: int = 512, seed: int = 0, centering: bool = True,
+                 center_values: bool = False,
                  lib: Library | None = None):
         self._lib = default_library(lib)
         p = self._lib.tq_context_default_params()
@@ -49,6 +51,7 @@ class Context:
         p.backend = enum_value(BACKENDS, backend, "backend")
         p.device, p.n_threads, p.max_batch, p.seed = device, n_threads, max_batch, seed
         p.centering = centering
+        p.center_values = center_values
         handle = ContextHandle()
         self._lib.tq_context_new(ctypes.byref(p), ctypes.byref(handle))
         self._handle = handle

@@ -123,8 +123,8 @@ class TurboQuantCache(Cache):
 
     ``bits`` sets both K and V (or ``bits_k``/``bits_v``); ``residual_window`` most recent and
     ``n_sink`` first tokens stay full precision (library defaults when None); ``max_tokens`` per
-    sequence defaults to the model's max_position_embeddings. ``centering`` (default: on) subtracts per-head K and V means
-    estimated from the prompt before quantizing: exact for attention, and it takes the large
+    sequence defaults to the model's max_position_embeddings. ``centering`` (default: on) subtracts
+    per-head K means (and V means where the library centers values) estimated from the prompt before quantizing: exact for attention, and it takes the large
     constant key components of llama-family models out of the error budget. The library context
     and cache are created at the first attention call, when the shapes and the device are known.
     On CUDA the cache is a :class:`CudaSlotCache` (see the module docstring).

@@ -217,7 +217,7 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
     let lanes = (t1 - t0) * group;
     let means = job.means;
     let key_mse = lc.key.mse_stage();
-    let prod = codec.k_layout.qjl;
+    let prod = lc.k_layout.qjl;
 
     for lane in 0..lanes {
         let (t, h) = (t0 + lane / group, lane % group);
@@ -308,7 +308,7 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
 unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut AttendScratch) {
     let codec = job.codec;
     let lc = &codec.layers[job.layer];
-    let (kl, vl) = (&codec.k_layout, &codec.v_layout);
+    let (kl, vl) = (&codec.layers[job.layer].k_layout, &codec.layers[job.layer].v_layout);
     let d = codec.config.head_dim;
     let group = codec.group_size();
     let nt = t1 - t0;
@@ -537,7 +537,7 @@ unsafe fn classify_block(mask: &MaskSource, t0: usize, t1: usize, j0: usize, j1:
 unsafe fn compressed_tiled(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut AttendScratch) {
     let codec = job.codec;
     let lc = &codec.layers[job.layer];
-    let (kl, vl) = (&codec.k_layout, &codec.v_layout);
+    let (kl, vl) = (&codec.layers[job.layer].k_layout, &codec.layers[job.layer].v_layout);
     let d = codec.config.head_dim;
     let group = codec.group_size();
     let lanes = (t1 - t0) * group;

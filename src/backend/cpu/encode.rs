@@ -21,24 +21,17 @@ impl EncodeScratch {
 
 pub use crate::codec::request::HeadTensor;
 
-/// Mean over `n_tokens` rows of every kv head, in f64, as f32 (centering).
+/// The centering means of a layer's first append of `n_tokens` rows (`KvCodec::estimate_means`).
 ///
 /// # Safety
-/// `t` covers tokens 0..n_tokens and heads 0..n_kv_heads.
-pub unsafe fn head_means(codec: &KvCodec, t: &HeadTensor, n_tokens: usize) -> Vec<f32> {
-    let (h, d) = (codec.config.n_kv_heads, codec.config.head_dim);
-    let mut sum = vec![0.0f64; h * d];
-    let mut x = vec![0.0f32; d];
-    for tok in 0..n_tokens {
-        for head in 0..h {
-            // SAFETY: the caller guarantees the tensor covers tokens 0..n_tokens and every kv head.
-            unsafe { t.load(tok, head, &mut x) };
-            for (s, &v) in sum[head * d..(head + 1) * d].iter_mut().zip(&x) {
-                *s += v as f64;
-            }
-        }
-    }
-    sum.iter().map(|&s| (s / n_tokens.max(1) as f64) as f32).collect()
+/// `k` and `v` cover tokens 0..n_tokens and heads 0..n_kv_heads.
+pub unsafe fn first_append_means(codec: &KvCodec, k: &HeadTensor, v: &HeadTensor, n_tokens: usize) -> Means {
+    codec.estimate_means(n_tokens, |which, tok, head, out| {
+        let t = if which == 0 { k } else { v };
+        // SAFETY: the caller guarantees the tensors cover tokens 0..n_tokens and every kv head, and
+        // estimate_means asks only for those.
+        unsafe { t.load(tok, head, out) }
+    })
 }
 
 /// Encode token `token` of `k` and `v` into the rows `k_row` and `v_row` of `layer`.
@@ -57,7 +50,7 @@ pub unsafe fn encode_token(
     s: &mut EncodeScratch,
 ) {
     let lc = &codec.layers[layer];
-    let (kl, vl) = (&codec.k_layout, &codec.v_layout);
+    let (kl, vl) = (&lc.k_layout, &lc.v_layout);
     let d = codec.config.head_dim;
     for head in 0..codec.config.n_kv_heads {
         // SAFETY: the caller guarantees the tensors cover `token` and every kv head.

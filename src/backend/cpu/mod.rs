@@ -65,7 +65,7 @@ impl CpuBackend {
 /// # Safety
 /// The request was validated for host memory and its stores hold n_cells rows each.
 unsafe fn append_range(codec: &KvCodec, req: &AppendRequest, slots: &[usize], means: Option<&Means>, range: std::ops::Range<usize>) {
-    let (kr, vr) = (codec.k_layout.row_bytes(), codec.v_layout.row_bytes());
+    let (kr, vr) = codec.layer_row_bytes(req.layer);
     let mut scratch = EncodeScratch::new(codec);
     for i in range {
         let cell = slots[i];
@@ -100,9 +100,7 @@ impl Backend for CpuBackend {
             return Err(Error::invalid("the CPU backend takes host slots"));
         };
         // SAFETY: the caller guarantees the tensors cover n_tokens tokens.
-        let means = codec.freeze_means(req.layer, || unsafe {
-            Means { k: encode::head_means(codec, &req.k, req.n_tokens), v: encode::head_means(codec, &req.v, req.n_tokens) }
-        });
+        let means = codec.freeze_means(req.layer, || unsafe { encode::first_append_means(codec, &req.k, &req.v, req.n_tokens) });
         match exec {
             Exec::Queue(_) => parallel::for_each_range(req.n_tokens, self.threads, 4, |_, range| {
                 // SAFETY: validated request; ranges of tokens are disjoint and slots distinct.

@@ -31,6 +31,7 @@ use cudarc::driver::{CudaContext, result, sys};
 use crate::codec::{Dtype, KvCodec, Means, Strides};
 use crate::math::quantizer::QuantizerKind;
 use crate::math::rotation::{Rotation, RotationKind};
+use crate::math::scale::ScaleRule;
 use params::DevPtr;
 
 /// Why a CUDA call failed.
@@ -211,6 +212,8 @@ pub struct CudaBackend {
     partials: DevPtr,
     /// Centering: per layer [K means, V means], each n_kv_heads × head_dim f32 (0 without centering).
     means: DevPtr,
+    /// Value centering (`KvConfig::center_values`): without it the V means are zero.
+    center_values: bool,
     /// Per layer: whether `means` holds the layer's means (computed on the device by its first append,
     /// or uploaded from a loaded state). The lock is held while the first append issues its means kernel.
     means_ready: Mutex<Vec<bool>>,
@@ -239,6 +242,9 @@ pub struct CudaBackend {
     group: usize,
     bits_k: u32,
     bits_v: u32,
+    /// The row format's scale rules (params::scale_rule_code) of K and V.
+    k_scale_rule: i64,
+    v_scale_rule: i64,
     k_row_bytes: usize,
     v_row_bytes: usize,
     k_code_bytes: usize,
@@ -542,6 +548,7 @@ impl CudaBackend {
             partials: 0,
             means: 0,
             means_ready: Mutex::new(vec![false; cfg.n_layers]),
+            center_values: cfg.center_values,
             row_capacity: max_batch,
             partial_capacity: max_batch * cfg.n_heads * PARTIALS_PER_ROW,
             sm_count,
@@ -560,6 +567,10 @@ impl CudaBackend {
             group: codec.group_size(),
             bits_k: cfg.bits_k,
             bits_v: cfg.bits_v,
+            k_scale_rule: params::scale_rule_code(
+                codec.layers.first().and_then(|l| l.key.mse_stage()).map_or(ScaleRule::Norm, |m| m.scale_rule()),
+            ),
+            v_scale_rule: params::scale_rule_code(codec.layers.first().map_or(ScaleRule::Norm, |l| l.value.scale_rule())),
             k_row_bytes: codec.k_layout.row_bytes(),
             v_row_bytes: codec.v_layout.row_bytes(),
             k_code_bytes: codec.k_layout.code_bytes(),
@@ -715,9 +726,11 @@ impl CudaBackend {
             let mut p = params::MeansParams {
                 k: side(a.k, a.k_strides, mk),
                 v: side(a.v, a.v_strides, mv),
+                first_token: crate::codec::mean_rows(a.n_tokens).start as i64,
                 n_tokens: a.n_tokens as i64,
                 n_kv_heads: self.n_kv_heads as i64,
                 dtype: dtype_code(self.dtype),
+                center_values: self.center_values as i64,
             };
             let blocks = (self.n_kv_heads * self.head_dim).div_ceil(256) as u32;
             let ptr = &mut p as *mut _ as *mut c_void;
@@ -784,7 +797,7 @@ impl CudaBackend {
         self.bind()?;
         let (mean_k, mean_v) = if self.means != 0 { self.freeze_means(a, stream)? } else { (0, 0) };
         let (kt, vt) = &self.layers[a.layer];
-        let side = |store, input, strides: Strides, row_bytes, scale_offset, t: &SideTables, mean| params::EncodeSide {
+        let side = |store, input, strides: Strides, row_bytes, scale_offset, t: &SideTables, mean, scale_rule| params::EncodeSide {
             store,
             input,
             token_stride: strides.token as i64,
@@ -796,10 +809,12 @@ impl CudaBackend {
             signs_out: t.signs_out,
             matrix_t: t.matrix_t,
             mean,
+            centroids: t.centroids,
+            scale_rule,
         };
         let mut p = params::AppendParams {
-            k: side(a.k_store, a.k, a.k_strides, self.k_row_bytes, self.k_scale_offset, kt, mean_k),
-            v: side(a.v_store, a.v, a.v_strides, self.v_row_bytes, self.v_scale_offset, vt, mean_v),
+            k: side(a.k_store, a.k, a.k_strides, self.k_row_bytes, self.k_scale_offset, kt, mean_k, self.k_scale_rule),
+            v: side(a.v_store, a.v, a.v_strides, self.v_row_bytes, self.v_scale_offset, vt, mean_v, self.v_scale_rule),
             slots: a.slots,
             n_tokens: a.n_tokens as i64,
             n_cells: a.n_cells as i64,

@@ -62,6 +62,19 @@ pub struct EncodeSide {
     pub signs_out: DevPtr,
     pub matrix_t: DevPtr,
     pub mean: DevPtr,
+    pub centroids: DevPtr,
+    pub scale_rule: i64,
+}
+
+/// The append kernel's code of a scale rule (SCALE_* in kernels/append.cu).
+pub fn scale_rule_code(rule: crate::math::scale::ScaleRule) -> i64 {
+    use crate::math::scale::ScaleRule;
+    match rule {
+        ScaleRule::Norm => 0,
+        ScaleRule::NormCorrected => 1,
+        ScaleRule::LeastSquares => 2,
+        ScaleRule::Projection => 3,
+    }
 }
 
 /// One side (K or V) of tq_head_means.
@@ -79,9 +92,13 @@ pub struct MeansSide {
 pub struct MeansParams {
     pub k: MeansSide,
     pub v: MeansSide,
+    /// The rows [first_token, n_tokens) are averaged (`codec::mean_rows`).
+    pub first_token: i64,
     pub n_tokens: i64,
     pub n_kv_heads: i64,
     pub dtype: i64,
+    /// 0: the V means are zero (value centering off), 1: they are averaged like K's.
+    pub center_values: i64,
 }
 
 #[repr(C)]
@@ -184,10 +201,10 @@ pub fn layout() -> (String, Vec<i64>) {
         mask_dtype, mask_row_stride, mask_seq_stride, cell_pos, cell_pos_seq_stride, query_pos, chunk, n_splits,
         warps_per_head, heads_per_cta, n_partials, stage_cells, partials, k_centroids, v_centroids, q_hat16]);
     layout!(probe, offsets, EncodeSide, [store, input, token_stride, head_stride, row_bytes, scale_offset, boundaries, signs_in,
-        signs_out, matrix_t, mean]);
+        signs_out, matrix_t, mean, centroids, scale_rule]);
     layout!(probe, offsets, AppendParams, [k, v, slots, n_tokens, n_cells, n_kv_heads, dtype]);
     layout!(probe, offsets, MeansSide, [input, token_stride, head_stride, out]);
-    layout!(probe, offsets, MeansParams, [k, v, n_tokens, n_kv_heads, dtype]);
+    layout!(probe, offsets, MeansParams, [k, v, first_token, n_tokens, n_kv_heads, dtype, center_values]);
     layout!(probe, offsets, Rotation, [signs_in, signs_out, matrix, matrix_t]);
     layout!(probe, offsets, QueryTensor, [ptr, seq_stride, token_stride, head_stride]);
     layout!(probe, offsets, RotateParams, [q, dtype, n_q, n_heads, group, rot, mean_k, scale, q_hat, q_coef, q_mu, q_hat16]);
