@@ -339,7 +339,8 @@ type ContextParams struct {
 	KeyMode                            KeyMode
 	NThreads                           int // 0 = all cores
 	Seed                               uint64
-	Centering                          bool
+	Centering                          bool // key centering (the default)
+	CenterValues                       bool // with Centering: center V too (off by default)
 }
 
 // DefaultContextParams are the library's defaults (tq_context_default_params).
@@ -348,7 +349,7 @@ func DefaultContextParams() ContextParams {
 	return ContextParams{NLayers: int(p.n_layers), NHeads: int(p.n_heads), NKVHeads: int(p.n_kv_heads),
 		HeadDim: int(p.head_dim), BitsK: int(p.bits_k), BitsV: int(p.bits_v),
 		Rotation: Rotation(p.rotation), KeyMode: KeyMode(p.key_mode), NThreads: int(p.n_threads),
-		Seed: uint64(p.seed), Centering: bool(p.centering)}
+		Seed: uint64(p.seed), Centering: bool(p.centering), CenterValues: bool(p.center_values)}
 }
 
 // Context holds every layer's K and V rotation and codebook.
@@ -384,6 +385,7 @@ func NewContext(p ContextParams) (*Context, error) {
 	cp.backend = C.TQ_BACKEND_CPU
 	cp.seed = C.uint64_t(p.Seed)
 	cp.centering = C.bool(p.Centering)
+	cp.center_values = C.bool(p.CenterValues)
 	c := &Context{p: p}
 	if err := call(fn, func() C.enum_tq_status { return C.tq_context_new(&cp, &c.h) }); err != nil {
 		return nil, err

@@ -98,9 +98,12 @@ def test_slot_attention_equals_reference_over_dequantized_rows(ctx):
     ref = softmax_attention(q, k_hat, v_hat, mask, 0.125)
     # tq_attend is exact attention over the reconstructed cache: float32 rounding only.
     assert rel_err(out, ref) < 1e-5
-    # The decoded keys are the compressed inputs at the codebook's accuracy (cells -> tokens).
+    # The decoded keys are the compressed inputs at the codebook's accuracy (cells -> tokens). With
+    # key centering (the default) the rows hold k - mean, the mean taken over tokens 1..n of the
+    # layer's first append (token 0, an engine's BOS / sink row, left out) in float64.
     inv = np.argsort(slots)
-    key_mse = ((k_hat[slots] - k) ** 2).sum(-1) / (k ** 2).sum(-1)
+    mean_k = k[1:].astype(np.float64).mean(axis=0).astype(np.float32)
+    key_mse = ((k_hat[slots] + mean_k - k) ** 2).sum(-1) / (k ** 2).sum(-1)
     assert key_mse.mean() == pytest.approx(0.0093, rel=0.15)
     assert inv.shape == (n,)
 
@@ -226,8 +229,10 @@ def test_cache_compressed_equals_slot_mode(ctx):
     assert mem.n_tokens == n and mem.n_compressed == n
     assert mem.bytes_used >= n * (ctx.k_row_bytes + ctx.v_row_bytes)
     assert mem.bytes_fp16 == n * 2 * N_KV * D * 2
+    # The same two appends (the first one fixes the centering means in both APIs).
     ks, vs = ctx.new_stores(n)
-    ctx.append_kv(1, ks, vs, np.arange(n), k, v)
+    ctx.append_kv(1, ks, vs, np.arange(40), k[:40], v[:40])
+    ctx.append_kv(1, ks, vs, np.arange(40, n), k[40:], v[40:])
     ref = ctx.attend(1, q, ks, vs, mask=causal_mask(n_q, n))
     assert rel_err(out, ref) < 1e-5
 
@@ -282,3 +287,35 @@ def test_cache_errors(ctx):
         assert e.value.function == "tq_cache_attend" and e.value.message
         with pytest.raises(ValueError, match="must be contiguous"):
             cache.append(0, 0, k[::2], v[::2])
+
+
+# -- per-layer bits ---------------------------------------------------------------------------------
+
+def test_per_layer_bits_rows_equal_uniform_contexts():
+    """A context with per-layer bits: each layer's rows have that layer's size, and its bytes and
+    attention equal those of a uniform context built with that layer's (bits_k, bits_v) — every
+    layer's quantizers derive from (seed, layer, bits) alone."""
+    bits_k, bits_v = [6, 3], [4, 2]
+    rng = np.random.default_rng(12)
+    n, n_q = 40, 3
+    q, k, v = make_kv(rng, n, n_q)
+    mixed = tq.Context(N_LAYERS, N_HEADS, N_KV, D, seed=SEED, layer_bits_k=bits_k, layer_bits_v=bits_v)
+    for layer in range(N_LAYERS):
+        kb, vb = mixed.row_bytes(layer)
+        # codes of bits × 64 coordinates plus one bf16 scale, per kv head
+        assert (kb, vb) == (N_KV * (bits_k[layer] * D // 8 + 2), N_KV * (bits_v[layer] * D // 8 + 2))
+        uniform = tq.Context(N_LAYERS, N_HEADS, N_KV, D, seed=SEED, bits_k=bits_k[layer], bits_v=bits_v[layer])
+        ks, vs = mixed.new_stores(n, layer=layer)
+        uk, uv = uniform.new_stores(n, layer=layer)
+        mixed.append_kv(layer, ks, vs, np.arange(n), k, v)
+        uniform.append_kv(layer, uk, uv, np.arange(n), k, v)
+        assert np.array_equal(ks, uk) and np.array_equal(vs, uv)
+        mask = causal_mask(n_q, n)
+        assert np.array_equal(mixed.attend(layer, q, ks, vs, mask=mask), uniform.attend(layer, q, uk, uv, mask=mask))
+
+
+def test_per_layer_bits_errors():
+    with pytest.raises(ValueError, match="layer_bits_k has 1 values but the context has 2 layers"):
+        tq.Context(N_LAYERS, N_HEADS, N_KV, D, layer_bits_k=[4])
+    with pytest.raises(tq.TurboQuantError):
+        tq.Context(N_LAYERS, N_HEADS, N_KV, D, layer_bits_k=[4, 9])

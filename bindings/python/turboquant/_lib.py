@@ -154,6 +154,7 @@ PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "tq_context_new": (_status, [POINTER(ContextParams), POINTER(ContextHandle)]),
     "tq_context_free": (None, [ContextHandle]),
     "tq_context_row_bytes": (_status, [ContextHandle, _size_p, _size_p]),
+    "tq_context_layer_row_bytes": (_status, [ContextHandle, c_uint32, _size_p, _size_p]),
     "tq_context_state_size": (_status, [ContextHandle, _size_p]),
     "tq_context_state_save": (_status, [ContextHandle, POINTER(c_uint8), c_size_t]),
     "tq_context_state_load": (_status, [ContextHandle, POINTER(c_uint8), c_size_t]),

@@ -32,6 +32,9 @@ class Context:
     ``dtype`` is the element type of q, k, v and out ("float32", "float16", "bfloat16");
     ``backend`` "cpu" (numpy arrays / CPU tensors) or "cuda" (CUDA torch tensors on ``device``).
     ``centering`` (key centering) is on by default; ``center_values`` centers V too (off by default).
+    ``layer_bits_k`` / ``layer_bits_v``: per-layer bits (a sequence of ``n_layers`` values each, or None
+    for ``bits_k`` / ``bits_v`` everywhere; CPU slot mode only when they differ between layers), e.g.
+    more bits for the first and last layers. Row sizes then differ by layer: :meth:`row_bytes`.
     """
 
     def __init__(self, n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
@@ -39,7 +42,7 @@ class Context:
                  key_mode: str | int = "mse", dtype: str | int = "float32",
                  backend: str | int = "cpu", device: int = 0, n_threads: int = 0,
                  max_batch: int = 512, seed: int = 0, centering: bool = True,
-                 center_values: bool = False,
+                 center_values: bool = False, layer_bits_k: Any = None, layer_bits_v: Any = None,
                  lib: Library | None = None):
         self._lib = default_library(lib)
         p = self._lib.tq_context_default_params()
@@ -52,16 +55,39 @@ class Context:
         p.device, p.n_threads, p.max_batch, p.seed = device, n_threads, max_batch, seed
         p.centering = centering
         p.center_values = center_values
+        # Per-layer bits: the arrays only need to live through tq_context_new, which copies them.
+        arrays = []
+        if layer_bits_k is not None or layer_bits_v is not None:
+            for name, values, default in (("layer_bits_k", layer_bits_k, bits_k),
+                                          ("layer_bits_v", layer_bits_v, bits_v)):
+                values = [default] * n_layers if values is None else [int(b) for b in values]
+                if len(values) != n_layers:
+                    raise ValueError(f"{name} has {len(values)} values but the context has "
+                                     f"{n_layers} layers")
+                arrays.append((ctypes.c_uint32 * n_layers)(*values))
+            p.layer_bits_k, p.layer_bits_v = (ctypes.cast(a, ctypes.POINTER(ctypes.c_uint32))
+                                              for a in arrays)
+            p.n_layer_bits = n_layers
         handle = ContextHandle()
         self._lib.tq_context_new(ctypes.byref(p), ctypes.byref(handle))
+        del arrays
         self._handle = handle
         self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim = (n_layers, n_heads,
                                                                        n_kv_heads, head_dim)
         self.dtype, self.backend, self.device = p.dtype, p.backend, device
-        k_bytes, v_bytes = c_size_t(), c_size_t()
-        self._lib.tq_context_row_bytes(handle, ctypes.byref(k_bytes), ctypes.byref(v_bytes))
-        #: Bytes per token per layer of a K row and of a V row (all kv heads).
-        self.k_row_bytes, self.v_row_bytes = k_bytes.value, v_bytes.value
+        self._row_bytes = []
+        for layer in range(n_layers):
+            k_bytes, v_bytes = c_size_t(), c_size_t()
+            self._lib.tq_context_layer_row_bytes(handle, layer, ctypes.byref(k_bytes),
+                                                 ctypes.byref(v_bytes))
+            self._row_bytes.append((k_bytes.value, v_bytes.value))
+        #: Bytes per token per layer of a K row and of a V row (all kv heads); layer 0's when
+        #: per-layer bits differ (see :meth:`row_bytes`).
+        self.k_row_bytes, self.v_row_bytes = self._row_bytes[0]
+
+    def row_bytes(self, layer: int) -> tuple[int, int]:
+        """Bytes of a K row and of a V row of ``layer`` (tq_context_layer_row_bytes)."""
+        return self._row_bytes[self._layer(layer)]
 
     @property
     def handle(self):
@@ -114,12 +140,13 @@ class Context:
             return np.zeros((n_q, self.n_heads, self.head_dim), q.dtype)
         return q.new_zeros((n_q, self.n_heads, self.head_dim))
 
-    def new_stores(self, n_cells: int, device: str | None = None):
-        """Zeroed K and V stores for one layer in slot mode: (k_store, v_store), n_cells rows each.
+    def new_stores(self, n_cells: int, device: str | None = None, layer: int = 0):
+        """Zeroed K and V stores for ``layer`` in slot mode: (k_store, v_store), n_cells rows each.
 
         numpy uint8 arrays on the CPU backend; CUDA torch uint8 tensors on the CUDA backend.
         """
-        shape_k, shape_v = (n_cells, self.k_row_bytes), (n_cells, self.v_row_bytes)
+        kb, vb = self.row_bytes(layer)
+        shape_k, shape_v = (n_cells, kb), (n_cells, vb)
         if self.backend == BACKENDS["cuda"]:
             import torch
             dev = device or f"cuda:{self.device}"
@@ -148,7 +175,7 @@ class Context:
         va = self._tensor(v, "v", self.n_kv_heads)
         if ka.shape[0] != n or va.shape[0] != n:
             raise ValueError(f"k has {ka.shape[0]} and v {va.shape[0]} tokens but slots has {n}")
-        ks, vs, n_cells = self._stores(k_store, v_store)
+        ks, vs, n_cells = self._stores(layer, k_store, v_store)
         ks_ = ka.strides()
         vs_ = va.strides()
         if part is None:
@@ -175,15 +202,16 @@ class Context:
             raise ValueError(f"slots is on cuda:{index} but the context is on cuda:{self.device}")
         return slots
 
-    def _stores(self, k_store: Any, v_store: Any, n_cells: int | None = None):
+    def _stores(self, layer: int, k_store: Any, v_store: Any, n_cells: int | None = None):
+        kb, vb = self._row_bytes[layer]
+
         def cells(x, name, row_bytes):
             nbytes = x.nbytes if isinstance(x, np.ndarray) else x.numel()
             return nbytes // row_bytes
         if n_cells is None:
-            n_cells = min(cells(k_store, "k_store", self.k_row_bytes),
-                          cells(v_store, "v_store", self.v_row_bytes))
-        ks = self._placed(byte_buffer(k_store, "k_store", n_cells * self.k_row_bytes), "k_store")
-        vs = self._placed(byte_buffer(v_store, "v_store", n_cells * self.v_row_bytes), "v_store")
+            n_cells = min(cells(k_store, "k_store", kb), cells(v_store, "v_store", vb))
+        ks = self._placed(byte_buffer(k_store, "k_store", n_cells * kb), "k_store")
+        vs = self._placed(byte_buffer(v_store, "v_store", n_cells * vb), "v_store")
         return ks, vs, n_cells
 
     def attend(self, layer: int, q: Any, k_store: Any, v_store: Any, *, n_cells: int | None = None,
@@ -197,7 +225,7 @@ class Context:
         layer = self._layer(layer)
         qa = self._tensor(q, "q", self.n_heads)
         n_q = qa.shape[0]
-        ks, vs, n_cells = self._stores(k_store, v_store, n_cells)
+        ks, vs, n_cells = self._stores(layer, k_store, v_store, n_cells)
         if out is None:
             out = self._empty_like_q(q, n_q)
         oa = self._tensor(out, "out", self.n_heads, writable=True)
