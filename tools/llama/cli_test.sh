@@ -8,8 +8,8 @@
 # Fails unless both runs exit 0, the f16 answer names the expected word (the reference is sane), the TurboQuant
 # answer names it too and starts with the same first sentence as the f16 answer, the TurboQuant log shows
 # CACHES TurboQuant caches (Gemma 3: 2, full-attention and sliding-window) and the f16 log none.
-# Measured (Gemma 3 270M Q4_K_M, 2 cores, 2026-12-03): f16 and TurboQuant 4/4 both answer
-# " Rome. The capital of Japan is Tokyo.\n\nThe capital of the United States" (16 tokens, identical).
+# Measured (Gemma 3 270M Q4_K_M, 2 cores, 2026-12-04, default key centering): f16 " Rome. The capital of the
+# United States is Washington. ...", TurboQuant 4/4 " Rome. The capital of Japan is Tokyo. ..." (same first sentence).
 # Environment: LLAMA_BIN, MODEL, THREADS; optional CACHES (1), PROMPT, EXPECT, N_PREDICT (16), TIMEOUT (300 s).
 set -euo pipefail
 : "${LLAMA_BIN:?}" "${MODEL:?}"
