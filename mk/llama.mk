@@ -3,7 +3,7 @@
 #
 #   make llama-example        fetch + patch + build, then a long prompt + question answered with an f16 and a TurboQuant cache
 #   make llama-quality        perplexity / KL divergence table (bench/llama/quality.md) on CORPUS=<text file>
-#   make llama-server-test    llama-server with a TurboQuant cache answers a /v1/chat/completions request
+#   make llama-server-test    llama-server with a TurboQuant cache answers a /v1/chat/completions request (SmolLM2)
 #   make llama-bench-decode   llama-bench decode tok/s at depth 0 and 4096: f16, q4_0, TurboQuant
 #   make llama-bench-prefill  llama-bench pp512 tok/s at depth 4096 (a prompt chunk over a filled cache), same types
 #   make test-llama           CI check: 4 parallel sequences, TurboQuant 4/4 KL divergence vs f16 under a bound
@@ -11,10 +11,13 @@
 #                             (agrees, or refused with a message naming the architecture)
 #   make test-llama-gemma3    CI check: Gemma 3 270M (sliding-window + full layers) in llama-perplexity (KLD bound,
 #                             chunks past the window) and llama-completion with a TurboQuant cache
-#   make llama-server-test-gemma3  llama-server with Gemma 3 270M and a TurboQuant cache: it serves, both caches are
-#                             TurboQuant, the cached-prefix repeat gives the same answer; but this base (not
-#                             instruction-tuned) 270M model does not answer "Paris" with f16 either, so the answer
-#                             check fails (2026-12-03)
+#   make llama-server-test-gemma3  llama-server with Gemma 3 270M: the same greedy /completion request ("The capital
+#                             of France is") to an f16 and a TurboQuant server; both answers name Paris and start
+#                             with the same sentence, both caches are TurboQuant, the cached-prefix repeat gives the
+#                             same answer (a base model: the chat question of llama-server-test is not answered
+#                             right even with f16)
+#   make llama-cli-test-gemma3  llama-cli with Gemma 3 270M, one turn (-st -p), f16 vs TurboQuant K4/V4: both run, the
+#                             TurboQuant answer names the right word and starts like the f16 one, 2 TurboQuant caches
 #   make llama-quality-gemma3 Gemma 3 270M section of bench/llama/quality.md on CORPUS=<text file>
 #
 # Everything lands in build/llama (ignored); a second run reuses what was fetched and built.
@@ -56,7 +59,7 @@ llama_say = @printf '\n== %s\n' $(1)
 .PHONY: llama-example llama-quality llama-server-test llama-bench-decode llama-bench-prefill test-llama \
         llama-fetch llama-model llama-lib llama-configure llama-bin-cli llama-bin-completion llama-bin-perplexity \
         llama-bin-server llama-bin-bench llama-clean llama-model-gemma3 llama-bin-tq-archs test-llama-archs \
-        test-llama-gemma3 llama-quality-gemma3 llama-server-test-gemma3
+        test-llama-gemma3 llama-quality-gemma3 llama-server-test-gemma3 llama-cli-test-gemma3
 
 test: test-llama test-llama-archs test-llama-gemma3
 
@@ -226,7 +229,13 @@ test-llama-gemma3: llama-bin-perplexity llama-bin-completion $(LLAMA_GEMMA3)
 	    CORPUS=$(or $(CORPUS),$(LLAMA_SRC)/docs/build.md) bash tools/llama/test_gemma3.sh
 
 llama-server-test-gemma3: llama-bin-server $(LLAMA_GEMMA3)
-	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_GEMMA3) THREADS=$(LLAMA_THREADS) $(PYTHON3) tools/llama/server_test.py
+	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_GEMMA3) THREADS=$(LLAMA_THREADS) REQUEST=completion CACHES=2 \
+	    $(PYTHON3) tools/llama/server_test.py
+
+# llama-cli (chat-only in this llama.cpp: its own server in a thread), one turn (-st -p, stdin /dev/null), f16 vs
+# TurboQuant K4/V4; not part of `make test` (llama-cli needs the server's objects: a long build on 2 cores)
+llama-cli-test-gemma3: llama-bin-cli $(LLAMA_GEMMA3)
+	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_GEMMA3) THREADS=$(LLAMA_THREADS) CACHES=2 bash tools/llama/cli_test.sh
 
 llama-quality-gemma3: llama-bin-perplexity $(LLAMA_GEMMA3)
 	@test -n "$(CORPUS)" || { echo "make llama-quality-gemma3: pass CORPUS=<plain text file> (e.g. a public-domain novel)"; exit 2; }
