@@ -2,8 +2,8 @@
 # Perplexity and KL divergence against the f16 KV cache (llama-perplexity --kl-divergence-base, then
 # --kl-divergence with each cache type), same chunks, same build: f16 (flash attention off: noise floor),
 # llama.cpp's q8_0 / q5_0 / q4_0 (with its automatic Hadamard rotation) and TurboQuant K/V 4/4, 3/3, 4/3, 4/2,
-# 3/2, each without and with centering. 4 sequences in parallel streams (llama-perplexity's default with
-# -b 2048), plus TurboQuant 4/4 with 1 sequence (-b 512) to check that both give the same perplexity.
+# 3/2, each without centering and with the default key centering (LLAMA_TQ_CENTERING=0 / 1). 4 sequences in parallel streams (llama-perplexity's default with
+# -b 2048), plus TurboQuant 4/4 (defaults) with 1 sequence (-b 512) to check that both give the same perplexity.
 # Writes bench/llama/quality.md and bench/llama/kld_vs_bits.{svg,png}.
 # Environment: LLAMA_BIN, MODEL, CORPUS, THREADS, PYTHON (with matplotlib); optional CHUNKS, OUTDIR, WORK.
 set -euo pipefail
@@ -31,7 +31,7 @@ for kv in 4/4 3/3 4/3 4/2 3/2; do
   RUNS+=("tq$k$v|LLAMA_TQ_CENTERING=0|-ctk tq$k -ctv tq$v")
   RUNS+=("tq$k$v-c|LLAMA_TQ_CENTERING=1|-ctk tq$k -ctv tq$v")
 done
-RUNS+=("tq44-1seq|LLAMA_TQ_CENTERING=0|-ctk tq4 -ctv tq4 -b 512")
+RUNS+=("tq44-1seq|LLAMA_TQ_CENTERING=1|-ctk tq4 -ctv tq4 -b 512")
 
 t0=$(date +%s)
 if [ -z "${TABLE_ONLY:-}" ]; then  # TABLE_ONLY=1: only rebuild the table from the logs of a previous run
