@@ -1,18 +1,16 @@
 #!/usr/bin/env bash
 # Quantize / dequantize throughput of libturboquant against the seed Python package (PyPI
 # `turboquant==0.2.0`), side by side in one run on this machine: d=128, 4 bits, 65,536 Gaussian
-# vectors, 1 and 2 threads, median of 5 timed runs after a warm-up (the protocol of the seed's
-# measure_speed.py, which examples/quantizer_speed.rs follows). Ours runs before and after the seed
+# vectors, 1 and 2 threads, median of 5 timed runs after a warm-up (the protocol of
+# examples/quantizer_speed.rs; bench/quantizer/seed_speed.py times the seed the same way). Ours runs before and after the seed
 # for each thread count and the slower of the two is reported, so load from other processes counts
 # against us, not for us.
 #
 # Usage: bench/quantizer/seed_vs_ours.sh [output.md]      (default: print only)
 # Needs: python3 with venv + pip (PyPI reachable the first time), cargo.
-# SEED_BENCH_DIR: the seed's scripts (default ../shared/bench/seed relative to the repository).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
-seed_dir=${SEED_BENCH_DIR:-$root/../shared/bench/seed}
 venv=$root/build/seed-venv
 work=$root/build/bench
 n=${N:-65536}
@@ -33,7 +31,7 @@ for t in 1 2; do
   echo "== $t thread(s)" >&2
   "$ours" --n "$n" --reps "$reps" --threads "$t" --rotation hadamard | sed 's/^{/{"run": "ours-before", /' >> "$work/runs.jsonl"
   "$ours" --n "$n" --reps "$reps" --threads "$t" --rotation dense | sed 's/^{/{"run": "ours-dense", /' >> "$work/runs.jsonl"
-  "$venv/bin/python" "$seed_dir/measure_speed.py" --n "$n" --dims 128 --bits 4 --reps "$reps" --threads "$t" \
+  "$venv/bin/python" bench/quantizer/seed_speed.py --n "$n" --dim 128 --bits 4 --reps "$reps" --threads "$t" \
     --json "$work/seed_$t.json" > "$work/seed_$t.log"
   "$ours" --n "$n" --reps "$reps" --threads "$t" --rotation hadamard | sed 's/^{/{"run": "ours-after", /' >> "$work/runs.jsonl"
 done
@@ -57,7 +55,7 @@ p(f"Measured {datetime.date.today().isoformat()} by `bench/quantizer/seed_vs_our
   f"d = 128, 4 bits, {int(n):,} Gaussian vectors per call, median wall time of {reps} runs after a warm-up. "
   "Ours: the C API (`tq_quantize` / `tq_dequantize`, `examples/quantizer_speed.rs`), run before and after "
   "the seed for each thread count; the slower run is reported. Seed: `turboquant==0.2.0` "
-  "(`TurboQuantMSE`, torch CPU) through its `measure_speed.py`.")
+  "(`TurboQuantMSE`, torch CPU) timed by `bench/quantizer/seed_speed.py`.")
 p("")
 p("| threads | impl | rotation | quantize vec/s | dequantize vec/s | bytes/vector | quantize × seed | dequantize × seed |")
 p("|---:|---|---|---:|---:|---:|---:|---:|")
