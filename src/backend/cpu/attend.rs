@@ -8,7 +8,7 @@
 //! sinks) join the same softmax in the original basis.
 
 use super::encode::HeadTensor;
-use super::simd::{avx512_enabled as has_avx512, axpy, dot, exp_neg, exp_shifted_sum, lookup, scale_in_place};
+use super::simd::{axpy, dot, exp_neg, exp_shifted_sum, level, lookup, scale_in_place};
 use super::tile;
 use crate::codec::{Dtype, KvCodec, Means, Strides};
 use crate::math::scale;
@@ -319,7 +319,7 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &m
     let k_table: &[f32] = key_mse.map_or(&[], |m| &m.codebook().centroids_f32);
     let v_table: &[f32] = &lc.value.codebook().centroids_f32;
     let (k_row_bytes, v_row_bytes) = (kl.row_bytes(), vl.row_bytes());
-    let simd = has_avx512();
+    let simd = level();
 
     let mut j0 = 0;
     while j0 < job.n_cells {
@@ -548,7 +548,7 @@ unsafe fn compressed_tiled(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &
     let (k_row_bytes, v_row_bytes) = (kl.row_bytes(), vl.row_bytes());
     let (k_codes, v_codes) = (kl.codes_offset(g), vl.codes_offset(g));
     let (k_scale_at, v_scale_at) = (kl.scale_offset(g), vl.scale_offset(g));
-    let simd = has_avx512();
+    let simd = level();
 
     let ts = &mut s.tile;
     ts.ensure(d, QUERY_TILE * group.next_multiple_of(tile::VECTOR));

@@ -5,6 +5,8 @@
 pub mod attend;
 pub mod encode;
 mod simd;
+#[cfg(target_arch = "x86_64")]
+mod vector;
 mod tile;
 
 use attend::{AttendJob, AttendScratch, MaskSource};

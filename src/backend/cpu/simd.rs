@@ -1,6 +1,7 @@
-//! Small vector kernels of the CPU attention loop. Written as lane-parallel loops over fixed-width
-//! chunks so the compiler vectorises them (multiversioned for AVX-512 / AVX2), plus an explicit
-//! AVX-512 path for the centroid lookup of ≤ 4-bit codes (`vpermps` turns 16 codes into 16 floats).
+//! Small vector kernels of the CPU attention loop and the choice of explicit kernels (`Level`). The
+//! portable forms are lane-parallel loops over fixed-width chunks for the compiler to vectorise; the
+//! explicit forms are written once over `vector::Vector` and run as AVX-512 (16 lanes) or AVX2 + FMA
+//! (8 lanes), including the centroid lookup of ≤ 4-bit codes (`vpermps` turns codes into floats).
 
 use crate::math::packing::unpack;
 
@@ -9,11 +10,13 @@ const LANES: usize = 16;
 /// Σ a_i·b_i.
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let level = level();
     #[cfg(target_arch = "x86_64")]
-    if a.len() % 16 == 0 && has_avx512() {
-        // SAFETY: feature checked; equal lengths, multiple of 16.
-        return unsafe { x86::dot(a, b) };
+    if level != Level::Portable && a.len().is_multiple_of(level.lanes()) && a.len() == b.len() {
+        // SAFETY: the level's features were detected; equal lengths, a multiple of its lanes.
+        return unsafe { x86::dot(level, a, b) };
     }
+    let _ = level;
     dot_portable(a, b)
 }
 
@@ -46,11 +49,13 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
 /// y += w·x.
 #[inline(always)]
 pub fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
+    let level = level();
     #[cfg(target_arch = "x86_64")]
-    if x.len() % 16 == 0 && has_avx512() {
-        // SAFETY: feature checked; equal lengths, multiple of 16.
-        return unsafe { x86::axpy(w, x, y) };
+    if level != Level::Portable && x.len().is_multiple_of(level.lanes()) && x.len() == y.len() {
+        // SAFETY: the level's features were detected; equal lengths, a multiple of its lanes.
+        return unsafe { x86::axpy(level, w, x, y) };
     }
+    let _ = level;
     for (o, &v) in y.iter_mut().zip(x) {
         *o += w * v;
     }
@@ -67,11 +72,13 @@ pub fn scale_in_place(w: f32, y: &mut [f32]) {
 /// v_i ← e^(v_i − m) for every element (−inf → 0); returns Σ v_i.
 #[inline(always)]
 pub fn exp_shifted_sum(v: &mut [f32], m: f32) -> f32 {
+    let level = level();
     #[cfg(target_arch = "x86_64")]
-    if v.len() % 16 == 0 && has_avx512() {
-        // SAFETY: feature checked; length multiple of 16.
-        return unsafe { x86::exp_shifted_sum(v, m) };
+    if level != Level::Portable && v.len().is_multiple_of(level.lanes()) {
+        // SAFETY: the level's features were detected; the length is a multiple of its lanes.
+        return unsafe { x86::exp_shifted_sum(level, v, m) };
     }
+    let _ = level;
     let mut sum = 0.0;
     for x in v.iter_mut() {
         *x = exp_neg(*x - m);
@@ -103,158 +110,200 @@ pub fn exp_neg(x: f32) -> f32 {
 /// out[i] = table[code_i] for packed `bits`-bit codes; `codes` is scratch of out.len() bytes.
 #[inline(always)]
 pub fn lookup(packed: &[u8], bits: u32, table: &[f32], out: &mut [f32], codes: &mut [u8]) {
+    let level = level();
     #[cfg(target_arch = "x86_64")]
-    {
-        if bits == 4 && out.len() % 16 == 0 && table.len() == 16 && has_avx512() {
-            // SAFETY: feature checked; lengths checked (out.len()/2 packed bytes are read).
-            unsafe { lookup4_avx512(packed, table, out) };
-            return;
-        }
-        if bits <= 4 && out.len() % 16 == 0 && has_avx512() {
+    if level != Level::Portable && bits <= 4 && out.len().is_multiple_of(level.lanes()) && table.len() == 1 << bits {
+        let mut t16 = [0.0f32; 16];
+        t16[..table.len()].copy_from_slice(table);
+        if bits == 4 {
+            assert!(packed.len() >= out.len() / 2);
+            // SAFETY: the level's features were detected; out.len() / 2 packed bytes are read.
+            unsafe { x86::lookup_nibbles(level, packed, &t16, out) };
+        } else {
             unpack(packed, bits, codes);
-            let mut t16 = [0.0f32; 16];
-            t16[..table.len()].copy_from_slice(table);
-            // SAFETY: feature checked; codes < 2^bits ≤ 16.
-            unsafe { lookup_bytes_avx512(codes, &t16, out) };
-            return;
+            // SAFETY: as above; unpack wrote out.len() codes < 2^bits ≤ 16.
+            unsafe { x86::lookup_bytes(level, &codes[..out.len()], &t16, out) };
         }
+        return;
     }
+    let _ = level;
     unpack(packed, bits, codes);
     for (o, &c) in out.iter_mut().zip(codes.iter()) {
         *o = table[c as usize];
     }
 }
 
-/// Whether the explicit AVX-512 kernels run: the CPU has AVX-512F/BW and `TQ_DISABLE_SIMD` is unset
-/// (which forces the portable code everywhere in CPU attention, for testing it).
-#[inline(always)]
-pub fn avx512_enabled() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        has_avx512()
+/// Which explicit kernels the CPU attention loop runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Plain Rust, for any CPU (and forced by `TQ_DISABLE_SIMD`).
+    Portable,
+    /// AVX2 + FMA, 8 lanes.
+    Avx2,
+    /// AVX-512F/BW, 16 lanes.
+    Avx512,
+}
+
+impl Level {
+    /// f32 lanes of one register at this level (1 for the portable code).
+    pub fn lanes(self) -> usize {
+        match self {
+            Level::Portable => 1,
+            Level::Avx2 => 8,
+            Level::Avx512 => 16,
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// The levels this CPU runs, portable first: what a test compares.
+    #[cfg(test)]
+    pub fn available() -> Vec<Level> {
+        let mut v = vec![Level::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                v.push(Level::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+                v.push(Level::Avx512);
+            }
+        }
+        v
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+/// The explicit kernels this CPU runs: AVX-512F/BW if present, else AVX2 + FMA, else the portable
+/// code; `TQ_DISABLE_SIMD` (set to anything) forces the portable code everywhere in CPU attention,
+/// for testing it. Detected once.
 #[inline(always)]
-fn has_avx512() -> bool {
+pub fn level() -> Level {
     use std::sync::atomic::{AtomicU8, Ordering};
     static STATE: AtomicU8 = AtomicU8::new(0);
     match STATE.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
+        1 => Level::Portable,
+        2 => Level::Avx2,
+        3 => Level::Avx512,
         _ => {
-            let yes = std::env::var_os("TQ_DISABLE_SIMD").is_none()
-                && std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw");
-            STATE.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
-            yes
+            let level = detect();
+            STATE.store(
+                match level {
+                    Level::Portable => 1,
+                    Level::Avx2 => 2,
+                    Level::Avx512 => 3,
+                },
+                Ordering::Relaxed,
+            );
+            level
         }
     }
+}
+
+fn detect() -> Level {
+    if std::env::var_os("TQ_DISABLE_SIMD").is_some() {
+        return Level::Portable;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+            return Level::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return Level::Avx2;
+        }
+    }
+    Level::Portable
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use std::arch::x86_64::*;
+    use super::super::vector::{Vector, per_level};
 
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        // SAFETY: this function is only called where AVX-512F was detected; loads stay inside the slices (chunks of 16).
+    per_level! {
+        /// # Safety
+        /// Equal lengths, a multiple of the level's lanes.
+        pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 => dot_v;
+        /// # Safety
+        /// Equal lengths, a multiple of the level's lanes.
+        pub unsafe fn axpy(w: f32, x: &[f32], y: &mut [f32]) => axpy_v;
+        /// # Safety
+        /// A length that is a multiple of the level's lanes.
+        pub unsafe fn exp_shifted_sum(v: &mut [f32], m: f32) -> f32 => exp_shifted_sum_v;
+        /// # Safety
+        /// `out.len()` a multiple of the level's lanes, `packed` at least `out.len() / 2` bytes.
+        pub unsafe fn lookup_nibbles(packed: &[u8], table: &[f32; 16], out: &mut [f32]) => lookup_nibbles_v;
+        /// # Safety
+        /// `codes` as long as `out`, a multiple of the level's lanes; every code < 16.
+        pub unsafe fn lookup_bytes(codes: &[u8], table: &[f32; 16], out: &mut [f32]) => lookup_bytes_v;
+    }
+
+    #[inline(always)]
+    unsafe fn dot_v<V: Vector>(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: the vector contract; loads stay inside the slices (whole registers of lanes).
         unsafe {
-            let mut acc0 = _mm512_setzero_ps();
-            let mut acc1 = _mm512_setzero_ps();
-            let n = a.len() / 16;
+            let (mut acc0, mut acc1) = (V::zero(), V::zero());
+            let n = a.len() / V::LANES;
             let (pa, pb) = (a.as_ptr(), b.as_ptr());
             let mut i = 0;
             while i + 1 < n {
-                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(16 * i)), _mm512_loadu_ps(pb.add(16 * i)), acc0);
-                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(16 * i + 16)), _mm512_loadu_ps(pb.add(16 * i + 16)), acc1);
+                acc0 = V::load(pa.add(V::LANES * i)).fmadd(V::load(pb.add(V::LANES * i)), acc0);
+                acc1 = V::load(pa.add(V::LANES * (i + 1))).fmadd(V::load(pb.add(V::LANES * (i + 1))), acc1);
                 i += 2;
             }
             if i < n {
-                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(16 * i)), _mm512_loadu_ps(pb.add(16 * i)), acc0);
+                acc0 = V::load(pa.add(V::LANES * i)).fmadd(V::load(pb.add(V::LANES * i)), acc0);
             }
-            _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+            acc0.add(acc1).reduce_add()
         }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
-        // SAFETY: as in dot: AVX-512F detected; loads and stores stay inside x and y.
+    #[inline(always)]
+    unsafe fn axpy_v<V: Vector>(w: f32, x: &[f32], y: &mut [f32]) {
+        // SAFETY: the vector contract; loads and stores stay inside x and y.
         unsafe {
-            let wv = _mm512_set1_ps(w);
-            for i in 0..x.len() / 16 {
-                let py = y.as_mut_ptr().add(16 * i);
-                _mm512_storeu_ps(py, _mm512_fmadd_ps(wv, _mm512_loadu_ps(x.as_ptr().add(16 * i)), _mm512_loadu_ps(py)));
+            let wv = V::splat(w);
+            for i in 0..x.len() / V::LANES {
+                let py = y.as_mut_ptr().add(V::LANES * i);
+                wv.fmadd(V::load(x.as_ptr().add(V::LANES * i)), V::load(py)).store(py);
             }
         }
     }
 
-    /// Vector form of `exp_neg` (same range reduction; 2^n applied with vscalefps).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn exp_shifted_sum(v: &mut [f32], m: f32) -> f32 {
-        // SAFETY: as in dot: AVX-512F detected; loads and stores stay inside v.
+    #[inline(always)]
+    unsafe fn exp_shifted_sum_v<V: Vector>(v: &mut [f32], m: f32) -> f32 {
+        // SAFETY: the vector contract; loads and stores stay inside v.
         unsafe {
-            let mv = _mm512_set1_ps(m);
-            let mut sum = _mm512_setzero_ps();
-            let lo_limit = _mm512_set1_ps(-87.3);
-            for i in 0..v.len() / 16 {
-                let p = v.as_mut_ptr().add(16 * i);
-                let x = _mm512_sub_ps(_mm512_loadu_ps(p), mv);
-                let keep = _mm512_cmp_ps_mask(x, lo_limit, _CMP_GE_OQ);
-                let n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x));
-                let mut poly = _mm512_set1_ps(1.0 / 5040.0);
-                for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-                    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(c));
-                }
-                let e = _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(poly, n));
-                _mm512_storeu_ps(p, e);
-                sum = _mm512_add_ps(sum, e);
+            let mv = V::splat(m);
+            let mut sum = V::zero();
+            for i in 0..v.len() / V::LANES {
+                let p = v.as_mut_ptr().add(V::LANES * i);
+                let e = V::load(p).sub(mv).exp_neg();
+                e.store(p);
+                sum = sum.add(e);
             }
-            _mm512_reduce_add_ps(sum)
+            sum.reduce_add()
         }
     }
-}
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn lookup4_avx512(packed: &[u8], table: &[f32], out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    // SAFETY: AVX-512F detected by the caller; reads stay inside packed and table, writes inside out.
-    unsafe {
-        let t = _mm512_loadu_ps(table.as_ptr());
-        let mask = _mm_set1_epi8(0x0f);
-        for (chunk, o) in out.chunks_exact_mut(16).enumerate() {
-            // 8 bytes = 16 nibbles; low nibble first (math::packing layout).
-            let raw = _mm_loadl_epi64(packed.as_ptr().add(8 * chunk) as *const __m128i);
-            let lo = _mm_and_si128(raw, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-            let bytes = _mm_unpacklo_epi8(lo, hi);
-            let idx = _mm512_cvtepu8_epi32(bytes);
-            _mm512_storeu_ps(o.as_mut_ptr(), _mm512_permutexvar_ps(idx, t));
+    #[inline(always)]
+    unsafe fn lookup_nibbles_v<V: Vector>(packed: &[u8], table: &[f32; 16], out: &mut [f32]) {
+        // SAFETY: the vector contract; chunk c reads packed bytes [c·LANES/2, (c+1)·LANES/2), inside
+        // the out.len()/2 bytes the caller guarantees, and writes one register of out.
+        unsafe {
+            let t = V::table(table.as_ptr());
+            for (c, o) in out.chunks_exact_mut(V::LANES).enumerate() {
+                V::lookup_nibbles(t, packed.as_ptr().add(c * V::LANES / 2)).store(o.as_mut_ptr());
+            }
         }
     }
-}
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn lookup_bytes_avx512(codes: &[u8], table: &[f32; 16], out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    // SAFETY: AVX-512F detected by the caller; reads stay inside codes and table, writes inside out.
-    unsafe {
-        let t = _mm512_loadu_ps(table.as_ptr());
-        for (chunk, o) in out.chunks_exact_mut(16).enumerate() {
-            let bytes = _mm_loadu_si128(codes.as_ptr().add(16 * chunk) as *const __m128i);
-            let idx = _mm512_cvtepu8_epi32(bytes);
-            _mm512_storeu_ps(o.as_mut_ptr(), _mm512_permutexvar_ps(idx, t));
+    #[inline(always)]
+    unsafe fn lookup_bytes_v<V: Vector>(codes: &[u8], table: &[f32; 16], out: &mut [f32]) {
+        // SAFETY: the vector contract; chunk c reads codes [c·LANES, (c+1)·LANES) and writes one
+        // register of out, both inside the slices.
+        unsafe {
+            let t = V::table(table.as_ptr());
+            for (c, o) in out.chunks_exact_mut(V::LANES).enumerate() {
+                V::lookup_bytes(t, codes.as_ptr().add(c * V::LANES)).store(o.as_mut_ptr());
+            }
         }
     }
 }
@@ -318,6 +367,60 @@ mod tests {
             assert!((v[i] as f64 - e).abs() <= 1e-6 * e + 1e-38, "{i}: {} vs {e}", v[i]);
         }
         assert!(((sum as f64) - want).abs() < 1e-6 * want);
+    }
+
+    /// Each explicit level this CPU runs (AVX2, AVX-512), called directly rather than through the
+    /// detected one: dot and axpy against float64, e^x over [−90, 0] plus −inf and NaN against
+    /// float64's exp (1e-6 relative, 0 below −87.3), and both centroid lookups exactly.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn explicit_kernels_match_float64_at_every_level() {
+        let levels: Vec<Level> = Level::available().into_iter().filter(|&l| l != Level::Portable).collect();
+        eprintln!("explicit levels on this CPU: {levels:?}");
+        for level in levels {
+            let a: Vec<f32> = (0..144).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..144).map(|i| (i as f32 * 0.11).cos()).collect();
+            for n in [16usize, 48, 144] {
+                let want: f64 = a[..n].iter().zip(&b[..n]).map(|(x, y)| *x as f64 * *y as f64).sum();
+                // SAFETY: the level was detected; equal lengths, multiples of 16.
+                let got = unsafe { x86::dot(level, &a[..n], &b[..n]) } as f64;
+                assert!((got - want).abs() < 1e-5, "{level:?} dot n={n}: {got} vs {want}");
+                let mut y = b[..n].to_vec();
+                // SAFETY: as above.
+                unsafe { x86::axpy(level, 0.7, &a[..n], &mut y) };
+                for i in 0..n {
+                    assert!((y[i] as f64 - (b[i] as f64 + 0.7 * a[i] as f64)).abs() < 1e-6, "{level:?} axpy {i}");
+                }
+            }
+            let mut x: Vec<f32> = (0..6576).map(|i| -(i as f32) * 0.0137).collect();
+            x.extend([f32::NEG_INFINITY, f32::NAN, -87.29, -87.31, 0.0, -1e-30, -100.0, -1e30]);
+            while !x.len().is_multiple_of(16) {
+                x.push(-1.5);
+            }
+            let orig = x.clone();
+            // SAFETY: as above; the length is a multiple of 16.
+            let sum = unsafe { x86::exp_shifted_sum(level, &mut x, 0.0) } as f64;
+            let mut want_sum = 0.0f64;
+            for (i, (&got, &x0)) in x.iter().zip(&orig).enumerate() {
+                let want = if x0.is_nan() || x0 < -87.3 { 0.0 } else { (x0 as f64).exp() };
+                want_sum += want;
+                assert!((got as f64 - want).abs() <= 1e-6 * want, "{level:?} exp({x0}) at {i}: {got} vs {want}");
+            }
+            assert!((sum - want_sum).abs() <= 1e-6 * want_sum, "{level:?} sum {sum} vs {want_sum}");
+            let table: [f32; 16] = std::array::from_fn(|i| i as f32 * 0.25 - 1.9);
+            let codes: Vec<u8> = (0..128).map(|i| ((i * 7 + 3) % 16) as u8).collect();
+            let mut packed = vec![0u8; 64];
+            pack(&codes, 4, &mut packed);
+            let (mut from_nibbles, mut from_bytes) = (vec![f32::NAN; 128], vec![f32::NAN; 128]);
+            // SAFETY: as above; 64 packed bytes for 128 outputs, codes < 16.
+            unsafe {
+                x86::lookup_nibbles(level, &packed, &table, &mut from_nibbles);
+                x86::lookup_bytes(level, &codes, &table, &mut from_bytes);
+            }
+            for (i, &c) in codes.iter().enumerate() {
+                assert_eq!((from_nibbles[i], from_bytes[i]), (table[c as usize], table[c as usize]), "{level:?} lookup {i}");
+            }
+        }
     }
 
     #[test]
