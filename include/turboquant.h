@@ -352,7 +352,8 @@ typedef struct tq_context_params {
    * center_values), estimated from the rows of the first append to each layer and then frozen
    * (exact for attention: q·μ_k is added back to every logit, μ_v to every output). Keys with a
    * large constant component (e.g. k_proj biases) otherwise lose most of their precision to it.
-   * Default true. Not yet on the CUDA backend (set false there).
+   * Default true (both backends; on CUDA the means are computed on the device and stay frozen
+   * when a CUDA graph replays the first append).
    */
   bool centering;
   /**

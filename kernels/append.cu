@@ -209,9 +209,12 @@ struct MeansParams {
     MeansSide k, v;
     i64 first_token, n_tokens, n_kv_heads, dtype;
     i64 center_values;  // 0: the V means are zero
+    const unsigned *frozen;  // the layer's flag, set (by a memset after this kernel) once the means exist
 };
 
 extern "C" __global__ void __launch_bounds__(256) tq_head_means(const MeansParams p) {
+    // a CUDA graph that captured a layer's first append replays this launch: the means stay frozen
+    if (*p.frozen != 0) return;
     const MeansSide &s = blockIdx.y == 0 ? p.k : p.v;
     const i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= p.n_kv_heads * D) return;

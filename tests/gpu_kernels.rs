@@ -6,7 +6,8 @@
 //!   sequences, masks, strided queries;
 //! * full-precision (residual-window) rows merge into the same softmax as on the CPU;
 //! * append + attend captured in a CUDA graph and replayed give the eager results;
-//! * centering (means computed on the device by the first append) matches the CPU: rows, state, attention;
+//! * centering (means computed on the device by the first append) matches the CPU: rows, state, attention,
+//!   and the means stay frozen when a captured first append is replayed;
 //! * errors name their argument.
 //! TQ_GPU_QUICK=1 runs a reduced set (for compute-sanitizer).
 #![cfg(feature = "cuda")]
@@ -664,4 +665,73 @@ fn cuda_centering_matches_cpu() {
         assert!(a[n * vr..] == b[n * vr..], "d={d}: V rows after a state load differ");
         println!("cuda_centering_matches_cpu d={d}: rows and state byte-identical, attention rel err {tot:.2e} (worst row {worst:.2e}), state load reproduces");
     }
+}
+
+#[test]
+fn cuda_centering_means_stay_frozen_under_graph_replay() {
+    // An engine that captures its first decode/prefill step in a CUDA graph (llama.cpp's CUDA backend
+    // does) replays that step's launches without calling the library again: the first append's means
+    // kernel must not recompute the means from the replayed rows. Reference: the CPU backend, which
+    // freezes the means of the first append (batch A) and encodes a later append (batch B, written into
+    // the same input buffers and cells) with them.
+    if !gpu_or_skip("cuda_centering_means_stay_frozen_under_graph_replay") {
+        return;
+    }
+    use cudarc::driver::{result, sys};
+    let (d, hq, hkv, n_tok, n_cells) = (128usize, 8usize, 2usize, 64usize, 128usize);
+    let mk = |cuda| {
+        let mut p = params(hq as u32, hkv as u32, d as u32, 4, 4, 2, F16, cuda);
+        p.centering = true;
+        context(&p)
+    };
+    let (cpu, gpu) = (mk(false), mk(true));
+    let (kr, vr) = row_bytes(&cpu);
+    let mut rng = Rng::new(4242);
+    let batch = |rng: &mut Rng, bias: f32| -> Vec<u8> {
+        to_dtype_bytes(&rng.normals(n_tok * hkv * d).iter().enumerate().map(|(i, v)| v + bias * ((i % d) as f32 / d as f32)).collect::<Vec<_>>(), F16)
+    };
+    let (ka, va, kb, vb) = (batch(&mut rng, 20.0), batch(&mut rng, 3.0), batch(&mut rng, -15.0), batch(&mut rng, 1.0));
+    let slots: Vec<i64> = (0..n_tok as i64).collect();
+    let (kin, vin, sd) = (Dev::from(&ka), Dev::from(&va), Dev::from(&slots));
+    let (kd, vd) = (Dev::zeroed(n_cells * kr), Dev::zeroed(n_cells * vr));
+    let stream = new_stream();
+    unsafe { result::stream::begin_capture(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL) }.unwrap();
+    let st = unsafe {
+        tq_append_kv(gpu.0, 0, kd.void(), vd.void(), n_cells, sd.ptr as *const i64, n_tok, kin.void(), null(), vin.void(), null(), stream as *mut c_void)
+    };
+    assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+    let graph = unsafe { result::stream::end_capture(stream) }.expect("capture ended cleanly");
+    let exec = unsafe { result::graph::instantiate(graph, sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH) }
+        .expect("graph instantiate");
+    let (mut k_cpu, mut v_cpu) = (vec![0u8; n_cells * kr], vec![0u8; n_cells * vr]);
+    let append_cpu = |k_cpu: &mut [u8], v_cpu: &mut [u8], k: &[u8], v: &[u8]| {
+        let st = unsafe {
+            tq_append_kv(cpu.0, 0, k_cpu.as_mut_ptr().cast(), v_cpu.as_mut_ptr().cast(), n_cells, slots.as_ptr(), n_tok,
+                k.as_ptr().cast(), null(), v.as_ptr().cast(), null(), null_mut())
+        };
+        assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+    };
+    // first launch: batch A fixes the means
+    unsafe { result::graph::launch(exec, stream) }.unwrap();
+    unsafe { result::stream::synchronize(stream) }.unwrap();
+    append_cpu(&mut k_cpu, &mut v_cpu, &ka, &va);
+    let state_a = state_of(&cpu);
+    assert!(state_of(&gpu) == state_a, "the means of the captured first append differ from the CPU's");
+    assert!(kd.read::<u8>(n_tok * kr) == k_cpu[..n_tok * kr], "rows of batch A differ from the CPU's");
+    // replay over batch B: the means stay A's, the rows are B's encoded with them
+    kin.write(&kb);
+    vin.write(&vb);
+    unsafe { result::graph::launch(exec, stream) }.unwrap();
+    unsafe { result::stream::synchronize(stream) }.unwrap();
+    append_cpu(&mut k_cpu, &mut v_cpu, &kb, &vb);
+    assert!(state_of(&cpu) == state_a, "the CPU reference recomputed its means");
+    assert!(state_of(&gpu) == state_a, "a graph replay recomputed the centering means");
+    assert!(kd.read::<u8>(n_tok * kr) == k_cpu[..n_tok * kr], "K rows of the replayed batch B differ from the CPU's");
+    assert!(vd.read::<u8>(n_tok * vr) == v_cpu[..n_tok * vr], "V rows of the replayed batch B differ from the CPU's");
+    unsafe {
+        result::graph::exec_destroy(exec).unwrap();
+        result::graph::destroy(graph).unwrap();
+        result::stream::destroy(stream).unwrap();
+    }
+    println!("cuda_centering_means_stay_frozen_under_graph_replay: means of the first append kept over a replay, rows equal the CPU's");
 }

@@ -214,6 +214,9 @@ pub struct CudaBackend {
     means: DevPtr,
     /// Value centering (`KvConfig::center_values`): without it the V means are zero.
     center_values: bool,
+    /// Centering: one u32 per layer, set on the device once the layer's means are written (the
+    /// means kernel checks it, so a replayed graph leaves them frozen).
+    means_frozen: DevPtr,
     /// Per layer: whether `means` holds the layer's means (computed on the device by its first append,
     /// or uploaded from a loaded state). The lock is held while the first append issues its means kernel.
     means_ready: Mutex<Vec<bool>>,
@@ -547,6 +550,7 @@ impl CudaBackend {
             q_mu: 0,
             partials: 0,
             means: 0,
+            means_frozen: 0,
             means_ready: Mutex::new(vec![false; cfg.n_layers]),
             center_values: cfg.center_values,
             row_capacity: max_batch,
@@ -596,6 +600,9 @@ impl CudaBackend {
         me.partials = me.alloc(me.partial_capacity * (d + PART_HEADER) * 4)?;
         if cfg.centering {
             me.means = me.alloc(cfg.n_layers * 2 * cfg.n_kv_heads * d * 4)?;
+            me.means_frozen = me.alloc(cfg.n_layers * 4)?;
+            // SAFETY: means_frozen holds n_layers u32.
+            unsafe { result::memset_d8_sync(me.means_frozen, 0, cfg.n_layers * 4) }.map_err(driver_err("centering flags reset"))?;
         }
         Ok(me)
     }
@@ -731,10 +738,14 @@ impl CudaBackend {
                 n_kv_heads: self.n_kv_heads as i64,
                 dtype: dtype_code(self.dtype),
                 center_values: self.center_values as i64,
+                frozen: self.means_frozen + 4 * a.layer as u64,
             };
             let blocks = (self.n_kv_heads * self.head_dim).div_ceil(256) as u32;
             let ptr = &mut p as *mut _ as *mut c_void;
             self.launch(self.kernels.head_means, (blocks, 2, 1), 256, 0, stream, ptr, false, "centering means launch")?;
+            // stream-ordered after the means: later launches (and replays of a captured graph) see them frozen
+            // SAFETY: the flag is one u32 of means_frozen.
+            unsafe { result::memset_d8_async(p.frozen, 1, 4, stream) }.map_err(driver_err("centering flag set"))?;
             ready[a.layer] = true;
         }
         Ok((mk, mv))
@@ -774,6 +785,8 @@ impl CudaBackend {
         let mut ready = self.means_ready.lock().unwrap_or_else(|e| e.into_inner());
         // Work already queued may still read the old means: let it finish first.
         result::ctx::synchronize().map_err(driver_err("synchronize before replacing the centering means"))?;
+        // SAFETY: means_frozen holds one u32 per layer; the device is idle.
+        unsafe { result::memset_d8_sync(self.means_frozen, 0, ready.len() * 4) }.map_err(driver_err("centering flags reset"))?;
         for (layer, r) in ready.iter_mut().enumerate() {
             *r = false;
             if let Some(m) = codec.means(layer) {
@@ -782,6 +795,9 @@ impl CudaBackend {
                 unsafe { result::memcpy_htod_sync(mk, &m.k) }.map_err(driver_err("centering means upload"))?;
                 // SAFETY: as above.
                 unsafe { result::memcpy_htod_sync(mv, &m.v) }.map_err(driver_err("centering means upload"))?;
+                // SAFETY: one u32 of means_frozen.
+                unsafe { result::memset_d8_sync(self.means_frozen + 4 * layer as u64, 1, 4) }
+                    .map_err(driver_err("centering flag set"))?;
                 *r = true;
             }
         }

@@ -99,6 +99,9 @@ pub struct MeansParams {
     pub dtype: i64,
     /// 0: the V means are zero (value centering off), 1: they are averaged like K's.
     pub center_values: i64,
+    /// The layer's u32 "means frozen" flag: the kernel does nothing once it is set (a graph
+    /// replaying a first append must not recompute the means from later rows).
+    pub frozen: DevPtr,
 }
 
 #[repr(C)]
