@@ -13,12 +13,14 @@ Both: the request is sent twice to the TurboQuant server (the second reuses the 
 and must give the same greedy answer; the TurboQuant server's log must show CACHES TurboQuant caches (Gemma 3:
 2, the full-attention and the sliding-window one).
 
-Environment: LLAMA_BIN, MODEL, THREADS; optional REQUEST, CACHES (1), CTK/CTV (tq4), NP (2).
+Environment: LLAMA_BIN, MODEL, THREADS; optional REQUEST, CACHES (1), CTK/CTV (tq4), NP (2), SERVER_ARGS (more
+llama-server options for every server started, e.g. "-ngl 99" on a CUDA build).
 Exit status 0 only when every check passes.
 """
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -46,6 +48,7 @@ class Server:
         self.log_path = log_path
         cmd = [os.path.join(bin_dir, "llama-server"), "-m", model, "--host", "127.0.0.1", "--port", str(self.port),
                "-t", threads, "-c", "2048", "-np", n_par, "-ctk", ctk, "-ctv", ctv, "--no-webui", "-lv", "4"]
+        cmd += shlex.split(os.environ.get("SERVER_ARGS", ""))
         print("starting:", " ".join(cmd), flush=True)
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
