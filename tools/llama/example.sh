@@ -3,7 +3,8 @@
 # answered by llama-completion (the chat template applied, greedy, one turn) with an f16 KV cache and with
 # the TurboQuant defaults, same build. Prints both answers, prompt and generation tokens/s, and the KV cache memory of each.
 # Environment: LLAMA_BIN (llama.cpp bin dir), MODEL (gguf), THREADS; optional CORPUS (text file), QUESTION,
-# N_PREDICT, CTX, TQ_K, TQ_V, TQ_FLAGS (extra llama-cli flags of the TurboQuant run), LOGDIR.
+# N_PREDICT, CTX, TQ_K, TQ_V, TQ_FLAGS (extra llama-completion flags of the TurboQuant run), LLAMA_ARGS (extra
+# flags of both runs, e.g. "-ngl 99 -fa on" on a CUDA build), LOGDIR.
 set -euo pipefail
 
 : "${LLAMA_BIN:?}" "${MODEL:?}"
@@ -14,6 +15,7 @@ CTX=${CTX:-4096}
 TQ_K=${TQ_K:-tq4}
 TQ_V=${TQ_V:-tq4}
 TQ_FLAGS=${TQ_FLAGS:-}
+LLAMA_ARGS=${LLAMA_ARGS:-}
 CORPUS=${CORPUS:-$here/examples/long-prompt/pride-and-prejudice-ch1-2.txt}
 QUESTION=${QUESTION:-"Question: according to the passage above, who has taken Netherfield Park, and where is he from? Answer in one sentence."}
 LOGDIR=${LOGDIR:-$(dirname "$LLAMA_BIN")/../example-logs}
@@ -55,8 +57,9 @@ run() { # name ctk ctv [flags...]
 echo "model:    $MODEL"
 echo "prompt:   $(wc -w <"$CORPUS") words of $(basename "$CORPUS"), then:"
 echo "          $QUESTION"
-run f16 f16 f16
-# shellcheck disable=SC2086 # TQ_FLAGS is a list of flags
-run turboquant "$TQ_K" "$TQ_V" $TQ_FLAGS
+# shellcheck disable=SC2086 # LLAMA_ARGS and TQ_FLAGS are lists of flags
+run f16 f16 f16 $LLAMA_ARGS
+# shellcheck disable=SC2086
+run turboquant "$TQ_K" "$TQ_V" $LLAMA_ARGS $TQ_FLAGS
 echo
 echo "(logs: $LOGDIR; the answers differ where the compressed cache changes a greedy choice)"
