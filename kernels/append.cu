@@ -35,26 +35,40 @@ struct AppendParams {
 
 constexpr int PER_LANE = D / 32;
 
+// Floats of a warp's table in shared memory: the boundaries (2^b - 1) then the centroids (2^b) of the wider side.
+constexpr int APPEND_TABLE = 2 << (BITS_K > BITS_V ? BITS_K : BITS_V);
+
 template <int B>
 __device__ void encode_vector(const EncodeSide &s, const AppendParams &p, i64 token, i64 head, float *xs,
-                              u8 *codes) {
+                              u8 *codes, float *tab) {
     const int lane = threadIdx.x & 31;
+    constexpr int NB = (1 << B) - 1;
+    // Every load that does not depend on another is issued first, so that a short append (decode: one token)
+    // waits for one round trip to memory instead of a chain of them: the cell, the input and the means, the
+    // rotation's signs, the boundaries and the centroids (copied to this warp's table in shared memory).
     const i64 cell = p.slots[token];
-    if (cell < 0 || cell >= p.n_cells) return;  // validated on the host; never write out of bounds
     const u8 *src = s.input + token * s.token_stride + head * s.head_stride;
-    u8 *row = s.store + cell * s.row_bytes;
     const i64 esz = p.dtype == DTYPE_F32 ? 4 : 2;
-
-    float v[PER_LANE];
+    const bool hadamard = s.matrix_t == nullptr;
+    float v[PER_LANE], sign_in[PER_LANE], sign_out[PER_LANE];
 #pragma unroll
     for (int k = 0; k < PER_LANE; k++) {
-        int e = lane + 32 * k;
+        const int e = lane + 32 * k;
         float x = load_elem(src + e * esz, p.dtype);
         if (s.mean) x = __fsub_rn(x, s.mean[head * D + e]);
         v[k] = x;
-        xs[e] = x;
+        sign_in[k] = hadamard ? s.signs_in[e] : 0.0f;
+        sign_out[k] = hadamard ? s.signs_out[e] : 0.0f;
     }
-    __syncwarp();
+    for (int i = lane; i < NB; i += 32) tab[i] = s.boundaries[i];
+    if (s.scale_rule != SCALE_NORM) {
+        for (int i = lane; i <= NB; i += 32) tab[NB + i] = s.centroids[i];
+    }
+    if (cell < 0 || cell >= p.n_cells) return;  // validated on the host; never write out of bounds
+    u8 *row = s.store + cell * s.row_bytes;
+#pragma unroll
+    for (int k = 0; k < PER_LANE; k++) xs[lane + 32 * k] = v[k];
+    __syncwarp();  // xs and the table
     // Norm: lane l < 8 sums squares of elements l, l+8, l+16, ... in order (squares are exact in f64).
     double acc = 0.0;
     if (lane < 8) {
@@ -81,10 +95,10 @@ __device__ void encode_vector(const EncodeSide &s, const AppendParams &p, i64 to
     for (int k = 0; k < PER_LANE; k++) v[k] = __double2float_rn(__dmul_rn((double)v[k], inv));
 
     float y[PER_LANE];
-    if (s.matrix_t == nullptr) {
+    if (hadamard) {
         // Hadamard: u*D1, butterflies (a, b) -> (a + b, a - b) over strides 1, 2, 4, ..., then *D2/sqrt(d).
 #pragma unroll
-        for (int k = 0; k < PER_LANE; k++) y[k] = __fmul_rn(v[k], s.signs_in[lane + 32 * k]);
+        for (int k = 0; k < PER_LANE; k++) y[k] = __fmul_rn(v[k], sign_in[k]);
 #pragma unroll
         for (int h = 1; h < 32 && h < D; h <<= 1) {
 #pragma unroll
@@ -105,7 +119,7 @@ __device__ void encode_vector(const EncodeSide &s, const AppendParams &p, i64 to
             }
         }
 #pragma unroll
-        for (int k = 0; k < PER_LANE; k++) y[k] = __fmul_rn(y[k], s.signs_out[lane + 32 * k]);
+        for (int k = 0; k < PER_LANE; k++) y[k] = __fmul_rn(y[k], sign_out[k]);
     } else {
         // Dense: y = sum_j Pi[:, j] * u_j in order of j, each product and sum rounded.
         __syncwarp();
@@ -127,7 +141,7 @@ __device__ void encode_vector(const EncodeSide &s, const AppendParams &p, i64 to
         int lo = 0, hi = (1 << B) - 1;
         while (lo < hi) {
             int mid = (lo + hi) >> 1;
-            if (s.boundaries[mid] < y[k]) lo = mid + 1; else hi = mid;
+            if (tab[mid] < y[k]) lo = mid + 1; else hi = mid;
         }
         codes[lane + 32 * k] = (u8)lo;
     }
@@ -143,7 +157,7 @@ __device__ void encode_vector(const EncodeSide &s, const AppendParams &p, i64 to
         if (lane < 8) {
             for (int j = 0; j < D / 8; j++) {
                 const int e = lane + 8 * j;
-                const double yv = (double)xs[e], cv = (double)s.centroids[codes[e]];
+                const double yv = (double)xs[e], cv = (double)tab[NB + codes[e]];
                 dot = __dadd_rn(dot, __dmul_rn(yv, cv));
                 sq = __dadd_rn(sq, __dmul_rn(cv, cv));
             }
@@ -185,14 +199,15 @@ __device__ void encode_vector(const EncodeSide &s, const AppendParams &p, i64 to
 extern "C" __global__ void __launch_bounds__(APPEND_WARPS * 32) tq_append(const AppendParams p) {
     __shared__ float xs_all[APPEND_WARPS][D];
     __shared__ u8 codes_all[APPEND_WARPS][D];
+    __shared__ float tab_all[APPEND_WARPS][APPEND_TABLE];
     const int warp = threadIdx.x >> 5;
     const i64 item = (i64)blockIdx.x * APPEND_WARPS + warp;  // (token, head, K/V)
     if (item >= p.n_tokens * p.n_kv_heads * 2) return;
     const i64 which = item & 1;
     const i64 th = item >> 1;
     const i64 token = th / p.n_kv_heads, head = th % p.n_kv_heads;
-    if (which == 0) encode_vector<BITS_K>(p.k, p, token, head, xs_all[warp], codes_all[warp]);
-    else encode_vector<BITS_V>(p.v, p, token, head, xs_all[warp], codes_all[warp]);
+    if (which == 0) encode_vector<BITS_K>(p.k, p, token, head, xs_all[warp], codes_all[warp], tab_all[warp]);
+    else encode_vector<BITS_V>(p.v, p, token, head, xs_all[warp], codes_all[warp], tab_all[warp]);
 }
 
 // Centering means: the mean over rows [first_token, n_tokens) of the first append (codec::mean_rows: row 0,
