@@ -148,21 +148,22 @@ llama-lib:
 	$(LLAMA_NICE) $(CARGO) build --release
 
 # CMake and Ninja from the tools venv; a build tree configured earlier with another generator is started afresh.
+# The options both build trees (CPU, and CUDA below) share:
+llama_cmake_common = -G Ninja -DCMAKE_MAKE_PROGRAM=$(CURDIR)/$(TOOLS_BIN)/ninja -DCMAKE_BUILD_TYPE=Release \
+	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_TURBOQUANT=ON
 $(LLAMA_BLD)/CMakeCache.txt: $(LLAMA_W)/src.stamp | $(TOOLS_STAMP)
 	$(call llama_say,"configuring llama.cpp (CPU$(comma) LLAMA_TURBOQUANT=ON$(comma) CMake and Ninja from $(TOOLS_VENV))")
 	if [ -f $@ ] && ! grep -q '^CMAKE_GENERATOR:INTERNAL=Ninja$$' $@; then rm -rf $(LLAMA_BLD); fi
-	$(CURDIR)/$(TOOLS_BIN)/cmake -S $(LLAMA_SRC) -B $(LLAMA_BLD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(CURDIR)/$(TOOLS_BIN)/ninja \
-	    -DCMAKE_BUILD_TYPE=Release \
-	    -DGGML_CUDA=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
-	    -DLLAMA_OPENSSL=OFF -DLLAMA_TURBOQUANT=ON -DTURBOQUANT_DIR=$(CURDIR) > $(LLAMA_W)/cmake-configure.log \
+	$(CURDIR)/$(TOOLS_BIN)/cmake -S $(LLAMA_SRC) -B $(LLAMA_BLD) $(llama_cmake_common) \
+	    -DGGML_CUDA=OFF -DTURBOQUANT_DIR=$(CURDIR) > $(LLAMA_W)/cmake-configure.log \
 	    || { cat $(LLAMA_W)/cmake-configure.log; exit 1; }
 	grep -i turboquant $(LLAMA_W)/cmake-configure.log || true
 
 llama-configure: llama-lib $(LLAMA_BLD)/CMakeCache.txt
 
-# one target per tool so that CI builds only what it runs
+# one target per tool so that CI builds only what it runs; $(2): the build tree (default the CPU one)
 llama_build = printf '\n== %s\n' "building $(1) (cmake --build -j$(LLAMA_JOBS); the first build takes 6-12 min on 2 cores)" ; \
-	$(LLAMA_NICE) $(CURDIR)/$(TOOLS_BIN)/cmake --build $(LLAMA_BLD) -j$(LLAMA_JOBS) --target $(1) 2>&1 | \
+	$(LLAMA_NICE) $(CURDIR)/$(TOOLS_BIN)/cmake --build $(or $(2),$(LLAMA_BLD)) -j$(LLAMA_JOBS) --target $(1) 2>&1 | \
 	    grep -E --line-buffered '^\[ *[0-9]+(%|/[0-9]+)\]|error|Error|warning: unused' ; \
 	test $${PIPESTATUS[0]} -eq 0
 
@@ -271,20 +272,16 @@ $(LLAMA_CUDA_BLD)/CMakeCache.txt: $(LLAMA_W)/src.stamp | $(TOOLS_STAMP)
 	@test -x "$(NVCC)" || { echo "make llama-example-cuda: no nvcc at '$(NVCC)' (install a CUDA toolkit, 12.4 or newer, or pass NVCC=<path to nvcc>)"; exit 2; }
 	$(call llama_say,"configuring llama.cpp (GGML_CUDA=ON$(comma) CUDA graphs$(comma) arch $(LLAMA_CUDA_ARCH)$(comma) LLAMA_TURBOQUANT=ON)")
 	if [ -f $@ ] && ! grep -q '^CMAKE_GENERATOR:INTERNAL=Ninja$$' $@; then rm -rf $(LLAMA_CUDA_BLD); fi
-	$(CURDIR)/$(TOOLS_BIN)/cmake -S $(LLAMA_SRC) -B $(LLAMA_CUDA_BLD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(CURDIR)/$(TOOLS_BIN)/ninja \
-	    -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DGGML_CUDA_GRAPHS=ON -DCMAKE_CUDA_COMPILER=$(NVCC) \
-	    -DCMAKE_CUDA_ARCHITECTURES=$(LLAMA_CUDA_ARCH) -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-	    -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_TURBOQUANT=ON -DTURBOQUANT_DIR=$(abspath $(LLAMA_TQ_CUDA)) \
-	    > $(LLAMA_W)/cmake-configure-cuda.log || { cat $(LLAMA_W)/cmake-configure-cuda.log; exit 1; }
+	$(CURDIR)/$(TOOLS_BIN)/cmake -S $(LLAMA_SRC) -B $(LLAMA_CUDA_BLD) $(llama_cmake_common) \
+	    -DGGML_CUDA=ON -DGGML_CUDA_GRAPHS=ON -DCMAKE_CUDA_COMPILER=$(NVCC) -DCMAKE_CUDA_ARCHITECTURES=$(LLAMA_CUDA_ARCH) \
+	    -DTURBOQUANT_DIR=$(abspath $(LLAMA_TQ_CUDA)) > $(LLAMA_W)/cmake-configure-cuda.log || { cat $(LLAMA_W)/cmake-configure-cuda.log; exit 1; }
 	grep -iE 'turboquant|CUDA Toolkit' $(LLAMA_W)/cmake-configure-cuda.log || true
 
 llama-configure-cuda: llama-lib-cuda $(LLAMA_CUDA_BLD)/CMakeCache.txt
 
 llama-bin-completion-cuda: SHELL := /bin/bash
 llama-bin-completion-cuda: llama-configure-cuda
-	@printf '\n== %s\n' "building llama-completion with CUDA (cmake --build -j$(LLAMA_JOBS); ggml-cuda takes a while)"
-	@$(LLAMA_NICE) $(CURDIR)/$(TOOLS_BIN)/cmake --build $(LLAMA_CUDA_BLD) -j$(LLAMA_JOBS) --target llama-completion 2>&1 | \
-	    grep -E --line-buffered '^\[ *[0-9]+(%|/[0-9]+)\]|error|Error' ; test $${PIPESTATUS[0]} -eq 0
+	@$(call llama_build,llama-completion,$(LLAMA_CUDA_BLD))
 
 llama-example-cuda: llama-bin-completion-cuda $(LLAMA_MODEL)
 	@nvidia-smi -L >/dev/null 2>&1 || { echo "make llama-example-cuda: built, but nvidia-smi sees no GPU here to run it on"; exit 2; }

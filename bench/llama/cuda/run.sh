@@ -56,6 +56,7 @@ for step in "$@"; do
         fi
         LLAMA_SRC=$W/src
       fi
+      # the options of mk/llama.mk's CUDA build tree (a GPU machine has its own cmake and no tools venv)
       cmake -S "$LLAMA_SRC" -B "$W/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
         -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH" -DGGML_CUDA_GRAPHS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
         -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_TURBOQUANT=ON -DTURBOQUANT_DIR="${TQ_DIR:?}" \
