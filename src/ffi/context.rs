@@ -572,7 +572,8 @@ pub unsafe extern "C" fn tq_append_kv_part(
 /// or BF16); −inf hides a cell. `scale` multiplies q·k (e.g. 1/sqrt(head_dim)). Query head h reads kv
 /// head h / (n_heads / n_kv_heads). A query that sees no cell gets a zero row. Cells must hold rows
 /// written by tq_append_kv() with this context (cells never written hold whatever the buffer held:
-/// mask them). The cache is never dequantized to memory. CPU: uses n_threads; `stream` is ignored.
+/// mask them). The cache is never dequantized to memory. CPU: uses n_threads (a call with few work
+/// items over many cells is split over its cells too, as tq_attend_part describes); `stream` is ignored.
 /// Limits: the mask's extent (n_q rows of mask_row_stride elements) and q/out under their strides
 /// must fit in the address space; q elements |x| ≤ 2^64. An output that overflows f32 (inputs or
 /// scale far too large) is refused with TQ_STATUS_NON_FINITE on the CPU backend (tq_attend_part
@@ -613,8 +614,22 @@ pub unsafe extern "C" fn tq_attend(
 }
 
 /// tq_attend() for engines with their own thread pool: thread `ith` of `nth` (all passing the same
-/// arguments) computes its share of the (tile of 8 query tokens, kv head) work items on the calling thread; no threads
-/// are started. CPU backend only.
+/// arguments) computes its share of the call on the calling thread; no threads are started. CPU
+/// backend only.
+/// Work is shared as (tile of 16 query tokens, kv head) items. When that split is unbalanced — e.g.
+/// one decode token over 3 kv heads on 2 threads — and the call has at least 256 cells per share,
+/// every item's cells are cut into chunks as well (split-K): each share stores the partial softmax
+/// state of its chunks in the context, and the share that completes the call (the last to arrive,
+/// in whatever order) merges them into `out`. The call's output is then complete only once all nth
+/// shares have returned (as with any split: an engine reads `out` after its barrier), and the
+/// non-finite-output check is reported by that last share. The nth shares of one call may run
+/// concurrently and in any order, and interleave with other calls on the same context (a thread
+/// may start a later call while others are still in this one); no share waits for another. Every
+/// share of a call must be made before a later call on the same layer and `out`: a share that finds
+/// such an earlier split call incomplete (shares missing, or its own share made twice) drops it —
+/// its output is not written — and returns TQ_STATUS_INVALID_ARGUMENT, while its own call still
+/// completes normally. At most 64 split calls may be in flight on one context (beyond that the
+/// least recently touched one is dropped and reported the same way).
 ///
 /// # Safety
 /// As tq_attend().
@@ -791,7 +806,8 @@ pub unsafe extern "C" fn tq_attend_ext(
     })
 }
 
-/// tq_attend_part() with `options` (see tq_attend_ext()). CPU backend only.
+/// tq_attend_part() with `options` (see tq_attend_ext()), shared and split the same way; with split-K
+/// the sinks join the merged softmax once. CPU backend only.
 ///
 /// # Safety
 /// As tq_attend_ext().

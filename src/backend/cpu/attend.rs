@@ -185,7 +185,7 @@ pub unsafe fn run_items(job: &AttendJob, items: std::ops::Range<usize>, s: &mut 
         let t0 = tile * QUERY_TILE;
         let t1 = (t0 + QUERY_TILE).min(job.n_q);
         // SAFETY: the caller guarantees the job's pointers; t0..t1 < n_q and g < n_kv_heads.
-        unsafe { run_tile(job, t0, t1, g, s) };
+        unsafe { run_tile(job, t0, t1, g, 0..job.n_cells, true, s) };
     }
 }
 
@@ -208,8 +208,12 @@ fn raise_max(s: &mut AttendScratch, lane: usize, new_m: f32, d: usize) {
     }
 }
 
+/// Attention of query tokens t0..t1 of kv head g over compressed cells `cells`. With `finish`, the
+/// full-precision rows and sinks join and the outputs are written; without, the lanes' softmax state
+/// (m, l, l_compressed, acc) is left in `s` for a split-K merge (`split`), and the job has no
+/// full-precision rows.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2+fma"))]
-unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut AttendScratch) {
+unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, cells: std::ops::Range<usize>, finish: bool, s: &mut AttendScratch) {
     let codec = job.codec;
     let lc = &codec.layers[job.layer];
     let d = codec.config.head_dim;
@@ -241,10 +245,14 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
     // The tiled path has no logit soft-capping: a soft-capped job takes the row-by-row path.
     if !prod && lanes >= tile::VECTOR && job.softcap == 0.0 {
         // SAFETY: the caller guarantees the job's pointers; t0..t1 < n_q and g < n_kv_heads.
-        unsafe { compressed_tiled(job, t0, t1, g, s) };
+        unsafe { compressed_tiled(job, t0, t1, g, cells, s) };
     } else {
         // SAFETY: as above.
-        unsafe { compressed_rows(job, t0, t1, g, s) };
+        unsafe { compressed_rows(job, t0, t1, g, cells, s) };
+    }
+    if !finish {
+        debug_assert!(job.full.is_none(), "a split-K share has no full-precision rows");
+        return;
     }
 
     // Full-precision rows (original basis, uncentered).
@@ -266,6 +274,24 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
         }
     }
 
+    // SAFETY: as above.
+    unsafe { finish_tile(job, t0, t1, g, s) };
+}
+
+/// Lanes t0..t1 × the group of kv head g whose softmax state (m, l, l_compressed, acc, acc_full) is
+/// complete in `s`: add the sinks, un-rotate once, add the centering mean and the full-precision
+/// part, normalise and store the outputs.
+///
+/// # Safety
+/// The job's output covers tokens t0..t1 < n_q of every head of group g.
+#[inline(always)]
+pub(super) unsafe fn finish_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut AttendScratch) {
+    let codec = job.codec;
+    let lc = &codec.layers[job.layer];
+    let d = codec.config.head_dim;
+    let group = codec.group_size();
+    let lanes = (t1 - t0) * group;
+    let means = job.means;
     // Attention sinks: one more term per query head in the denominator, with nothing to add to the
     // numerator (a query that sees no cell then still gets a zero row).
     if let Some(sinks) = job.sinks {
@@ -305,7 +331,7 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Atte
 /// # Safety
 /// As for `run_tile`; the lanes were initialised by it.
 #[inline(always)]
-unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut AttendScratch) {
+unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, cells: std::ops::Range<usize>, s: &mut AttendScratch) {
     let codec = job.codec;
     let lc = &codec.layers[job.layer];
     let (kl, vl) = (&codec.layers[job.layer].k_layout, &codec.layers[job.layer].v_layout);
@@ -321,9 +347,9 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &m
     let (k_row_bytes, v_row_bytes) = (kl.row_bytes(), vl.row_bytes());
     let simd = level();
 
-    let mut j0 = 0;
-    while j0 < job.n_cells {
-        let j1 = (j0 + BLOCK).min(job.n_cells);
+    let mut j0 = cells.start;
+    while j0 < cells.end {
+        let j1 = (j0 + BLOCK).min(cells.end);
         let nb = j1 - j0;
         // Scores of the block: each visible K row is unpacked once for all lanes.
         for j in j0..j1 {
@@ -534,7 +560,7 @@ unsafe fn classify_block(mask: &MaskSource, t0: usize, t1: usize, j0: usize, j1:
 /// # Safety
 /// As for `run_tile`; the lanes were initialised by it (q_rot, q_mu), and the keys are MSE.
 #[inline(always)]
-unsafe fn compressed_tiled(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut AttendScratch) {
+unsafe fn compressed_tiled(job: &AttendJob, t0: usize, t1: usize, g: usize, cells: std::ops::Range<usize>, s: &mut AttendScratch) {
     let codec = job.codec;
     let lc = &codec.layers[job.layer];
     let (kl, vl) = (&codec.layers[job.layer].k_layout, &codec.layers[job.layer].v_layout);
@@ -563,9 +589,9 @@ unsafe fn compressed_tiled(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &
     }
     ts.at[..d * lp].fill(0.0);
 
-    let mut j0 = 0;
-    while j0 < job.n_cells {
-        let j1 = (j0 + TILE_BLOCK).min(job.n_cells);
+    let mut j0 = cells.start;
+    while j0 < cells.end {
+        let j1 = (j0 + TILE_BLOCK).min(cells.end);
         let nb = j1 - j0;
         // SAFETY: the job's mask covers rows t0..t1 < n_q and cells j0..j1 ≤ n_cells.
         let class = unsafe { classify_block(&job.mask, t0, t1, j0, j1) };
@@ -635,4 +661,139 @@ unsafe fn compressed_tiled(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &
             s.acc[lane * d + i] = ts.at[i * lp + lane];
         }
     }
+}
+
+// --- split-K: one item's cells cut into chunks (`super::split`) ----------------------------------
+
+/// Cells a split-K chunk holds at the least (fewer: the shares' fixed costs and the merge outweigh
+/// the cells they would take off the slowest share).
+pub const MIN_CHUNK_CELLS: usize = 256;
+
+/// How one call's work is cut: every item (query tile, kv head) into `chunks` ranges of
+/// `chunk_cells` cells (the last one shorter); `chunks` 1 is the plain item split. Work units are
+/// (item, chunk) pairs, item-major: unit u = item·chunks + chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitPlan {
+    pub items: usize,
+    pub chunks: usize,
+    pub chunk_cells: usize,
+}
+
+impl SplitPlan {
+    /// The plan for `job` shared by `shares` threads: split-K when it shortens the slowest share by
+    /// at least 1/8 (measured in item-cells: ⌈units/shares⌉ · chunk_cells against
+    /// ⌈items/shares⌉ · n_cells), with chunks of at least `MIN_CHUNK_CELLS` cells, a multiple of the
+    /// softmax block; never with full-precision rows (owned cache). Every share computes the same
+    /// plan from the same arguments.
+    pub fn new(job: &AttendJob, shares: usize) -> Self {
+        let (items, n_cells) = (job.n_items(), job.n_cells);
+        let plain = SplitPlan { items, chunks: 1, chunk_cells: n_cells };
+        if shares < 2 || items == 0 || job.full.is_some() || n_cells < 2 * MIN_CHUNK_CELLS {
+            return plain;
+        }
+        let plain_cost = items.div_ceil(shares) as u128 * n_cells as u128;
+        let (mut best, mut best_cost) = (plain, plain_cost);
+        for s in 2..=shares.min(n_cells / MIN_CHUNK_CELLS) {
+            let chunk_cells = n_cells.div_ceil(s).next_multiple_of(BLOCK);
+            if chunk_cells < MIN_CHUNK_CELLS {
+                break;
+            }
+            let chunks = n_cells.div_ceil(chunk_cells);
+            let cost = (items * chunks).div_ceil(shares) as u128 * chunk_cells as u128;
+            if cost < best_cost {
+                (best, best_cost) = (SplitPlan { items, chunks, chunk_cells }, cost);
+            }
+        }
+        if best_cost * 8 > plain_cost * 7 { plain } else { best }
+    }
+
+    /// Whether the cells are split (else the plain item split runs).
+    pub fn is_split(&self) -> bool {
+        self.chunks > 1
+    }
+
+    /// Work units: (item, chunk) pairs.
+    pub fn units(&self) -> usize {
+        self.items * self.chunks
+    }
+
+    /// Item and cell range of unit `u`.
+    pub fn unit(&self, u: usize, n_cells: usize) -> (usize, std::ops::Range<usize>) {
+        let (item, chunk) = (u / self.chunks, u % self.chunks);
+        let c0 = (chunk * self.chunk_cells).min(n_cells);
+        (item, c0..(c0 + self.chunk_cells).min(n_cells))
+    }
+}
+
+/// Lanes of the largest tile of `job`.
+fn max_lanes(job: &AttendJob) -> usize {
+    job.n_q.min(QUERY_TILE) * job.codec.group_size()
+}
+
+/// f32 values of one unit's partial result: per lane of the largest tile m, l, l_compressed, then
+/// the lanes' accumulators (rotated basis), d each.
+pub fn partial_len(job: &AttendJob) -> usize {
+    max_lanes(job) * (3 + job.codec.config.head_dim)
+}
+
+/// Compute unit `u` of `plan` (its item over its chunk of cells) into `out` (`partial_len` values):
+/// the running max, the sums and the unnormalised value accumulators, no sinks, nothing written to
+/// the job's output.
+///
+/// # Safety
+/// As for `run_items`; the plan was made for `job`.
+pub unsafe fn run_unit(job: &AttendJob, plan: &SplitPlan, u: usize, s: &mut AttendScratch, out: &mut [f32]) {
+    let n_kv = job.codec.config.n_kv_heads;
+    let d = job.codec.config.head_dim;
+    let (item, cells) = plan.unit(u, job.n_cells);
+    let (tile, g) = (item / n_kv, item % n_kv);
+    let t0 = tile * QUERY_TILE;
+    let t1 = (t0 + QUERY_TILE).min(job.n_q);
+    // SAFETY: the caller guarantees the job's pointers; t0..t1 < n_q, g < n_kv_heads, cells ⊂ 0..n_cells.
+    unsafe { run_tile(job, t0, t1, g, cells, false, s) };
+    let (lanes, lm) = ((t1 - t0) * job.codec.group_size(), max_lanes(job));
+    out[..lanes].copy_from_slice(&s.m[..lanes]);
+    out[lm..lm + lanes].copy_from_slice(&s.l[..lanes]);
+    out[2 * lm..2 * lm + lanes].copy_from_slice(&s.l_compressed[..lanes]);
+    out[3 * lm..3 * lm + lanes * d].copy_from_slice(&s.acc[..lanes * d]);
+}
+
+/// Merge the `plan.chunks` partials of item `item` (units item·chunks.., in `partials`, `partial_len`
+/// values each) like a flash-decoding combine — M = max m_c, l = Σ e^(m_c − M)·l_c, acc = Σ e^(m_c −
+/// M)·acc_c — then add the sinks once, un-rotate, add the centering mean once and write the item's
+/// outputs (exactly what the unsplit tile does after its last cell).
+///
+/// # Safety
+/// The job's output covers the item's (token, head) vectors.
+pub unsafe fn merge_item(job: &AttendJob, plan: &SplitPlan, item: usize, partials: &[f32], s: &mut AttendScratch) {
+    let n_kv = job.codec.config.n_kv_heads;
+    let d = job.codec.config.head_dim;
+    let (tile, g) = (item / n_kv, item % n_kv);
+    let t0 = tile * QUERY_TILE;
+    let t1 = (t0 + QUERY_TILE).min(job.n_q);
+    let (lanes, lm, len) = ((t1 - t0) * job.codec.group_size(), max_lanes(job), partial_len(job));
+    let units = &partials[item * plan.chunks * len..(item + 1) * plan.chunks * len];
+    for lane in 0..lanes {
+        let m = units.chunks_exact(len).map(|p| p[lane]).fold(f32::NEG_INFINITY, f32::max);
+        let (mut l, mut lc) = (0.0f32, 0.0f32);
+        let acc = &mut s.acc[lane * d..(lane + 1) * d];
+        acc.fill(0.0);
+        if m != f32::NEG_INFINITY {
+            for p in units.chunks_exact(len) {
+                if p[lane] == f32::NEG_INFINITY {
+                    continue;
+                }
+                let w = exp_neg(p[lane] - m);
+                l += w * p[lm + lane];
+                lc += w * p[2 * lm + lane];
+                axpy(w, &p[3 * lm + lane * d..3 * lm + (lane + 1) * d], acc);
+            }
+        }
+        s.m[lane] = m;
+        s.l[lane] = l;
+        s.l_compressed[lane] = lc;
+    }
+    s.acc_full[..lanes * d].fill(0.0);
+    // SAFETY: the caller guarantees the output covers the item's vectors.
+    unsafe { finish_tile(job, t0, t1, g, s) };
 }

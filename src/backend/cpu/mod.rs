@@ -1,15 +1,18 @@
 //! The CPU backend: row encoding and attention over compressed rows in host memory, split over the
 //! backend's threads (scoped threads per call, `crate::parallel`) or run as one share of an engine's
-//! own thread pool (`Exec::Part`).
+//! own thread pool (`Exec::Part`). A call with few items over many cells is split over its cells as
+//! well (split-K, `attend::SplitPlan`): the shares' partial softmax states are merged by the last
+//! share to arrive (`split`).
 
 pub mod attend;
 pub mod encode;
 mod simd;
+mod split;
 #[cfg(target_arch = "x86_64")]
 mod vector;
 mod tile;
 
-use attend::{AttendJob, AttendScratch, MaskSource};
+use attend::{AttendJob, AttendScratch, MaskSource, SplitPlan};
 use encode::EncodeScratch;
 
 use super::{Backend, Op};
@@ -19,15 +22,17 @@ use crate::error::{Error, Result};
 use crate::parallel;
 
 /// Host memory, Rust threads.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct CpuBackend {
     threads: usize,
+    /// Split-K `Exec::Part` calls whose shares have not all arrived.
+    in_flight: split::InFlight,
 }
 
 impl CpuBackend {
     /// `n_threads` worker threads per call; 0 = all cores.
     pub fn new(n_threads: u32) -> Self {
-        Self { threads: parallel::resolve_threads(n_threads) }
+        Self { threads: parallel::resolve_threads(n_threads), in_flight: split::InFlight::default() }
     }
 
     /// Threads a call uses.
@@ -41,12 +46,25 @@ impl CpuBackend {
     /// The job's pointers cover what its sizes say.
     pub unsafe fn run_attend(&self, job: &AttendJob, exec: Exec) -> Result<()> {
         match exec {
-            Exec::Queue(_) => parallel::for_each_range(job.n_items(), self.threads, 1, |_, range| {
-                let mut scratch = AttendScratch::new(job.codec);
-                // SAFETY: the caller guarantees the job's pointers; items write disjoint outputs.
-                unsafe { attend::run_items(job, range, &mut scratch) };
-            }),
+            Exec::Queue(_) => {
+                let plan = SplitPlan::new(job, self.threads);
+                if plan.is_split() {
+                    // SAFETY: the caller guarantees the job's pointers.
+                    unsafe { self.split_queue(job, &plan) };
+                    return Ok(());
+                }
+                parallel::for_each_range(job.n_items(), self.threads, 1, |_, range| {
+                    let mut scratch = AttendScratch::new(job.codec);
+                    // SAFETY: the caller guarantees the job's pointers; items write disjoint outputs.
+                    unsafe { attend::run_items(job, range, &mut scratch) };
+                })
+            }
             Exec::Part { ith, nth } => {
+                let plan = SplitPlan::new(job, nth);
+                if plan.is_split() {
+                    // SAFETY: as above.
+                    return unsafe { self.split_part(job, &plan, ith, nth) };
+                }
                 let items = part_range(job.n_items(), ith, nth);
                 let mut scratch = AttendScratch::new(job.codec);
                 // SAFETY: as above.
@@ -59,6 +77,92 @@ impl CpuBackend {
             }
         }
         Ok(())
+    }
+
+    /// Split-K on the backend's own threads: the units over scoped threads, then the merge on this one.
+    ///
+    /// # Safety
+    /// As for `run_attend`.
+    unsafe fn split_queue(&self, job: &AttendJob, plan: &SplitPlan) {
+        let len = attend::partial_len(job);
+        let mut partials = vec![0.0f32; plan.units() * len];
+        let base = SharedOut(partials.as_mut_ptr());
+        parallel::for_each_range(plan.units(), self.threads, 1, |_, range| {
+            let mut scratch = AttendScratch::new(job.codec);
+            for u in range {
+                // SAFETY: unit u owns values u·len..(u + 1)·len of `partials`; ranges are disjoint.
+                let out = unsafe { std::slice::from_raw_parts_mut(base.get().add(u * len), len) };
+                // SAFETY: the caller guarantees the job's pointers.
+                unsafe { attend::run_unit(job, plan, u, &mut scratch, out) };
+            }
+        });
+        let mut scratch = AttendScratch::new(job.codec);
+        for item in 0..plan.items {
+            // SAFETY: the job's output covers every item.
+            unsafe { attend::merge_item(job, plan, item, &partials, &mut scratch) };
+        }
+    }
+
+    /// Share `ith` of `nth` of a split-K call: its units' partials go to the table of calls in flight;
+    /// the share that completes the call merges them all into the output and checks it.
+    ///
+    /// # Safety
+    /// As for `run_attend`.
+    unsafe fn split_part(&self, job: &AttendJob, plan: &SplitPlan, ith: usize, nth: usize) -> Result<()> {
+        let units = part_range(plan.units(), ith, nth);
+        if units.is_empty() {
+            return Ok(());
+        }
+        let len = attend::partial_len(job);
+        let expected = (0..nth).take_while(|&i| !part_range(plan.units(), i, nth).is_empty()).count();
+        let mut scratch = AttendScratch::new(job.codec);
+        let mut mine = vec![0.0f32; units.len() * len];
+        for (i, u) in units.clone().enumerate() {
+            // SAFETY: the caller guarantees the job's pointers.
+            unsafe { attend::run_unit(job, plan, u, &mut scratch, &mut mine[i * len..(i + 1) * len]) };
+        }
+        let share = split::Share {
+            key: (job.layer, job.out as usize),
+            // SAFETY: the caller guarantees q (host memory, validated).
+            sig: unsafe { split::signature(job, nth) },
+            ith,
+            nth,
+            expected,
+            total: plan.units() * len,
+            offset: units.start * len,
+            data: &mine,
+        };
+        let arrival = self.in_flight.arrive(&share);
+        let mut result = Ok(());
+        if let Some((slot, partials)) = arrival.complete {
+            for item in 0..plan.items {
+                // SAFETY: the job's output covers every item.
+                unsafe { attend::merge_item(job, plan, item, &partials, &mut scratch) };
+            }
+            self.in_flight.give_back(slot, partials);
+            // SAFETY: as above.
+            result = unsafe {
+                limits::check_finite_rows(job.out, job.out_strides, job.out_dtype, job.codec.config.head_dim, attend::item_rows(job, 0..plan.items))
+            };
+        }
+        match arrival.dropped {
+            Some(message) => Err(Error::invalid(message)),
+            None => result,
+        }
+    }
+}
+
+/// The partials buffer of a split-K call, written by the scoped threads at disjoint offsets.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: every thread writes only its own units' values, and the buffer outlives the scope.
+unsafe impl Send for SharedOut {}
+// SAFETY: as for Send.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn get(self) -> *mut f32 {
+        self.0
     }
 }
 
