@@ -11,56 +11,6 @@ use turboquant::ffi::tq_status;
 use turboquant::math::quantizer::{MseQuantizer, Quantizer, QuantizerConfig, QuantizerKind};
 use turboquant::math::rotation::RotationKind;
 
-/// Softmax attention in f64 with optional soft-capping (c·tanh(s/c) of the scaled score, before the
-/// mask) and one sink logit per query head (a softmax term whose value vector is zero).
-#[allow(clippy::too_many_arguments)]
-fn reference(
-    q: &[f64],
-    k: &[f64],
-    v: &[f64],
-    mask: &[f64],
-    n_q: usize,
-    n_cells: usize,
-    n_heads: usize,
-    n_kv: usize,
-    d: usize,
-    scale: f64,
-    softcap: f64,
-    sinks: Option<&[f32]>,
-) -> Vec<f64> {
-    let group = n_heads / n_kv;
-    let mut out = vec![0.0; n_q * n_heads * d];
-    for t in 0..n_q {
-        for h in 0..n_heads {
-            let g = h / group;
-            let qv = &q[(t * n_heads + h) * d..(t * n_heads + h + 1) * d];
-            let scores: Vec<f64> = (0..n_cells)
-                .map(|j| {
-                    let kv = &k[(j * n_kv + g) * d..(j * n_kv + g + 1) * d];
-                    let s = qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f64>() * scale;
-                    let s = if softcap > 0.0 { softcap * (s / softcap).tanh() } else { s };
-                    s + mask[t * n_cells + j]
-                })
-                .collect();
-            let sink = sinks.map(|s| s[h] as f64);
-            let m = scores.iter().copied().chain(sink).fold(f64::NEG_INFINITY, f64::max);
-            if m == f64::NEG_INFINITY {
-                continue;
-            }
-            let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-            let l: f64 = w.iter().sum::<f64>() + sink.map_or(0.0, |s| (s - m).exp());
-            let o = &mut out[(t * n_heads + h) * d..(t * n_heads + h + 1) * d];
-            for j in 0..n_cells {
-                let vv = &v[(j * n_kv + g) * d..(j * n_kv + g + 1) * d];
-                for i in 0..d {
-                    o[i] += w[j] / l * vv[i];
-                }
-            }
-        }
-    }
-    out
-}
-
 struct Setup {
     ctx: Ctx,
     n_heads: usize,
@@ -171,14 +121,14 @@ fn sinks_and_softcap_match_float64_reference() {
             let scale = 1.0 / (d as f32).sqrt();
             let q64: Vec<f64> = q.iter().map(|&x| x as f64).collect();
             let m64: Vec<f64> = mask.iter().map(|&x| x as f64).collect();
-            let plain = reference(&q64, &s.kd, &s.vd, &m64, n_q, s.n_cells, s.n_heads, s.n_kv, d, scale as f64, 0.0, None);
+            let plain = reference_attention_ext(&q64, &s.kd, &s.vd, &m64, n_q, s.n_cells, s.n_heads, s.n_kv, d, scale as f64, 0.0, None);
             for (softcap, with_sinks) in [(0.0f32, true), (2.5, false), (2.5, true)] {
                 let mut o = tq_attend_default_options();
                 o.logit_softcap = softcap;
                 if with_sinks {
                     o.sinks = sinks.as_ptr();
                 }
-                let want = reference(&q64, &s.kd, &s.vd, &m64, n_q, s.n_cells, s.n_heads, s.n_kv, d, scale as f64, softcap as f64,
+                let want = reference_attention_ext(&q64, &s.kd, &s.vd, &m64, n_q, s.n_cells, s.n_heads, s.n_kv, d, scale as f64, softcap as f64,
                     with_sinks.then_some(sinks.as_slice()));
                 // The extras must matter in this case, or agreement would prove nothing.
                 let moved = max_row_rel_error(&want.iter().map(|&x| x as f32).collect::<Vec<_>>(), &plain, d);

@@ -17,42 +17,11 @@ use turboquant::ffi::tq_status;
 use turboquant::math::quantizer::{MseQuantizer, Quantizer, QuantizerConfig, QuantizerKind};
 use turboquant::math::rotation::RotationKind;
 
-/// Softmax attention in f64 with soft-capping and one sink logit per query head (written out here
-/// independently of the library).
-#[allow(clippy::too_many_arguments)]
+/// The float64 reference (tests/common) over the setup's dequantized rows.
 fn reference(s: &Setup, q: &[f32], n_q: usize, mask: &[f32], scale: f64, softcap: f64, sinks: Option<&[f32]>) -> Vec<f64> {
-    let (n_heads, n_kv, d, n_cells) = (s.n_heads, s.n_kv, s.d, s.n_cells);
-    let group = n_heads / n_kv;
-    let mut out = vec![0.0; n_q * n_heads * d];
-    for t in 0..n_q {
-        for h in 0..n_heads {
-            let g = h / group;
-            let qv = &q[(t * n_heads + h) * d..(t * n_heads + h + 1) * d];
-            let scores: Vec<f64> = (0..n_cells)
-                .map(|j| {
-                    let kv = &s.kd[(j * n_kv + g) * d..(j * n_kv + g + 1) * d];
-                    let x = qv.iter().zip(kv).map(|(&a, b)| a as f64 * b).sum::<f64>() * scale;
-                    let x = if softcap > 0.0 { softcap * (x / softcap).tanh() } else { x };
-                    x + mask[t * n_cells + j] as f64
-                })
-                .collect();
-            let sink = sinks.map(|s| s[h] as f64);
-            let m = scores.iter().copied().chain(sink).fold(f64::NEG_INFINITY, f64::max);
-            if m == f64::NEG_INFINITY {
-                continue;
-            }
-            let w: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
-            let l = w.iter().sum::<f64>() + sink.map_or(0.0, |x| (x - m).exp());
-            let o = &mut out[(t * n_heads + h) * d..(t * n_heads + h + 1) * d];
-            for (j, wj) in w.iter().enumerate() {
-                let vv = &s.vd[(j * n_kv + g) * d..(j * n_kv + g + 1) * d];
-                for i in 0..d {
-                    o[i] += wj / l * vv[i];
-                }
-            }
-        }
-    }
-    out
+    let q64: Vec<f64> = q.iter().map(|&x| x as f64).collect();
+    let m64: Vec<f64> = mask.iter().map(|&x| x as f64).collect();
+    reference_attention_ext(&q64, &s.kd, &s.vd, &m64, n_q, s.n_cells, s.n_heads, s.n_kv, s.d, scale, softcap, sinks)
 }
 
 struct Setup {

@@ -49,6 +49,26 @@ pub fn reference_attention(
     d: usize,
     scale: f64,
 ) -> Vec<f64> {
+    reference_attention_ext(q, k, v, mask, n_q, n_cells, n_heads, n_kv, d, scale, 0.0, None)
+}
+
+/// `reference_attention` with optional soft-capping (c·tanh(s/c) of the scaled score, before the mask;
+/// `softcap` 0 = off) and one sink logit per query head (a softmax term whose value vector is zero).
+#[allow(clippy::too_many_arguments)]
+pub fn reference_attention_ext(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    mask: &[f64],
+    n_q: usize,
+    n_cells: usize,
+    n_heads: usize,
+    n_kv: usize,
+    d: usize,
+    scale: f64,
+    softcap: f64,
+    sinks: Option<&[f32]>,
+) -> Vec<f64> {
     let group = n_heads / n_kv;
     let mut out = vec![0.0; n_q * n_heads * d];
     for t in 0..n_q {
@@ -58,15 +78,18 @@ pub fn reference_attention(
             let scores: Vec<f64> = (0..n_cells)
                 .map(|j| {
                     let kv = &k[(j * n_kv + g) * d..(j * n_kv + g + 1) * d];
-                    qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f64>() * scale + mask[t * n_cells + j]
+                    let s = qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f64>() * scale;
+                    let s = if softcap > 0.0 { softcap * (s / softcap).tanh() } else { s };
+                    s + mask[t * n_cells + j]
                 })
                 .collect();
-            let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let sink = sinks.map(|s| s[h] as f64);
+            let m = scores.iter().copied().chain(sink).fold(f64::NEG_INFINITY, f64::max);
             if m == f64::NEG_INFINITY {
                 continue;
             }
             let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-            let l: f64 = w.iter().sum();
+            let l: f64 = w.iter().sum::<f64>() + sink.map_or(0.0, |s| (s - m).exp());
             let o = &mut out[(t * n_heads + h) * d..(t * n_heads + h + 1) * d];
             for j in 0..n_cells {
                 let vv = &v[(j * n_kv + g) * d..(j * n_kv + g + 1) * d];
