@@ -5,65 +5,9 @@
 mod common;
 
 use common::*;
-use turboquant::codec::layout::RowLayout;
 use turboquant::ffi::context::*;
 use turboquant::ffi::tq_status;
-use turboquant::math::quantizer::{MseQuantizer, Quantizer, QuantizerConfig, QuantizerKind};
-use turboquant::math::rotation::RotationKind;
 
-struct Setup {
-    ctx: Ctx,
-    n_heads: usize,
-    n_kv: usize,
-    d: usize,
-    n_cells: usize,
-    k_store: Vec<u8>,
-    v_store: Vec<u8>,
-    /// dequantized rows (cell order), float64, means added back
-    kd: Vec<f64>,
-    vd: Vec<f64>,
-}
-
-/// One layer (index 1 of 2) of `n_cells` random rows appended in one call; their dequantization
-/// rebuilt from the math layer.
-fn setup(d: usize, n_kv: usize, group: usize, bits: u32, centering: bool, n_cells: usize, seed: u64) -> Setup {
-    let n_heads = n_kv * group;
-    let mut p = tq_context_default_params();
-    p.n_layers = 2;
-    p.n_heads = n_heads as u32;
-    p.n_kv_heads = n_kv as u32;
-    p.head_dim = d as u32;
-    p.bits_k = bits;
-    p.bits_v = bits;
-    p.centering = centering;
-    p.seed = seed;
-    p.n_threads = 2;
-    let ctx = context(&p);
-    let (kr, vr) = row_bytes(&ctx);
-    let layer = 1u32;
-    let mut rng = Rng::new(seed);
-    let k = rng.normals(n_cells * n_kv * d);
-    let v = rng.normals(n_cells * n_kv * d);
-    let slots: Vec<i64> = (0..n_cells as i64).collect();
-    let mut k_store = vec![0u8; n_cells * kr];
-    let mut v_store = vec![0u8; n_cells * vr];
-    let st = unsafe {
-        tq_append_kv(ctx.0, layer, k_store.as_mut_ptr().cast(), v_store.as_mut_ptr().cast(), n_cells, slots.as_ptr(), n_cells,
-            k.as_ptr().cast(), std::ptr::null(), v.as_ptr().cast(), std::ptr::null(), std::ptr::null_mut())
-    };
-    assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
-    let rotation = RotationKind::auto(d);
-    let key = Quantizer::new_indexed(QuantizerConfig { dim: d, bits, rotation, kind: QuantizerKind::Mse, seed }, 2 * layer as u64, layer as u64)
-        .unwrap();
-    let value = MseQuantizer::new(d, bits, rotation, seed, 2 * layer as u64 + 1).unwrap();
-    let k_layout = RowLayout { n_kv_heads: n_kv, head_dim: d, mse_bits: bits, qjl: false };
-    let v_layout = RowLayout { n_kv_heads: n_kv, head_dim: d, mse_bits: bits, qjl: false };
-    // Key centering (values are not centered by default).
-    let mk = key_means(&k, n_cells, n_kv * d);
-    let kd = dequant_rows(&k_store, &k_layout, n_cells, Some(&key), None, centering.then_some(mk.as_slice()));
-    let vd = dequant_rows(&v_store, &v_layout, n_cells, None, Some(&value), None);
-    Setup { ctx, n_heads, n_kv, d, n_cells, k_store, v_store, kd, vd }
-}
 
 /// Causal-style mask over the cells: query t sees cells 0..=visible[t] (none when visible[t] < 0).
 fn mask_for(visible: &[i64], n_cells: usize) -> Vec<f32> {
@@ -107,7 +51,7 @@ fn sinks_and_softcap_match_float64_reference() {
     let mut seed = 11;
     for (d, n_kv, group) in [(64usize, 2usize, 3usize), (128, 1, 4), (256, 1, 4)] {
         for centering in [false, true] {
-            let s = setup(d, n_kv, group, 4, centering, 150, seed);
+            let s = setup(d, n_kv, group, 4, centering, false, Rows::Normal, 150, seed);
             seed += 1;
             let n_q = 12;
             let mut rng = Rng::new(seed * 31);
@@ -158,7 +102,7 @@ fn sinks_and_softcap_match_float64_reference() {
 
 #[test]
 fn attend_options_are_checked() {
-    let s = setup(64, 1, 2, 4, false, 20, 5);
+    let s = setup(64, 1, 2, 4, false, false, Rows::Normal, 20, 5);
     let n_q = 2;
     let q = Rng::new(9).normals(n_q * s.n_heads * s.d);
     let mask = vec![0.0f32; n_q * s.n_cells];

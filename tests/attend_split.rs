@@ -11,11 +11,8 @@ mod common;
 use std::sync::Barrier;
 
 use common::*;
-use turboquant::codec::layout::RowLayout;
 use turboquant::ffi::context::*;
 use turboquant::ffi::tq_status;
-use turboquant::math::quantizer::{MseQuantizer, Quantizer, QuantizerConfig, QuantizerKind};
-use turboquant::math::rotation::RotationKind;
 
 /// The float64 reference (tests/common) over the setup's dequantized rows.
 fn reference(s: &Setup, q: &[f32], n_q: usize, mask: &[f32], scale: f64, softcap: f64, sinks: Option<&[f32]>) -> Vec<f64> {
@@ -24,61 +21,6 @@ fn reference(s: &Setup, q: &[f32], n_q: usize, mask: &[f32], scale: f64, softcap
     reference_attention_ext(&q64, &s.kd, &s.vd, &m64, n_q, s.n_cells, s.n_heads, s.n_kv, s.d, scale, softcap, sinks)
 }
 
-struct Setup {
-    ctx: Ctx,
-    n_heads: usize,
-    n_kv: usize,
-    d: usize,
-    n_cells: usize,
-    k_store: Vec<u8>,
-    v_store: Vec<u8>,
-    kd: Vec<f64>,
-    vd: Vec<f64>,
-}
-
-/// Layer 1 of 2 with `n_cells` random rows in one append (SmolLM2's head shape by default); with
-/// `center_values` both K and V are centered.
-fn setup(d: usize, n_kv: usize, group: usize, centering: bool, center_values: bool, n_cells: usize, seed: u64) -> Setup {
-    let n_heads = n_kv * group;
-    let mut p = tq_context_default_params();
-    p.n_layers = 2;
-    (p.n_heads, p.n_kv_heads, p.head_dim) = (n_heads as u32, n_kv as u32, d as u32);
-    (p.bits_k, p.bits_v) = (4, 4);
-    p.centering = centering;
-    p.center_values = center_values;
-    p.seed = seed;
-    p.n_threads = 2;
-    let ctx = context(&p);
-    let (kr, vr) = row_bytes(&ctx);
-    let layer = 1u32;
-    let mut rng = Rng::new(seed);
-    // Keys with a constant offset per channel, so that centering matters.
-    let mut k = rng.normals(n_cells * n_kv * d);
-    for (i, x) in k.iter_mut().enumerate() {
-        *x += 2.0 + (i % 3) as f32;
-    }
-    let mut v = rng.normals(n_cells * n_kv * d);
-    for (i, x) in v.iter_mut().enumerate() {
-        *x += 1.0 - (i % 4) as f32 * 0.5;
-    }
-    let slots: Vec<i64> = (0..n_cells as i64).collect();
-    let mut k_store = vec![0u8; n_cells * kr];
-    let mut v_store = vec![0u8; n_cells * vr];
-    let st = unsafe {
-        tq_append_kv(ctx.0, layer, k_store.as_mut_ptr().cast(), v_store.as_mut_ptr().cast(), n_cells, slots.as_ptr(), n_cells,
-            k.as_ptr().cast(), std::ptr::null(), v.as_ptr().cast(), std::ptr::null(), std::ptr::null_mut())
-    };
-    assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
-    let rotation = RotationKind::auto(d);
-    let key = Quantizer::new_indexed(QuantizerConfig { dim: d, bits: 4, rotation, kind: QuantizerKind::Mse, seed }, 2, 1).unwrap();
-    let value = MseQuantizer::new(d, 4, rotation, seed, 3).unwrap();
-    let layout = RowLayout { n_kv_heads: n_kv, head_dim: d, mse_bits: 4, qjl: false };
-    let mk = key_means(&k, n_cells, n_kv * d);
-    let mv = key_means(&v, n_cells, n_kv * d);
-    let kd = dequant_rows(&k_store, &layout, n_cells, Some(&key), None, centering.then_some(mk.as_slice()));
-    let vd = dequant_rows(&v_store, &layout, n_cells, None, Some(&value), (centering && center_values).then_some(mv.as_slice()));
-    Setup { ctx, n_heads, n_kv, d, n_cells, k_store, v_store, kd, vd }
-}
 
 // SAFETY: attends on one context are thread-safe (the header's contract); the stores are only read.
 unsafe impl Sync for Setup {}
@@ -160,7 +102,7 @@ fn split_shares_on_concurrent_threads_match_float64_reference() {
     let mut seed = 500;
     // (cells, centering, center_values): 200 and 400 cells are too few to split, 2048 and 4100 split.
     for (n_cells, centering, center_values) in [(200usize, true, false), (400, false, false), (2048, true, true), (4100, true, false)] {
-        let s = setup(64, 3, 3, centering, center_values, n_cells, seed);
+        let s = setup(64, 3, 3, 4, centering, center_values, Rows::Offset, n_cells, seed);
         let scale = 1.0 / 8.0;
         let sinks: Vec<f32> = (0..s.n_heads).map(|h| -2.0 + 6.0 * h as f32 / s.n_heads as f32).collect();
         for n_q in [1usize, 2] {
@@ -204,7 +146,7 @@ fn split_is_taken_only_with_many_cells_and_a_repeated_share_is_reported() {
     // A share made twice before the call completed is detected only where the call is split (its
     // shares meet in the context's table): at 4096 cells over 2 shares (3 items: split), not at 300
     // cells (too few) nor with 3 shares (one item each: balanced already).
-    let s = setup(64, 3, 3, true, false, 4096, 9);
+    let s = setup(64, 3, 3, 4, true, false, Rows::Offset, 4096, 9);
     let q = Rng::new(3).normals(s.n_heads * s.d);
     let mask = vec![0.0f32; s.n_cells];
     let call = Call { q: &q, n_q: 1, mask: &mask, scale: 0.125, opts: tq_attend_default_options() };
@@ -229,7 +171,7 @@ fn split_is_taken_only_with_many_cells_and_a_repeated_share_is_reported() {
     assert_eq!(share(&s, &call, out.as_mut_ptr(), 0, 3), tq_status::TQ_STATUS_OK);
 
     // 300 cells: never split.
-    let small = setup(64, 3, 3, true, false, 300, 10);
+    let small = setup(64, 3, 3, 4, true, false, Rows::Offset, 300, 10);
     let mask = vec![0.0f32; small.n_cells];
     let call = Call { q: &q, n_q: 1, mask: &mask, scale: 0.125, opts: tq_attend_default_options() };
     let mut out = vec![f32::NAN; small.n_heads * small.d];
@@ -243,7 +185,7 @@ fn split_is_taken_only_with_many_cells_and_a_repeated_share_is_reported() {
 fn split_tq_attend_matches_the_split_shares_bit_for_bit() {
     // tq_attend on the context's 2 threads splits a decode call the same way as 2 shares of
     // tq_attend_part (same plan, same partials, same merge order): identical bits.
-    let s = setup(64, 3, 3, true, true, 3000, 12);
+    let s = setup(64, 3, 3, 4, true, true, Rows::Offset, 3000, 12);
     let q = Rng::new(4).normals(s.n_heads * s.d);
     let mask = mask_rows(1, s.n_cells, &[100..900]);
     let mut whole = vec![0.0f32; s.n_heads * s.d];

@@ -4,7 +4,8 @@
 use turboquant::ffi::context::*;
 use turboquant::ffi::tq_status;
 use turboquant::codec::layout::RowLayout;
-use turboquant::math::quantizer::{MseQuantizer, Quantizer, Scratch};
+use turboquant::math::quantizer::{MseQuantizer, Quantizer, QuantizerConfig, QuantizerKind, Scratch};
+use turboquant::math::rotation::RotationKind;
 
 #[path = "rng.rs"]
 mod rng;
@@ -162,4 +163,75 @@ pub fn dequant_rows(
         }
     }
     out
+}
+
+/// One layer (index 1 of 2) of `n_cells` random rows appended in one call on a 2-thread CPU context,
+/// with the rows' float64 dequantization rebuilt from the math layer.
+pub struct Setup {
+    pub ctx: Ctx,
+    pub n_heads: usize,
+    pub n_kv: usize,
+    pub d: usize,
+    pub n_cells: usize,
+    pub k_store: Vec<u8>,
+    pub v_store: Vec<u8>,
+    /// dequantized rows (cell order), float64, means added back
+    pub kd: Vec<f64>,
+    pub vd: Vec<f64>,
+}
+
+/// The data of a `Setup`: normals, or normals with a constant offset per channel (so that centering
+/// matters: keys + 2 + i%3, values + 1 - (i%4)/2).
+#[derive(Clone, Copy, PartialEq)]
+pub enum Rows {
+    Normal,
+    Offset,
+}
+
+/// A `Setup` of K/V `bits`; `centering` centers K, and V too with `center_values`.
+#[allow(clippy::too_many_arguments)]
+pub fn setup(d: usize, n_kv: usize, group: usize, bits: u32, centering: bool, center_values: bool, rows: Rows, n_cells: usize, seed: u64) -> Setup {
+    let n_heads = n_kv * group;
+    let mut p = tq_context_default_params();
+    p.n_layers = 2;
+    (p.n_heads, p.n_kv_heads, p.head_dim) = (n_heads as u32, n_kv as u32, d as u32);
+    (p.bits_k, p.bits_v) = (bits, bits);
+    p.centering = centering;
+    p.center_values = center_values;
+    p.seed = seed;
+    p.n_threads = 2;
+    let ctx = context(&p);
+    let (kr, vr) = row_bytes(&ctx);
+    let layer = 1u32;
+    let mut rng = Rng::new(seed);
+    let mut k = rng.normals(n_cells * n_kv * d);
+    if rows == Rows::Offset {
+        for (i, x) in k.iter_mut().enumerate() {
+            *x += 2.0 + (i % 3) as f32;
+        }
+    }
+    let mut v = rng.normals(n_cells * n_kv * d);
+    if rows == Rows::Offset {
+        for (i, x) in v.iter_mut().enumerate() {
+            *x += 1.0 - (i % 4) as f32 * 0.5;
+        }
+    }
+    let slots: Vec<i64> = (0..n_cells as i64).collect();
+    let mut k_store = vec![0u8; n_cells * kr];
+    let mut v_store = vec![0u8; n_cells * vr];
+    let st = unsafe {
+        tq_append_kv(ctx.0, layer, k_store.as_mut_ptr().cast(), v_store.as_mut_ptr().cast(), n_cells, slots.as_ptr(), n_cells,
+            k.as_ptr().cast(), std::ptr::null(), v.as_ptr().cast(), std::ptr::null(), std::ptr::null_mut())
+    };
+    assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+    let rotation = RotationKind::auto(d);
+    let key = Quantizer::new_indexed(QuantizerConfig { dim: d, bits, rotation, kind: QuantizerKind::Mse, seed }, 2 * layer as u64, layer as u64)
+        .unwrap();
+    let value = MseQuantizer::new(d, bits, rotation, seed, 2 * layer as u64 + 1).unwrap();
+    let layout = RowLayout { n_kv_heads: n_kv, head_dim: d, mse_bits: bits, qjl: false };
+    let mk = key_means(&k, n_cells, n_kv * d);
+    let mv = key_means(&v, n_cells, n_kv * d);
+    let kd = dequant_rows(&k_store, &layout, n_cells, Some(&key), None, centering.then_some(mk.as_slice()));
+    let vd = dequant_rows(&v_store, &layout, n_cells, None, Some(&value), (centering && center_values).then_some(mv.as_slice()));
+    Setup { ctx, n_heads, n_kv, d, n_cells, k_store, v_store, kd, vd }
 }
