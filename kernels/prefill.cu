@@ -23,6 +23,8 @@ static_assert(PF_PARTS * PF_TILE == PF_THREADS && D % (8 * PF_PARTS) == 0, "a th
 constexpr int PF_DIMS = D / PF_PARTS;  // dimensions one thread dequantises per cell (K and V)
 constexpr int PF_KBITS = PF_DIMS * BITS_K;
 constexpr int PF_VBITS = PF_DIMS * BITS_V;
+constexpr int PF_SUB = 32;  // cells per online-softmax step
+static_assert(PF_TILE % PF_SUB == 0 && PF_SUB % 16 == 0, "whole steps of 16-cell P·V k-steps");
 static_assert(D % 32 == 0 && PF_TILE % 16 == 0, "k-tiles of the scores go in pairs; P·V takes 16 cells per step");
 
 __device__ __forceinline__ void ldmatrix_x4(u32 *r, const void *p) {
@@ -152,148 +154,152 @@ __device__ __forceinline__ void prefill_body(const AttendParams &p, u8 *smem_bas
             for (i64 i = tok0 + part; i <= tok1; i += PF_PARTS) vary |= cell_bias(p, seq, i, t0 + cell_l) != 0.0f;
         }
         const bool masked = __syncthreads_or(vary);
-        // S = Q K^T over the tile.
-        float s[PF_MT][PF_TILE / 8][4];
-#pragma unroll
-        for (int mt = 0; mt < PF_MT; mt++)
-#pragma unroll
-            for (int n = 0; n < PF_TILE / 8; n++) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+        // The tile in steps of PF_SUB cells, each one online-softmax step (fewer live score registers).
 #pragma unroll 1
-        for (int kt = 0; kt < D / 16; kt += 2) {
-            u32 a0[PF_MT][4], a1[PF_MT][4];
-#pragma unroll
-            for (int mt = 0; mt < PF_MT; mt++) {
-                const u16 *qrow = qs + (row0 + mt * 16 + (lane & 15)) * PF_LD + (lane >> 4) * 8;
-                ldmatrix_x4(a0[mt], qrow + kt * 16);
-                ldmatrix_x4(a1[mt], qrow + (kt + 1) * 16);
-            }
-#pragma unroll
-            for (int n = 0; n < PF_TILE / 8; n++) {
-                u32 b[4];
-                ldmatrix_x4(b, kt_s + (n * 8 + (lane & 7)) * PF_LD + kt * 16 + (lane >> 3) * 8);
-#pragma unroll
+        for (int sub = 0; sub < PF_TILE; sub += PF_SUB) {
+            // S = Q K^T over the tile.
+            float s[PF_MT][PF_SUB / 8][4];
+    #pragma unroll
+            for (int mt = 0; mt < PF_MT; mt++)
+    #pragma unroll
+                for (int n = 0; n < PF_SUB / 8; n++) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+    #pragma unroll 1
+            for (int kt = 0; kt < D / 16; kt += 2) {
+                u32 a0[PF_MT][4], a1[PF_MT][4];
+    #pragma unroll
                 for (int mt = 0; mt < PF_MT; mt++) {
-                    mma_16816(s[mt][n], a0[mt], b);
-                    mma_16816(s[mt][n], a1[mt], b + 2);
+                    const u16 *qrow = qs + (row0 + mt * 16 + (lane & 15)) * PF_LD + (lane >> 4) * 8;
+                    ldmatrix_x4(a0[mt], qrow + kt * 16);
+                    ldmatrix_x4(a1[mt], qrow + (kt + 1) * 16);
                 }
-            }
-        }
-        // Scores (log2 domain): ||q|| * kscale * (q_hat . c) + q.mu, plus the visibility term where
-        // the tile is partial or masked. This lane's cells of column block n: n * 8 + 2t + e.
-        float mx[PF_MT][2];
-#pragma unroll
-        for (int mt = 0; mt < PF_MT; mt++) mx[mt][0] = mx[mt][1] = NEG_INF;
-#pragma unroll
-        for (int n = 0; n < PF_TILE / 8; n++) {
-            const float2 kk = *reinterpret_cast<const float2 *>(kscale + n * 8 + 2 * t);
-#pragma unroll
-            for (int mt = 0; mt < PF_MT; mt++) {
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        float &x = s[mt][n][2 * r + e];
-                        x = fmaf(coef[mt][r] * (e ? kk.y : kk.x), x, qmu[mt][r]);
+    #pragma unroll
+                for (int n = 0; n < PF_SUB / 8; n++) {
+                    u32 b[4];
+                    ldmatrix_x4(b, kt_s + (sub + n * 8 + (lane & 7)) * PF_LD + kt * 16 + (lane >> 3) * 8);
+    #pragma unroll
+                    for (int mt = 0; mt < PF_MT; mt++) {
+                        mma_16816(s[mt][n], a0[mt], b);
+                        mma_16816(s[mt][n], a1[mt], b + 2);
                     }
                 }
             }
-        }
-        if (masked) {
-#pragma unroll
-            for (int mt = 0; mt < PF_MT; mt++) {
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    const i64 c = col_of(mt, r), i = c / p.group;
-#pragma unroll
-                    for (int n = 0; n < PF_TILE / 8; n++) {
-#pragma unroll
+            // Scores (log2 domain): ||q|| * kscale * (q_hat . c) + q.mu, plus the visibility term where
+            // the tile is partial or masked. This lane's cells of column block n: n * 8 + 2t + e.
+            float mx[PF_MT][2];
+    #pragma unroll
+            for (int mt = 0; mt < PF_MT; mt++) mx[mt][0] = mx[mt][1] = NEG_INF;
+    #pragma unroll
+            for (int n = 0; n < PF_SUB / 8; n++) {
+                const float2 kk = *reinterpret_cast<const float2 *>(kscale + sub + n * 8 + 2 * t);
+    #pragma unroll
+                for (int mt = 0; mt < PF_MT; mt++) {
+    #pragma unroll
+                    for (int r = 0; r < 2; r++) {
+    #pragma unroll
                         for (int e = 0; e < 2; e++) {
-                            const i64 j = t0 + n * 8 + 2 * t + e;
-                            const float bias = (j < end && c < n_cols) ? cell_bias(p, seq, i, j) : NEG_INF;
                             float &x = s[mt][n][2 * r + e];
-                            x = bias == NEG_INF ? NEG_INF : x + bias;
+                            x = fmaf(coef[mt][r] * (e ? kk.y : kk.x), x, qmu[mt][r]);
                         }
                     }
                 }
             }
-        }
-#pragma unroll
-        for (int mt = 0; mt < PF_MT; mt++)
-#pragma unroll
-            for (int r = 0; r < 2; r++)
-#pragma unroll
-                for (int n = 0; n < PF_TILE / 8; n++) mx[mt][r] = fmaxf(mx[mt][r], fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
-        // The online softmax: raise each row's running max (the quad of lanes g shares a row); rescale
-        // the accumulators only when some row of the warp grew.
-        bool grow = false;
-#pragma unroll
-        for (int mt = 0; mt < PF_MT; mt++) {
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                float x = mx[mt][r];
-                x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-                x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-                mx[mt][r] = fmaxf(m[mt][r], x);  // the new running max
-                grow |= mx[mt][r] > m[mt][r];
-            }
-        }
-        if (__any_sync(0xffffffffu, grow)) {
-#pragma unroll
-            for (int mt = 0; mt < PF_MT; mt++) {
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    const float corr = mx[mt][r] == NEG_INF ? 1.0f : fast_exp2(m[mt][r] - mx[mt][r]);
-                    l[mt][r] *= corr;
-#pragma unroll
-                    for (int n = 0; n < D / 8; n++) {
-                        o[mt][n][2 * r] *= corr;
-                        o[mt][n][2 * r + 1] *= corr;
-                    }
-                }
-            }
-        }
-        float base[PF_MT][2];
-#pragma unroll
-        for (int mt = 0; mt < PF_MT; mt++)
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                m[mt][r] = mx[mt][r];
-                // A row with nothing visible yet has only -inf scores: 2^(-inf - 0) = 0.
-                base[mt][r] = m[mt][r] == NEG_INF ? 0.0f : m[mt][r];
-            }
-        // P' = 2^(s - m) * vscale, packed into the A fragments of P·V (C layout of S = A layout of P).
-        u32 pa[PF_MT][PF_TILE / 16][4];
-#pragma unroll
-        for (int n = 0; n < PF_TILE / 8; n++) {
-            const float2 vv = *reinterpret_cast<const float2 *>(vscale + n * 8 + 2 * t);
-#pragma unroll
-            for (int mt = 0; mt < PF_MT; mt++) {
-                float pr[4];
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        const float x = fast_exp2(s[mt][n][2 * r + e] - base[mt][r]);
-                        l[mt][r] += x;
-                        pr[2 * r + e] = x * (e ? vv.y : vv.x);
-                    }
-                }
-                pa[mt][n / 2][(n & 1) * 2] = pack_half2(pr[0], pr[1]);
-                pa[mt][n / 2][(n & 1) * 2 + 1] = pack_half2(pr[2], pr[3]);
-            }
-        }
-        if (t0 + PF_TILE < end) load_raw(t0 + PF_TILE);
-        // O += P' V over the tile, 16 cells per k-step.
-#pragma unroll
-        for (int kc = 0; kc < PF_TILE / 16; kc++) {
-#pragma unroll
-            for (int n = 0; n < D / 8; n += 2) {
-                u32 b[4];
-                ldmatrix_x4_trans(b, vt_s + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * PF_LD + n * 8 + (lane >> 4) * 8);
-#pragma unroll
+            if (masked) {
+    #pragma unroll
                 for (int mt = 0; mt < PF_MT; mt++) {
-                    mma_16816(o[mt][n], pa[mt][kc], b);
-                    mma_16816(o[mt][n + 1], pa[mt][kc], b + 2);
+    #pragma unroll
+                    for (int r = 0; r < 2; r++) {
+                        const i64 c = col_of(mt, r), i = c / p.group;
+    #pragma unroll
+                        for (int n = 0; n < PF_SUB / 8; n++) {
+    #pragma unroll
+                            for (int e = 0; e < 2; e++) {
+                                const i64 j = t0 + sub + n * 8 + 2 * t + e;
+                                const float bias = (j < end && c < n_cols) ? cell_bias(p, seq, i, j) : NEG_INF;
+                                float &x = s[mt][n][2 * r + e];
+                                x = bias == NEG_INF ? NEG_INF : x + bias;
+                            }
+                        }
+                    }
+                }
+            }
+    #pragma unroll
+            for (int mt = 0; mt < PF_MT; mt++)
+    #pragma unroll
+                for (int r = 0; r < 2; r++)
+    #pragma unroll
+                    for (int n = 0; n < PF_SUB / 8; n++) mx[mt][r] = fmaxf(mx[mt][r], fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
+            // The online softmax: raise each row's running max (the quad of lanes g shares a row); rescale
+            // the accumulators only when some row of the warp grew.
+            bool grow = false;
+    #pragma unroll
+            for (int mt = 0; mt < PF_MT; mt++) {
+    #pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    float x = mx[mt][r];
+                    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+                    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+                    mx[mt][r] = fmaxf(m[mt][r], x);  // the new running max
+                    grow |= mx[mt][r] > m[mt][r];
+                }
+            }
+            if (__any_sync(0xffffffffu, grow)) {
+    #pragma unroll
+                for (int mt = 0; mt < PF_MT; mt++) {
+    #pragma unroll
+                    for (int r = 0; r < 2; r++) {
+                        const float corr = mx[mt][r] == NEG_INF ? 1.0f : fast_exp2(m[mt][r] - mx[mt][r]);
+                        l[mt][r] *= corr;
+    #pragma unroll
+                        for (int n = 0; n < D / 8; n++) {
+                            o[mt][n][2 * r] *= corr;
+                            o[mt][n][2 * r + 1] *= corr;
+                        }
+                    }
+                }
+            }
+            float base[PF_MT][2];
+    #pragma unroll
+            for (int mt = 0; mt < PF_MT; mt++)
+    #pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    m[mt][r] = mx[mt][r];
+                    // A row with nothing visible yet has only -inf scores: 2^(-inf - 0) = 0.
+                    base[mt][r] = m[mt][r] == NEG_INF ? 0.0f : m[mt][r];
+                }
+            // P' = 2^(s - m) * vscale, packed into the A fragments of P·V (C layout of S = A layout of P).
+            u32 pa[PF_MT][PF_SUB / 16][4];
+    #pragma unroll
+            for (int n = 0; n < PF_SUB / 8; n++) {
+                const float2 vv = *reinterpret_cast<const float2 *>(vscale + sub + n * 8 + 2 * t);
+    #pragma unroll
+                for (int mt = 0; mt < PF_MT; mt++) {
+                    float pr[4];
+    #pragma unroll
+                    for (int r = 0; r < 2; r++) {
+    #pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            const float x = fast_exp2(s[mt][n][2 * r + e] - base[mt][r]);
+                            l[mt][r] += x;
+                            pr[2 * r + e] = x * (e ? vv.y : vv.x);
+                        }
+                    }
+                    pa[mt][n / 2][(n & 1) * 2] = pack_half2(pr[0], pr[1]);
+                    pa[mt][n / 2][(n & 1) * 2 + 1] = pack_half2(pr[2], pr[3]);
+                }
+            }
+            if (sub + PF_SUB == PF_TILE && t0 + PF_TILE < end) load_raw(t0 + PF_TILE);
+            // O += P' V over the tile, 16 cells per k-step.
+    #pragma unroll
+            for (int kc = 0; kc < PF_SUB / 16; kc++) {
+    #pragma unroll
+                for (int n = 0; n < D / 8; n += 2) {
+                    u32 b[4];
+                    ldmatrix_x4_trans(b, vt_s + (sub + kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * PF_LD + n * 8 + (lane >> 4) * 8);
+    #pragma unroll
+                    for (int mt = 0; mt < PF_MT; mt++) {
+                        mma_16816(o[mt][n], pa[mt][kc], b);
+                        mma_16816(o[mt][n + 1], pa[mt][kc], b + 2);
+                    }
                 }
             }
         }
