@@ -11,7 +11,7 @@
 // i.e. stream bits [2pb, 2pb+2b): the unit the kernels dequantise, into one half2.
 
 #if !defined(HEAD_DIM) || !defined(BITS_K) || !defined(BITS_V) || !defined(DTYPE_F32) || !defined(DTYPE_F16) || \
-    !defined(DTYPE_BF16) || !defined(APPEND_WARPS) || !defined(PF_ROWS) || !defined(PF_THREADS) ||             \
+    !defined(DTYPE_BF16) || !defined(APPEND_WARPS) || !defined(PF_ROWS) || !defined(PF_THREADS) || !defined(PF_MIN_CTAS) ||             \
     !defined(PF_TILE) || !defined(PF_PAD) || !defined(DEC_STAGES) || !defined(DEC_MIN_CTAS) ||                  \
     !defined(FD_COMPILED) || !defined(FD_THREADS) || !defined(FD_STAGES) || !defined(FD_MERGE_PAIR_BYTES) ||    \
     !defined(ROT_WARPS) || !defined(CMB_MAX_THREADS) || !defined(CMB_BATCH) || !defined(PART_HEADER)

@@ -158,11 +158,25 @@ struct AttendCase {
     dtype: u32,
     /// Extra elements after each query head (strided queries when > 0).
     q_pad: usize,
+    /// The mask passed to both backends.
+    mask: MaskKind,
+}
+
+/// Masks of an attend case.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum MaskKind {
+    /// Random additive values, ~15% -inf; the last sequence's first query sees nothing.
+    Random,
+    /// No mask (NULL).
+    None,
+    /// Causal 0/-inf: query i of a sequence of len cells sees cells j <= len - n_q + i (whole visible
+    /// tiles, diagonal tiles, and rows that see nothing when len < n_q).
+    Causal,
 }
 
 impl AttendCase {
     fn new(d: u32, n_heads: u32, n_kv: u32, bits: (u32, u32), rotation: u32, n_q: usize, lens: Vec<usize>) -> Self {
-        AttendCase { d, n_heads, n_kv, bits, rotation, n_q, lens, dtype: F16, q_pad: 0 }
+        AttendCase { d, n_heads, n_kv, bits, rotation, n_q, lens, dtype: F16, q_pad: 0, mask: MaskKind::Random }
     }
 }
 
@@ -219,11 +233,16 @@ fn run_attend_case(c: &AttendCase) -> (f64, f64) {
         for i in 0..c.n_q {
             for j in 0..max_cells {
                 let u = rng.uniform();
-                mask[(s * c.n_q + i) * max_cells + j] =
-                    if u < 0.15 || (s == n_seqs - 1 && i == 0) { f32::NEG_INFINITY } else { (u as f32 - 0.5) * 2.0 };
+                mask[(s * c.n_q + i) * max_cells + j] = match c.mask {
+                    MaskKind::Random if u < 0.15 || (s == n_seqs - 1 && i == 0) => f32::NEG_INFINITY,
+                    MaskKind::Random => (u as f32 - 0.5) * 2.0,
+                    MaskKind::Causal if j as i64 > c.lens[s] as i64 - c.n_q as i64 + i as i64 => f32::NEG_INFINITY,
+                    _ => 0.0,
+                };
             }
         }
     }
+    let no_mask = c.mask == MaskKind::None;
     let per_seq = c.n_q * hq * d;
     // CPU reference, per sequence.
     let mut out_cpu = vec![0u8; n_seqs * per_seq * esz];
@@ -231,7 +250,8 @@ fn run_attend_case(c: &AttendCase) -> (f64, f64) {
         let (ks, vs) = &stores[s];
         let st = unsafe {
             tq_attend(cpu.0, layer, qb[s * q_seq_bytes..].as_ptr().cast(), c.n_q, &q_strides, ks.as_ptr().cast(),
-                vs.as_ptr().cast(), c.lens[s], mask[s * c.n_q * max_cells..].as_ptr().cast(), F32, max_cells, scale,
+                vs.as_ptr().cast(), c.lens[s], if no_mask { null() } else { mask[s * c.n_q * max_cells..].as_ptr().cast() }, F32,
+                if no_mask { 0 } else { max_cells }, scale,
                 out_cpu[s * per_seq * esz..].as_mut_ptr().cast(), null(), null_mut())
         };
         assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
@@ -244,7 +264,8 @@ fn run_attend_case(c: &AttendCase) -> (f64, f64) {
     for s in 0..n_seqs {
         let st = unsafe {
             tq_attend(gpu.0, layer, (qd.ptr + (s * q_seq_bytes) as u64) as *const c_void, c.n_q, &q_strides, k_dev[s].void(),
-                v_dev[s].void(), c.lens[s], (md.ptr + (s * c.n_q * max_cells * 4) as u64) as *const c_void, F32, max_cells,
+                v_dev[s].void(), c.lens[s], if no_mask { null() } else { (md.ptr + (s * c.n_q * max_cells * 4) as u64) as *const c_void },
+                F32, if no_mask { 0 } else { max_cells },
                 scale, (od.ptr + (s * per_seq * esz) as u64) as *mut c_void, null(), null_mut())
         };
         assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
@@ -258,14 +279,15 @@ fn run_attend_case(c: &AttendCase) -> (f64, f64) {
     let ob = Dev::filled(n_seqs * per_seq * esz, 0xFF);
     let st = unsafe {
         tq_attend_batch(gpu.0, layer, n_seqs, qd.void(), c.n_q, &q_strides, q_seq_bytes, kpd.ptr as *const *const c_void,
-            vpd.ptr as *const *const c_void, ld.ptr as *const i64, max_cells, md.void(), F32, max_cells, c.n_q * max_cells,
+            vpd.ptr as *const *const c_void, ld.ptr as *const i64, max_cells, if no_mask { null() } else { md.void() }, F32,
+            if no_mask { 0 } else { max_cells }, if no_mask { 0 } else { c.n_q * max_cells },
             scale, ob.void(), null(), per_seq * esz, null_mut())
     };
     assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
     let out_batch = from_dtype_bytes(&ob.read::<u8>(n_seqs * per_seq * esz), c.dtype);
     // The fully masked query row is exactly zero on both backends.
     let s = n_seqs - 1;
-    for h in 0..hq {
+    for h in 0..if c.mask == MaskKind::Random { hq } else { 0 } {
         let o = s * per_seq + h * d;
         assert!(out_cpu[o..o + d].iter().all(|&v| v == 0.0));
         assert!(out_single[o..o + d].iter().all(|&v| v == 0.0), "masked row not zero");
@@ -273,8 +295,8 @@ fn run_attend_case(c: &AttendCase) -> (f64, f64) {
     let (t1, w1) = rel_errors(&out_single, &out_cpu, d);
     let (t2, w2) = rel_errors(&out_batch, &out_cpu, d);
     println!(
-        "attend d={} heads={}/{} bits={:?} n_q={} lens={:?} dtype={} q_pad={}: rel err single {t1:.2e} (worst row {w1:.2e}), batch {t2:.2e} (worst row {w2:.2e})",
-        c.d, c.n_heads, c.n_kv, c.bits, c.n_q, c.lens, c.dtype, c.q_pad
+        "attend d={} heads={}/{} bits={:?} n_q={} lens={:?} dtype={} q_pad={} mask={:?}: rel err single {t1:.2e} (worst row {w1:.2e}), batch {t2:.2e} (worst row {w2:.2e})",
+        c.d, c.n_heads, c.n_kv, c.bits, c.n_q, c.lens, c.dtype, c.q_pad, c.mask
     );
     (t1.max(t2), w1.max(w2))
 }
@@ -314,6 +336,25 @@ fn cuda_attend_matches_cpu() {
         cases.push(AttendCase::new(96, 12, 3, (4, 4), 1, 1, vec![33, 400]));
         cases.push(AttendCase::new(96, 12, 3, (4, 4), 1, 128, vec![200]));
         cases.push(AttendCase::new(64, 9, 3, (3, 3), 2, 2, vec![3, 900]));
+    }
+    // Prefill (more query columns than decode takes): several tiles and splits, partial row blocks
+    // (40 and 50 tokens), GQA 3 (row blocks that split a token's heads), no mask (every whole tile
+    // without visibility terms), causal 0/-inf (whole tiles plus diagonal ones) and random masks.
+    let prefill_masks = [MaskKind::None, MaskKind::Causal, MaskKind::Random];
+    for mask in prefill_masks {
+        cases.push(AttendCase { mask, ..AttendCase::new(128, 32, 8, (4, 4), 2, 64, vec![3000, 777]) });
+        if !quick() {
+            cases.push(AttendCase { mask, ..AttendCase::new(64, 9, 3, (4, 4), 2, 50, vec![2100, 30]) });
+        }
+    }
+    if !quick() {
+        for bits in [(3, 3), (2, 2), (4, 2), (8, 8), (1, 1), (5, 3)] {
+            cases.push(AttendCase { mask: MaskKind::Causal, ..AttendCase::new(128, 32, 8, bits, 2, 40, vec![1500]) });
+        }
+        cases.push(AttendCase { mask: MaskKind::None, ..AttendCase::new(256, 16, 4, (4, 4), 2, 16, vec![900]) });
+        cases.push(AttendCase { mask: MaskKind::Causal, ..AttendCase::new(256, 16, 4, (3, 3), 2, 40, vec![1300]) });
+        cases.push(AttendCase { mask: MaskKind::None, ..AttendCase::new(96, 12, 3, (4, 4), 1, 128, vec![640]) });
+        cases.push(AttendCase { mask: MaskKind::Causal, ..AttendCase::new(32, 8, 8, (4, 4), 2, 200, vec![1000]) });
     }
     // f32 and bf16 queries/outputs, strided (padded) query heads; Hadamard (d 128) and dense (d 96)
     // rotations, both on the fast decode kernel (8 kv heads: 16-byte rows).

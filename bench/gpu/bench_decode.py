@@ -27,6 +27,8 @@ p.add_argument("--breakdown", action="store_true", help="per-kernel GPU times of
 p.add_argument("--timeline", action="store_true",
                help="start and end of each kernel inside a call, from graph replays under the torch profiler")
 p.add_argument("--decode-only", action="store_true")
+p.add_argument("--prefill-only", action="store_true", help="only the prefill cases (and their FP16 SDPA times)")
+p.add_argument("--prefill-cases", default=None, help="prefill cases hq/hkv/d/queries/prefix/bits;... instead of the standard set")
 p.add_argument("--same-store", action="store_true",
                help="every sequence reads sequence 0's rows (they stay in L2): the kernel without HBM traffic")
 p.add_argument("--cases", default=None, help="decode cases hq/hkv/d/batch/context/bits;... instead of the standard set")
@@ -376,6 +378,10 @@ if args.cases:
     for c in args.cases.split(";"):
         hq_, hkv_, d_, b_, L_, bits_ = (int(x) for x in c.split("/"))
         decode.append((hq_, hkv_, d_, b_, L_, [bits_]))
+if args.prefill_cases:
+    prefill = [tuple(int(x) for x in c.split("/")) for c in args.prefill_cases.split(";")]
+if args.prefill_only:
+    decode = []
 for pf in [] if args.decode_only else prefill:
     run_prefill(*pf, results)
 for case in decode:

@@ -10,6 +10,7 @@
 #   bench      the full decode/prefill table (BENCH_BUDGET_S caps its seconds)
 #   quickbench, compare (fast vs general kernels with per-kernel times), sweep (batch 1 over context),
 #   targets (the target cases with per-kernel times, for each library in TQ_LIBS)
+#   prefill    prefill against FP16 SDPA for each library in TQ_LIBS
 #   ncu, ncufast, ncustall, ncusrc   hardware counters / stall reasons / stall locations of decode
 export TQ_REQUIRE_GPU=1  # a skipped GPU test fails here (tests/gpu/mod.rs)
 set -u
@@ -83,6 +84,17 @@ for step in "$@"; do
         PYTHONUNBUFFERED=1 timeout 240 python3 "$HERE/bench_decode.py" "$HERE/$lib" --breakdown --kernels ${TQ_KERNELS:-fast} --repeat ${TQ_REPEAT:-1} ${TQ_BENCH_ARGS:-} \
           --cases "${TQ_CASES:-32/8/128/1/32768/4;32/8/128/16/32768/4}" \
           --decode-only --out "$OUT/bench_targets_${n}_${lib%.so}.json" 2>&1 | grep -vE "UserWarning|_warn_once" | tee "$OUT/bench_targets_${n}_${lib%.so}.log"
+      done ;;
+    prefill)
+      # Prefill against FP16 SDPA (512 and 2048 queries over 32K, 32q/8kv, d=128, 4 bits; or
+      # TQ_PREFILL_CASES), for each library in TQ_LIBS, TQ_REPEAT passes over the list.
+      for pass in $(seq ${TQ_REPEAT:-1}); do
+        for lib in ${TQ_LIBS:-libturboquant.so}; do
+          echo "--- $lib (pass $pass)"
+          PYTHONUNBUFFERED=1 timeout 200 python3 "$HERE/bench_decode.py" "$HERE/$lib" --prefill-only \
+            --prefill-cases "${TQ_PREFILL_CASES:-32/8/128/512/32768/4;32/8/128/2048/32768/4}" \
+            --out "$OUT/bench_prefill_${pass}_${lib%.so}.json" 2>&1 | grep -E "^prefill|Error|error" | tee -a "$OUT/bench_prefill.log"
+        done
       done ;;
     quickbench)
       PYTHONUNBUFFERED=1 timeout 150 python3 "$HERE/bench_decode.py" "$HERE/libturboquant.so" --quick --out "$OUT/bench_quick.json" 2>&1 | tee "$OUT/bench_quick.log" ;;

@@ -239,6 +239,8 @@ pub struct CudaBackend {
     fast_smem: u32,
     fast_warps_per_head: usize,
     prefill_smem: u32,
+    /// CTAs of tq_prefill_* resident per multiprocessor (the occupancy query).
+    prefill_resident: usize,
     head_dim: usize,
     n_heads: usize,
     n_kv_heads: usize,
@@ -279,10 +281,18 @@ fn vec_width(bytes: usize) -> usize {
 // -D option under the kernels' name for it (given beside each), so the two cannot disagree.
 /// Warps (one row each) per CTA of tq_append (APPEND_WARPS).
 pub(super) const APPEND_WARPS: usize = 4;
-/// Query rows per CTA of tq_prefill_* (PF_ROWS), 16 per warp.
+/// Query rows per CTA of tq_prefill_* (PF_ROWS).
 pub(super) const PREFILL_ROWS: usize = 128;
-/// Threads of tq_prefill_* (PF_THREADS).
-pub(super) const PREFILL_THREADS: u32 = 256;
+/// Threads of tq_prefill_* (PF_THREADS): 4 warps of two 16-row mma fragments each up to head_dim 128,
+/// 8 warps of one above (the accumulators of two fragments would not fit the registers).
+pub(super) fn prefill_threads(d: usize) -> u32 {
+    if d <= 128 { 128 } else { 256 }
+}
+/// CTAs per multiprocessor tq_prefill_* is compiled for (PF_MIN_CTAS): two up to head_dim 128, where
+/// the shared memory of two fits, else one.
+pub(super) fn prefill_min_ctas(d: usize) -> usize {
+    if d <= 128 { 2 } else { 1 }
+}
 /// Shared-memory stages of the staged decode kernel (DEC_STAGES).
 pub(super) const DECODE_STAGES: usize = 4;
 /// Threads of tq_decode_fast (FD_THREADS).
@@ -368,6 +378,17 @@ const COMBINE_SMEM: usize = 48 * 1024;
 fn combine_warps(n_partials: usize, d: usize) -> usize {
     n_partials.div_ceil(COMBINE_BATCH).clamp(d.div_ceil(32).max(1), COMBINE_MAX_WARPS)
 }
+/// Splits of a prefill call of `base` CTAs per split over `slots` resident CTAs (multiprocessors ×
+/// CTAs each), at most `max`: the fewest whose waves fill at least 90 % of the slots they occupy (a last
+/// wave a third full costs as much as a full one), else the fullest.
+fn prefill_splits(base: usize, slots: usize, max: usize) -> usize {
+    let (base, slots) = (base.max(1), slots.max(1));
+    let fill = |s: usize| (base * s) as f64 / ((base * s).div_ceil(slots) * slots) as f64;
+    (1..=max.max(1))
+        .find(|&s| fill(s) >= 0.9)
+        .unwrap_or_else(|| (1..=max.max(1)).max_by(|&a, &b| fill(a).total_cmp(&fill(b)).then(b.cmp(&a))).unwrap_or(1))
+}
+
 /// At most this many partials per (query, head): the combine kernel keeps their weights in shared memory.
 const MAX_PARTIALS: usize = 4096;
 /// Cells per shared-memory tile of tq_prefill_* (PF_TILE).
@@ -538,6 +559,12 @@ impl CudaBackend {
             .map_err(driver_err("kernel attribute"))?;
         }
 
+        // SAFETY: the function is live and its dynamic shared memory attribute was set above.
+        let prefill_resident = unsafe {
+            result::occupancy::max_active_block_per_multiprocessor(kernels.prefill_aligned, prefill_threads(d) as i32, prefill_smem)
+        }
+        .map_err(driver_err("occupancy query"))?
+        .max(1) as usize;
         let mut me = Self {
             ctx,
             module,
@@ -565,6 +592,7 @@ impl CudaBackend {
             fast_smem: fast_smem as u32,
             fast_warps_per_head,
             prefill_smem: prefill_smem as u32,
+            prefill_resident,
             head_dim: d,
             n_heads: cfg.n_heads,
             n_kv_heads: cfg.n_kv_heads,
@@ -896,7 +924,7 @@ impl CudaBackend {
         } else {
             let base = n_seqs * self.n_kv_heads * cols.div_ceil(PREFILL_ROWS);
             let by_len = max_cells.div_ceil(4 * PREFILL_TILE).max(1);
-            let want = target_ctas.div_ceil(base.max(1)).clamp(1, by_len.min(max_partials));
+            let want = prefill_splits(base, self.sm_count * self.prefill_resident, by_len.min(max_partials));
             let chunk = max_cells.div_ceil(want).max(1).next_multiple_of(PREFILL_TILE);
             let n_splits = max_cells.div_ceil(chunk).max(1);
             SplitPlan {
@@ -917,8 +945,9 @@ impl CudaBackend {
     fn aligned(&self, stores: &Stores) -> bool {
         let d = self.head_dim;
         let (bk, bv) = (self.bits_k as usize, self.bits_v as usize);
-        // The prefill kernel's windows: half a head's codes per lane.
-        let need = vec_width(d * bk / 16).max(vec_width(d * bv / 16));
+        // The prefill kernel's windows: PF_DIMS = d / (threads / PF_TILE) dimensions' codes per lane.
+        let dims = d / (prefill_threads(d) as usize / PREFILL_TILE);
+        let need = vec_width(dims * bk / 8).max(vec_width(dims * bv / 8));
         let rows_ok = [self.k_row_bytes, self.v_row_bytes, self.k_code_bytes, self.v_code_bytes].iter().all(|x| x % need == 0);
         let ptrs_ok = match *stores {
             Stores::Single { k, v } => k as usize % need == 0 && v as usize % need == 0,
@@ -1037,7 +1066,7 @@ impl CudaBackend {
             let row_blocks = (a.n_q * self.group).div_ceil(PREFILL_ROWS);
             let f = if aligned { self.kernels.prefill_aligned } else { self.kernels.prefill_unaligned };
             let grid = (plan.n_splits as u32, (self.n_kv_heads * row_blocks) as u32, a.n_seqs as u32);
-            self.launch(f, grid, PREFILL_THREADS, self.prefill_smem, stream, ptr, false, "prefill attention launch")?;
+            self.launch(f, grid, prefill_threads(d), self.prefill_smem, stream, ptr, false, "prefill attention launch")?;
         } else {
             let col_blocks = (a.n_q * self.group).div_ceil(8);
             let head_blocks = self.n_kv_heads.div_ceil(plan.heads_per_cta);
