@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Perplexity and KL divergence against the f16 KV cache (llama-perplexity --kl-divergence-base, then
-# --kl-divergence with each cache type), same chunks, same build: f16 (flash attention off: noise floor),
-# llama.cpp's q8_0 / q5_0 / q4_0 (with its automatic Hadamard rotation) and TurboQuant K/V 4/4, 3/3, 4/3, 4/2,
-# 3/2, each without centering and with the default key centering (LLAMA_TQ_CENTERING=0 / 1). 4 sequences in parallel streams (llama-perplexity's default with
-# -b 2048), plus TurboQuant 4/4 (defaults) with 1 sequence (-b 512) to check that both give the same perplexity.
-# Writes bench/llama/quality.md and bench/llama/kld_vs_bits.{svg,png}.
-# Environment: LLAMA_BIN, MODEL, CORPUS, THREADS, PYTHON (with matplotlib); optional CHUNKS, OUTDIR, WORK.
+# --kl-divergence with each cache type), same chunks, same build:
+#   - f16 with flash attention off (the noise floor);
+#   - llama.cpp's own cache types (with its automatic Hadamard rotation): every K/V pair of q8_0, q5_1, q5_0,
+#     q4_1, q4_0, and iq4_nl/iq4_nl;
+#   - TurboQuant K/V bit pairs from 3/2 to 8/8 with the defaults (key centering), 4/4 without centering and with
+#     K and V centering, and the per-layer mixes (--tq-layer-bits) named in MIXES below;
+#   - TurboQuant 4/4 (defaults) with 1 sequence (-b 512) against 4 parallel sequences (same perplexity).
+# Writes bench/llama/quality.md (table, frontier verdict) and bench/llama/kld_vs_bits.{svg,png}.
+# Environment: LLAMA_BIN, MODEL, CORPUS, THREADS, PYTHON (with matplotlib); optional CHUNKS, OUTDIR, WORK,
+# TABLE_ONLY=1 (only rebuild the table from the logs of a previous run), KEEP=1 (skip runs whose log is complete),
+# NOTE (a paragraph for the table's header, e.g. when KEEP=1 mixed rows of several builds).
 set -euo pipefail
 
 : "${LLAMA_BIN:?}" "${MODEL:?}" "${CORPUS:?}" "${PYTHON:?}"
@@ -20,28 +25,66 @@ PPL=("$LLAMA_BIN/llama-perplexity" -m "$MODEL" -f "$CORPUS" -c 512 --chunks "$CH
 BASE="$WORK/base-f16.kld"
 
 # name | environment | extra arguments
-RUNS=(
-  "f16-fa-off||-fa off"
-  "q8_0||-ctk q8_0 -ctv q8_0"
-  "q5_0||-ctk q5_0 -ctv q5_0"
-  "q4_0||-ctk q4_0 -ctv q4_0"
-)
-for kv in 4/4 3/3 4/3 4/2 3/2; do
-  k=${kv%/*}; v=${kv#*/}
-  RUNS+=("tq$k$v|LLAMA_TQ_CENTERING=0|-ctk tq$k -ctv tq$v")
-  RUNS+=("tq$k$v-c|LLAMA_TQ_CENTERING=1|-ctk tq$k -ctv tq$v")
+RUNS=("f16-fa-off||-fa off")
+LLAMA_TYPES="q8_0 q5_1 q5_0 q4_1 q4_0"
+for k in $LLAMA_TYPES; do
+  for v in $LLAMA_TYPES; do
+    RUNS+=("ll-$k-$v||-ctk $k -ctv $v")
+  done
 done
-RUNS+=("tq44-1seq|LLAMA_TQ_CENTERING=1|-ctk tq4 -ctv tq4 -b 512")
+RUNS+=("ll-iq4_nl-iq4_nl||-ctk iq4_nl -ctv iq4_nl")
+for kv in 3/2 3/3 4/2 4/3 4/4 5/3 5/4 5/5 6/3 6/4 6/5 6/6 7/4 8/4 8/5 8/6 8/8; do
+  k=${kv%/*}; v=${kv#*/}
+  RUNS+=("tq-$k-$v||-ctk tq$k -ctv tq$v")
+done
+RUNS+=("tq-4-4-nc||-ctk tq4 -ctv tq4 --no-tq-centering")
+RUNS+=("tq-4-4-kv||-ctk tq4 -ctv tq4 --tq-centering-kv")
+RUNS+=("tq-8-8-kv||-ctk tq8 -ctv tq8 --tq-centering-kv")
+RUNS+=("tq-8-8-nc||-ctk tq8 -ctv tq8 --no-tq-centering")
+# per-layer mixes (name:K/V of the other layers:--tq-layer-bits): the first and last layers at more bits, or
+# the middle or last layers (7-23 or last17: 17 of 30 layers; 14+15: 2) at fewer, to land under a llama.cpp
+# type's budget
+MIXES=(
+  "44-e1-66:4/4:first1+last1=6/6"
+  "44-e2-55:4/4:first2+last2=5/5"
+  "44-f2-66:4/4:first2=6/6"
+  "53-e2-64:5/3:first2+last2=6/4"
+  "43-e2-54:4/3:first2+last2=5/4"
+  "33-e1-55:3/3:first1+last1=5/5"
+  "54-e2-65:5/4:first2+last2=6/5"
+  "55-e2-66:5/5:first2+last2=6/6"
+  "54-m17-53:5/4:7-23=5/3"
+  "63-m17-53:6/3:7-23=5/3"
+  "64-m17-54:6/4:7-23=5/4"
+  "64-l17-54:6/4:last17=5/4"
+  "54-l17-53:5/4:last17=5/3"
+  "54-l17-44:5/4:last17=4/4"
+  "64-m2-54:6/4:14+15=5/4"
+  "86-m17-85:8/6:7-23=8/5"
+  "86-m2-85:8/6:14+15=8/5"
+)
+for m in "${MIXES[@]}"; do
+  IFS=':' read -r name kv spec <<< "$m"
+  RUNS+=("tq-mix-$name||-ctk tq${kv%/*} -ctv tq${kv#*/} --tq-layer-bits $spec")
+done
+RUNS+=("tq-4-4-1seq||-ctk tq4 -ctv tq4 -b 512")
+
+complete() { [ -f "$1" ] && grep -q "Mean    KLD" "$1"; }
 
 t0=$(date +%s)
-if [ -z "${TABLE_ONLY:-}" ]; then  # TABLE_ONLY=1: only rebuild the table from the logs of a previous run
+if [ -z "${TABLE_ONLY:-}" ]; then
   echo "== f16 base: $CHUNKS chunks of 512 tokens of $CORPUS"
-  "${PPL[@]}" --kl-divergence-base "$BASE" > "$WORK/f16.log" 2>&1 || { tail -20 "$WORK/f16.log"; exit 1; }
+  if [ -z "${KEEP:-}" ] || [ ! -f "$BASE" ]; then
+    "${PPL[@]}" --kl-divergence-base "$BASE" > "$WORK/f16.log" 2>&1 || { tail -20 "$WORK/f16.log"; exit 1; }
+  fi
   grep -E "Final estimate" "$WORK/f16.log"
 
   for r in "${RUNS[@]}"; do
     IFS='|' read -r name envs args <<< "$r"
-    printf '== %-12s %s %s ... ' "$name" "$envs" "$args"
+    printf '== %-18s %s %s ... ' "$name" "$envs" "$args"
+    if [ -n "${KEEP:-}" ] && complete "$WORK/$name.log"; then
+      echo "kept: $(grep -E "Mean    KLD" "$WORK/$name.log" | tr -s ' ')"; continue
+    fi
     # shellcheck disable=SC2086
     if ! env $envs "${PPL[@]}" $args --kl-divergence-base "$BASE" --kl-divergence > "$WORK/$name.log" 2>&1; then
       echo "failed"; tail -20 "$WORK/$name.log"; exit 1
@@ -49,19 +92,20 @@ if [ -z "${TABLE_ONLY:-}" ]; then  # TABLE_ONLY=1: only rebuild the table from t
     grep -E "Mean    KLD" "$WORK/$name.log" | tr -s ' '
   done
   echo "== $(( $(date +%s) - t0 )) s"
-fi
 
-# the cache's own account of its bits per element (llama-perplexity logs the KV cache lines only at -lv 4):
-# a 1-chunk run of each TurboQuant configuration
-for r in "${RUNS[@]}"; do
-  IFS='|' read -r name envs args <<< "$r"
-  case $name in tq*) ;; *) continue ;; esac
-  # shellcheck disable=SC2086
-  env $envs "$LLAMA_BIN/llama-perplexity" -m "$MODEL" -f "$CORPUS" -c 512 --chunks 1 -t "$THREADS" -fa on -lv 4 $args \
-      > "$WORK/$name.cache.log" 2>&1 || { tail -20 "$WORK/$name.cache.log"; exit 1; }
-done
+  # the cache's own account of its bits per element (llama-perplexity logs the KV cache lines only at -lv 4):
+  # a 1-chunk run of each TurboQuant configuration
+  for r in "${RUNS[@]}"; do
+    IFS='|' read -r name envs args <<< "$r"
+    case $name in tq*) ;; *) continue ;; esac
+    # shellcheck disable=SC2086
+    env $envs "$LLAMA_BIN/llama-perplexity" -m "$MODEL" -f "$CORPUS" -c 512 --chunks 1 -t "$THREADS" -fa on -lv 4 $args \
+        > "$WORK/$name.cache.log" 2>&1 || { tail -20 "$WORK/$name.cache.log"; exit 1; }
+  done
+fi
 
 CMD="make llama-quality CORPUS=$(basename "$CORPUS") LLAMA_CHUNKS=$CHUNKS LLAMA_THREADS=$THREADS"
 "$PYTHON" tools/llama/quality_table.py --work "$WORK" --outdir "$OUTDIR" --chunks "$CHUNKS" \
-    --corpus "$(basename "$CORPUS")" --command "$CMD"
-rm -f "$BASE"
+    --corpus "$(basename "$CORPUS")" --command "$CMD" --runs "$(printf '%s\n' "${RUNS[@]}" | cut -d'|' -f1)" \
+    --note "${NOTE:-}"
+if [ -z "${KEEP:-}" ]; then rm -f "$BASE"; fi
