@@ -108,4 +108,4 @@ CMD="make llama-quality CORPUS=$(basename "$CORPUS") LLAMA_CHUNKS=$CHUNKS LLAMA_
 "$PYTHON" tools/llama/quality_table.py --work "$WORK" --outdir "$OUTDIR" --chunks "$CHUNKS" \
     --corpus "$(basename "$CORPUS")" --command "$CMD" --runs "$(printf '%s\n' "${RUNS[@]}" | cut -d'|' -f1)" \
     --note "${NOTE:-}"
-if [ -z "${KEEP:-}" ]; then rm -f "$BASE"; fi
+if [ -z "${KEEP:-}" ] && [ -z "${TABLE_ONLY:-}" ]; then rm -f "$BASE"; fi
