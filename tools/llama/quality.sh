@@ -9,7 +9,8 @@
 #   - TurboQuant 4/4 (defaults) with 1 sequence (-b 512) against 4 parallel sequences (same perplexity).
 # Writes bench/llama/quality.md (table, frontier verdict) and bench/llama/kld_vs_bits.{svg,png}.
 # Environment: LLAMA_BIN, MODEL, CORPUS, THREADS, PYTHON (with matplotlib); optional CHUNKS, OUTDIR, WORK,
-# TABLE_ONLY=1 (only rebuild the table from the logs of a previous run), KEEP=1 (skip runs whose log is complete),
+# TABLE_ONLY=1 (only rebuild the table from the logs of a previous run), KEEP=1 (skip runs whose log is complete, and
+# cache-line runs whose log has the line),
 # NOTE (a paragraph for the table's header, e.g. when KEEP=1 mixed rows of several builds).
 set -euo pipefail
 
@@ -101,6 +102,7 @@ if [ -z "${TABLE_ONLY:-}" ]; then
   for r in "${RUNS[@]}"; do
     IFS='|' read -r name envs args <<< "$r"
     case $name in tq*) ;; *) continue ;; esac
+    if [ -n "${KEEP:-}" ] && grep -q "TurboQuant K" "$WORK/$name.cache.log" 2>/dev/null; then continue; fi
     # shellcheck disable=SC2086
     env $envs "$LLAMA_BIN/llama-perplexity" -m "$MODEL" -f "$CORPUS" -c 512 --chunks 1 -t "$THREADS" -fa on -lv 4 $args \
         > "$WORK/$name.cache.log" 2>&1 || { tail -20 "$WORK/$name.cache.log"; exit 1; }

@@ -217,7 +217,7 @@ def main():
 
     fig, ax = plt.subplots(figsize=(8.5, 5.4))
     groups = [
-        ("llama.cpp K/V type pairs", [p for p in llama_pts], "s", "tab:gray"),
+        ("llama.cpp K/V type pairs", llama_pts, "s", "tab:gray"),
         ("TurboQuant K/V bits", [p for p in tq_pts if rows[p[2]].get("mix") is None], "o", "tab:blue"),
         ("TurboQuant per-layer mixes", [p for p in tq_pts if rows[p[2]].get("mix")], "^", "tab:orange"),
     ]
