@@ -1,7 +1,7 @@
 # llama.cpp integration: the pinned llama.cpp with the TurboQuant KV-cache patch series (patches/llama.cpp),
 # built for the CPU and linked against libturboquant.
 #
-#   make llama-example        fetch + patch + build, then a long prompt + question answered with an f16 and a TurboQuant cache
+#   make llama-example        fetch + patch + build, then a long prompt + three questions answered with an f16 and a TurboQuant cache
 #   make llama-quality        perplexity / KL divergence table (bench/llama/quality.md) on CORPUS=<text file>
 #   make llama-server-test    llama-server with a TurboQuant cache answers a /v1/chat/completions request (SmolLM2)
 #   make llama-bench-decode   llama-bench decode tok/s at depth 0 and 4096: f16, q4_0, TurboQuant
