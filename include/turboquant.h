@@ -421,6 +421,37 @@ typedef struct tq_attend_options {
    * CUDA context refuses with TQ_STATUS_UNSUPPORTED, as it does logit_softcap).
    */
   const float *sinks;
+  /**
+   * Full-precision rows standing for compressed cells (an engine's residual window of recent
+   * tokens and its first tokens kept exact): NULL = none (default), else n_cells int32, one per cell
+   * of the call — -1 attends the cell's compressed row, r ≥ 0 attends row r of full_k/full_v
+   * instead, under the cell's own mask value, in the same softmax. Rows are in the original basis
+   * (not centered, not rotated). Host memory; CPU backend only (a CUDA context refuses with
+   * TQ_STATUS_UNSUPPORTED). Every row named is checked finite. (Added after sinks; an older
+   * struct_size means none.)
+   */
+  const int32_t *full_of_cell;
+  /**
+   * K of the full-precision rows: row r ([n_kv_heads][head_dim] of full_dtype) at
+   * full_k + r·full_row_stride bytes.
+   */
+  const void *full_k;
+  /**
+   * V of the full-precision rows, laid out as full_k.
+   */
+  const void *full_v;
+  /**
+   * Rows in full_k/full_v; every full_of_cell entry is -1 or below it.
+   */
+  size_t n_full;
+  /**
+   * Bytes from one full-precision row to the next (≥ n_kv_heads·head_dim·element size).
+   */
+  size_t full_row_stride;
+  /**
+   * TQ_DTYPE_* of full_k/full_v (default TQ_DTYPE_F32).
+   */
+  uint32_t full_dtype;
 } tq_attend_options;
 
 /**
@@ -908,13 +939,15 @@ enum tq_status tq_attend_batch(const struct tq_context *ctx,
 struct tq_attend_options tq_attend_default_options(void);
 
 /**
- * tq_attend() with the extra softmax terms of `options` (NULL = none, then the same as tq_attend()):
- * per-head attention sinks and logit soft-capping, both checked (sinks finite, logit_softcap 0 or
- * finite > 0). On a CUDA context either option is refused with TQ_STATUS_UNSUPPORTED.
+ * tq_attend() with the extras of `options` (NULL = none, then the same as tq_attend()): per-head
+ * attention sinks, logit soft-capping and full-precision rows standing for cells, all checked (sinks
+ * finite, logit_softcap 0 or finite > 0, full_of_cell entries -1 or below n_full and the rows they
+ * name finite). On a CUDA context each is refused with TQ_STATUS_UNSUPPORTED.
  *
  * # Safety
  * As tq_attend(); `options` is NULL or a tq_attend_options whose `sinks` is NULL or holds n_heads
- * floats.
+ * floats, whose `full_of_cell` is NULL or holds n_cells entries, and whose full_k/full_v then hold
+ * n_full rows of full_row_stride bytes.
  */
 enum tq_status tq_attend_ext(const struct tq_context *ctx,
                              uint32_t layer,

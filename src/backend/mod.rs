@@ -34,6 +34,8 @@ pub enum Op {
     HostSlices,
     /// Per-head sink logits merged in the softmax (`tq_attend_options::sinks`).
     AttendSinks,
+    /// tq_attend_options.full_of_cell: full-precision rows standing for compressed cells.
+    AttendFull,
     /// Logit soft-capping before the mask (`tq_attend_options::logit_softcap`).
     LogitSoftcap,
 }
@@ -133,6 +135,9 @@ impl AnyBackend {
             ),
             Op::AttendSinks => format!(
                 "options->sinks: attention sinks are implemented on the CPU backend only; ctx uses {name}"
+            ),
+            Op::AttendFull => format!(
+                "options->full_of_cell: full-precision rows in attention are implemented on the CPU backend only; ctx uses {name}"
             ),
             Op::LogitSoftcap => format!(
                 "options->logit_softcap: logit soft-capping is implemented on the CPU backend only; ctx uses {name}"

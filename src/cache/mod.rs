@@ -290,7 +290,7 @@ impl OwnedCache {
             v_store: sl.comp_v.as_ptr(),
             n_cells: sl.comp_pos.len(),
             mask: MaskSource::Causal { cell_pos: &sl.comp_pos, query_pos },
-            full: Some((FullRows { k: &sl.full_k, v: &sl.full_v, pos: &sl.full_pos }, query_pos)),
+            full: Some(FullRows::causal(&sl.full_k, &sl.full_v, codec.config.n_kv_heads, d, &sl.full_pos, query_pos)),
             scale,
             sinks: None,
             softcap: 0.0,

@@ -495,6 +495,9 @@ impl Codec {
         if a.extras.softcap != 0.0 {
             self.backend.require(Op::LogitSoftcap)?;
         }
+        if a.extras.full.any() {
+            self.backend.require(Op::AttendFull)?;
+        }
         let batch = matches!(a.stores, Stores::Batch { .. });
         if batch {
             self.backend.require(Op::AttendBatch)?;

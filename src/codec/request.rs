@@ -299,16 +299,131 @@ pub struct AttendExtras {
     /// Logit soft-capping: a score s (already multiplied by `scale`) becomes c·tanh(s/c) before the
     /// mask is added; 0 = off.
     pub softcap: f32,
+    /// Full-precision rows standing for compressed cells; `FullArgs::NONE` for none.
+    pub full: FullArgs,
 }
 
 impl AttendExtras {
     /// Plain attention.
-    pub const NONE: AttendExtras = AttendExtras { sinks: std::ptr::null(), softcap: 0.0 };
+    pub const NONE: AttendExtras = AttendExtras { sinks: std::ptr::null(), softcap: 0.0, full: FullArgs::NONE };
 
     /// Whether any extra is used.
     pub fn any(&self) -> bool {
-        !self.sinks.is_null() || self.softcap != 0.0
+        !self.sinks.is_null() || self.softcap != 0.0 || self.full.any()
     }
+}
+
+/// Full-precision rows as the caller gave them (tq_attend_options' full_* fields): for each cell j
+/// of the call `of_cell[j]` is -1 (attend its compressed row) or the row r < n_full of `k`/`v` that
+/// stands for it; row r is [n_kv_heads][head_dim] elements of dtype `dtype` at `k + r·row_stride`.
+#[derive(Clone, Copy, Debug)]
+pub struct FullArgs {
+    pub of_cell: *const i32,
+    pub k: *const c_void,
+    pub v: *const c_void,
+    pub n_full: usize,
+    pub row_stride: usize,
+    pub dtype: u32,
+}
+
+impl FullArgs {
+    /// No full-precision rows.
+    pub const NONE: FullArgs =
+        FullArgs { of_cell: std::ptr::null(), k: std::ptr::null(), v: std::ptr::null(), n_full: 0, row_stride: 0, dtype: 0 };
+
+    /// Whether rows are given (a non-NULL `of_cell`).
+    pub fn any(&self) -> bool {
+        !self.of_cell.is_null()
+    }
+}
+
+/// Validated full-precision rows (host memory): `of_cell` holds n_cells entries, each -1 or a row
+/// below n_full, and every row it names is finite.
+#[derive(Clone, Copy, Debug)]
+pub struct FullSpec {
+    pub of_cell: *const i32,
+    pub k: *const u8,
+    pub v: *const u8,
+    pub dtype: Dtype,
+    pub row_stride: usize,
+}
+
+impl FullSpec {
+    /// The (cell, row) pairs and the bitset of cells that have a full-precision row.
+    ///
+    /// # Safety
+    /// `of_cell` holds `n_cells` entries (validated).
+    pub unsafe fn pairs(&self, n_cells: usize) -> (Vec<(usize, usize)>, Vec<u64>) {
+        // SAFETY: the caller's guarantee.
+        let of_cell = unsafe { std::slice::from_raw_parts(self.of_cell, n_cells) };
+        let mut hidden = vec![0u64; n_cells.div_ceil(64)];
+        let mut pairs = Vec::new();
+        for (j, &r) in of_cell.iter().enumerate() {
+            if r >= 0 {
+                pairs.push((j, r as usize));
+                hidden[j / 64] |= 1 << (j % 64);
+            }
+        }
+        (pairs, hidden)
+    }
+}
+
+/// Check the full-precision rows of an attend over `n_cells` cells (host memory).
+///
+/// # Safety
+/// A non-NULL `f.of_cell` holds n_cells entries, and `f.k`/`f.v` hold n_full rows of `f.row_stride`
+/// bytes.
+unsafe fn validate_full(cfg: &super::KvConfig, n_cells: usize, f: &FullArgs) -> Result<Option<FullSpec>> {
+    if f.of_cell.is_null() {
+        return Ok(None);
+    }
+    let dtype = Dtype::from_code(f.dtype, "options->full_dtype")?;
+    let row = cfg.n_kv_heads * cfg.head_dim;
+    if f.n_full > 0 {
+        if f.k.is_null() {
+            return Err(Error::null("options->full_k"));
+        }
+        if f.v.is_null() {
+            return Err(Error::null("options->full_v"));
+        }
+        if f.row_stride < row * dtype.size() {
+            return Err(Error::invalid(format!(
+                "options->full_row_stride is {}: a row of {} kv heads × head_dim {} needs at least {} bytes",
+                f.row_stride,
+                cfg.n_kv_heads,
+                cfg.head_dim,
+                row * dtype.size()
+            )));
+        }
+        limits::check_store(f.n_full, f.row_stride, "options->full_k")?;
+    }
+    // SAFETY: the caller guarantees n_cells entries.
+    let of_cell = unsafe { host_slice(f.of_cell, n_cells, "options->full_of_cell") }?;
+    let mut buf = vec![0.0f32; row];
+    for (j, &r) in of_cell.iter().enumerate() {
+        if r == -1 {
+            continue;
+        }
+        if r < 0 || r as usize >= f.n_full {
+            return Err(Error::invalid(format!(
+                "options->full_of_cell[{j}] is {r}: must be -1 (the compressed row) or a row index below n_full ({})",
+                f.n_full
+            )));
+        }
+        for (base, name) in [(f.k, "options->full_k"), (f.v, "options->full_v")] {
+            // SAFETY: row r < n_full lies inside the caller's rows.
+            let p = unsafe { (base as *const u8).add(r as usize * f.row_stride) };
+            // SAFETY: as above; a row holds `row` elements.
+            unsafe { dtype.load(p, &mut buf) };
+            if let Some(i) = buf.iter().position(|x| !x.is_finite() || x.abs() > limits::MAX_INPUT_ABS) {
+                return Err(Error::new(
+                    ErrorKind::NonFinite,
+                    format!("{name} row {r} (cell {j}), element {i} is {}: not finite or above 2^64 in magnitude", buf[i]),
+                ));
+            }
+        }
+    }
+    Ok(Some(FullSpec { of_cell: f.of_cell, k: f.k.cast(), v: f.v.cast(), dtype, row_stride: f.row_stride }))
 }
 
 /// An engine's additive mask: element (s, t, j) at `ptr + (s·seq_stride + t·row_stride + j)·size`.
@@ -340,6 +455,8 @@ pub struct AttendRequest {
     pub sinks: *const f32,
     /// Soft-capping constant, 0 = off (else finite and > 0).
     pub softcap: f32,
+    /// Full-precision rows standing for cells (host memory), validated.
+    pub full: Option<FullSpec>,
 }
 
 impl AttendRequest {
@@ -392,6 +509,12 @@ impl AttendRequest {
                 ));
             }
         }
+        let full = if memory == Memory::Host {
+            // SAFETY: the caller guarantees the full-precision arguments cover what they say.
+            unsafe { validate_full(cfg, a.n_cells, &a.extras.full) }?
+        } else {
+            None
+        };
         let mask = if a.mask.is_null() {
             None
         } else {
@@ -435,6 +558,7 @@ impl AttendRequest {
             out_seq_stride: a.out_seq_stride,
             sinks,
             softcap,
+            full,
         })
     }
 }

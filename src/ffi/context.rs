@@ -7,7 +7,7 @@ use super::error::{self, Error, Guarded, Result, guarded_mut, guarded_ref, slice
 use super::quantizer::rotation_from_u32;
 use super::{TQ_ABI_VERSION, tq_status};
 use crate::backend::BackendChoice;
-use crate::codec::request::{AppendArgs, AttendArgs, AttendExtras, Exec, Stores};
+use crate::codec::request::{AppendArgs, AttendArgs, AttendExtras, Exec, FullArgs, Stores};
 use crate::codec::{Codec, Dtype, KvConfig, Strides};
 use crate::math::quantizer::QuantizerKind;
 use crate::math::rotation::RotationKind;
@@ -742,7 +742,29 @@ pub struct tq_attend_options {
     /// (e^(sink_h) + Σ_j e^(s_j)). NULL = none (default). Host memory, finite. CPU backend only (a
     /// CUDA context refuses with TQ_STATUS_UNSUPPORTED, as it does logit_softcap).
     pub sinks: *const f32,
+    /// Full-precision rows standing for compressed cells (an engine's residual window of recent
+    /// tokens and its first tokens kept exact): NULL = none (default), else n_cells int32, one per cell
+    /// of the call — -1 attends the cell's compressed row, r ≥ 0 attends row r of full_k/full_v
+    /// instead, under the cell's own mask value, in the same softmax. Rows are in the original basis
+    /// (not centered, not rotated). Host memory; CPU backend only (a CUDA context refuses with
+    /// TQ_STATUS_UNSUPPORTED). Every row named is checked finite. (Added after sinks; an older
+    /// struct_size means none.)
+    pub full_of_cell: *const i32,
+    /// K of the full-precision rows: row r ([n_kv_heads][head_dim] of full_dtype) at
+    /// full_k + r·full_row_stride bytes.
+    pub full_k: *const c_void,
+    /// V of the full-precision rows, laid out as full_k.
+    pub full_v: *const c_void,
+    /// Rows in full_k/full_v; every full_of_cell entry is -1 or below it.
+    pub n_full: usize,
+    /// Bytes from one full-precision row to the next (≥ n_kv_heads·head_dim·element size).
+    pub full_row_stride: usize,
+    /// TQ_DTYPE_* of full_k/full_v (default TQ_DTYPE_F32).
+    pub full_dtype: u32,
 }
+
+/// struct_size of tq_attend_options before the full-precision rows (still accepted).
+const ATTEND_OPTIONS_V1_SIZE: usize = std::mem::offset_of!(tq_attend_options, full_of_cell);
 
 /// Options that add nothing: tq_attend_ext() with them is tq_attend(). Thread-safe.
 #[unsafe(no_mangle)]
@@ -752,6 +774,12 @@ pub extern "C" fn tq_attend_default_options() -> tq_attend_options {
         abi_version: TQ_ABI_VERSION,
         logit_softcap: 0.0,
         sinks: std::ptr::null(),
+        full_of_cell: std::ptr::null(),
+        full_k: std::ptr::null(),
+        full_v: std::ptr::null(),
+        n_full: 0,
+        full_row_stride: 0,
+        full_dtype: tq_dtype::TQ_DTYPE_F32 as u32,
     }
 }
 
@@ -764,17 +792,38 @@ unsafe fn extras_arg(opts: *const tq_attend_options) -> Result<AttendExtras> {
         return Ok(AttendExtras::NONE);
     }
     // SAFETY: the caller guarantees a non-NULL `opts` is a tq_attend_options.
-    let o = unsafe { error::read_params(opts, "options", |o: &tq_attend_options| o.abi_version) }?;
-    Ok(AttendExtras { sinks: o.sinks, softcap: o.logit_softcap })
+    let o = unsafe {
+        error::read_params_grown(
+            opts,
+            "options",
+            |o: &tq_attend_options| o.abi_version,
+            &[ATTEND_OPTIONS_V1_SIZE],
+            Some(tq_attend_default_options()),
+        )
+    }?;
+    Ok(AttendExtras {
+        sinks: o.sinks,
+        softcap: o.logit_softcap,
+        full: FullArgs {
+            of_cell: o.full_of_cell,
+            k: o.full_k,
+            v: o.full_v,
+            n_full: o.n_full,
+            row_stride: o.full_row_stride,
+            dtype: o.full_dtype,
+        },
+    })
 }
 
-/// tq_attend() with the extra softmax terms of `options` (NULL = none, then the same as tq_attend()):
-/// per-head attention sinks and logit soft-capping, both checked (sinks finite, logit_softcap 0 or
-/// finite > 0). On a CUDA context either option is refused with TQ_STATUS_UNSUPPORTED.
+/// tq_attend() with the extras of `options` (NULL = none, then the same as tq_attend()): per-head
+/// attention sinks, logit soft-capping and full-precision rows standing for cells, all checked (sinks
+/// finite, logit_softcap 0 or finite > 0, full_of_cell entries -1 or below n_full and the rows they
+/// name finite). On a CUDA context each is refused with TQ_STATUS_UNSUPPORTED.
 ///
 /// # Safety
 /// As tq_attend(); `options` is NULL or a tq_attend_options whose `sinks` is NULL or holds n_heads
-/// floats.
+/// floats, whose `full_of_cell` is NULL or holds n_cells entries, and whose full_k/full_v then hold
+/// n_full rows of full_row_stride bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_attend_ext(
     ctx: *const tq_context,

@@ -97,13 +97,20 @@ class Strides(Structure):
 
 
 class AttendOptions(Structure):
-    """Mirror of tq_attend_options: attention sinks and logit soft-capping for tq_attend_ext."""
+    """Mirror of tq_attend_options: attention sinks, logit soft-capping and full-precision rows
+    standing for cells, for tq_attend_ext."""
 
     _fields_ = [
         ("struct_size", c_size_t),
         ("abi_version", c_uint32),
         ("logit_softcap", c_float),
         ("sinks", POINTER(c_float)),
+        ("full_of_cell", POINTER(c_int32)),
+        ("full_k", c_void_p),
+        ("full_v", c_void_p),
+        ("n_full", c_size_t),
+        ("full_row_stride", c_size_t),
+        ("full_dtype", c_uint32),
     ]
 
 

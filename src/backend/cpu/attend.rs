@@ -18,8 +18,12 @@ use crate::math::scale;
 pub enum MaskSource<'a> {
     /// Every cell is visible.
     None,
-    /// An engine's additive mask: element (t, j) at `ptr + (t·row_stride + j)·size`.
-    Tensor { ptr: *const u8, dtype: Dtype, row_stride: usize },
+    /// Every cell is visible except those whose bit is set (as `Tensor`'s `hidden`).
+    AllBut(&'a [u64]),
+    /// An engine's additive mask: element (t, j) at `ptr + (t·row_stride + j)·size`; the cells whose
+    /// bit is set in `hidden` (bit j%64 of word j/64) are hidden from the compressed rows — they are
+    /// attended through full-precision rows instead (`FullMask::Cells`).
+    Tensor { ptr: *const u8, dtype: Dtype, row_stride: usize, hidden: Option<&'a [u64]> },
     /// Causal by positions: cell j is visible to query t iff cell_pos[j] ≤ query_pos[t].
     Causal { cell_pos: &'a [i64], query_pos: &'a [i64] },
 }
@@ -36,10 +40,25 @@ impl MaskSource<'_> {
     /// A tensor mask covers (t, j).
     #[inline(always)]
     unsafe fn value(&self, t: usize, j: usize) -> f32 {
+        if let MaskSource::Tensor { hidden: Some(h), .. } | MaskSource::AllBut(h) = *self {
+            if h[j / 64] >> (j % 64) & 1 != 0 {
+                return f32::NEG_INFINITY;
+            }
+        }
+        // SAFETY: the caller's guarantee.
+        unsafe { self.raw_value(t, j) }
+    }
+
+    /// Additive mask value of (t, j) as the mask gives it, ignoring `hidden`.
+    ///
+    /// # Safety
+    /// A tensor mask covers (t, j).
+    #[inline(always)]
+    unsafe fn raw_value(&self, t: usize, j: usize) -> f32 {
         match *self {
-            MaskSource::None => 0.0,
+            MaskSource::None | MaskSource::AllBut(_) => 0.0,
             // SAFETY: the caller guarantees the mask covers (t, j): n_q rows of row_stride ≥ n_cells elements.
-            MaskSource::Tensor { ptr, dtype, row_stride } => unsafe {
+            MaskSource::Tensor { ptr, dtype, row_stride, .. } => unsafe {
                 let p = ptr.add((t * row_stride + j) * dtype.size());
                 match dtype {
                     Dtype::F32 => (p as *const f32).read_unaligned(),
@@ -54,12 +73,53 @@ impl MaskSource<'_> {
     }
 }
 
-/// Full-precision rows in the original basis: [n][n_kv_heads][head_dim] f32, with positions.
+/// Full-precision rows in the original basis: row r holds [n_kv_heads][head_dim] elements of `dtype`,
+/// K at `k + r·row_stride` bytes and V at `v + r·row_stride`.
 #[derive(Clone, Copy)]
 pub struct FullRows<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
-    pub pos: &'a [i64],
+    pub k: *const u8,
+    pub v: *const u8,
+    pub dtype: Dtype,
+    pub row_stride: usize,
+    pub mask: FullMask<'a>,
+}
+
+/// Which full-precision rows a query sees.
+#[derive(Clone, Copy)]
+pub enum FullMask<'a> {
+    /// Owned cache: rows 0..pos.len(); row j is visible to query t iff pos[j] ≤ query_pos[t].
+    Causal { pos: &'a [i64], query_pos: &'a [i64] },
+    /// Slot mode: (cell, row) pairs — row `row` stands for compressed cell `cell` under that cell's
+    /// mask value (the job's mask hides the cell from the compressed pass).
+    Cells(&'a [(usize, usize)]),
+}
+
+impl<'a> FullRows<'a> {
+    /// Owned-cache rows: packed f32 [n][n_kv_heads][head_dim] with their positions.
+    pub fn causal(k: &'a [f32], v: &'a [f32], n_kv: usize, d: usize, pos: &'a [i64], query_pos: &'a [i64]) -> Self {
+        debug_assert!(k.len() >= pos.len() * n_kv * d && v.len() >= pos.len() * n_kv * d);
+        FullRows {
+            k: k.as_ptr().cast(),
+            v: v.as_ptr().cast(),
+            dtype: Dtype::F32,
+            row_stride: n_kv * d * 4,
+            mask: FullMask::Causal { pos, query_pos },
+        }
+    }
+
+    /// Load kv head `g` of row `row` of K and V as f32.
+    ///
+    /// # Safety
+    /// The rows cover `row`.
+    #[inline(always)]
+    unsafe fn load(&self, row: usize, g: usize, d: usize, k: &mut [f32], v: &mut [f32]) {
+        let off = row * self.row_stride + g * d * self.dtype.size();
+        // SAFETY: the caller guarantees the row; head g's d elements lie inside it.
+        unsafe {
+            self.dtype.load(self.k.add(off), &mut k[..d]);
+            self.dtype.load(self.v.add(off), &mut v[..d]);
+        }
+    }
 }
 
 /// One attention call: all query tokens and heads of one layer.
@@ -75,8 +135,9 @@ pub struct AttendJob<'a> {
     pub v_store: *const u8,
     pub n_cells: usize,
     pub mask: MaskSource<'a>,
-    /// Causal positions of the queries for `full` rows (owned cache); ignored otherwise.
-    pub full: Option<(FullRows<'a>, &'a [i64])>,
+    /// Full-precision rows joining the same softmax (owned cache: residual window and sinks; slot
+    /// mode: rows an engine keeps exact in place of compressed cells).
+    pub full: Option<FullRows<'a>>,
     pub scale: f32,
     /// Sink logit per query head (n_heads): one more softmax term with a zero value vector.
     pub sinks: Option<&'a [f32]>,
@@ -114,6 +175,9 @@ pub struct AttendScratch {
     scores: Vec<f32>,
     masks: Vec<f32>,
     row: Vec<f32>,
+    /// One head of a full-precision K row and V row, as f32.
+    full_k: Vec<f32>,
+    full_v: Vec<f32>,
     /// ⟨Π_k·q, c[idx]⟩ of one K row for every lane (row-by-row path).
     k_dots: Vec<f32>,
     /// Unpacked V rows of a block (row-by-row path), [BLOCK][d].
@@ -140,6 +204,8 @@ impl AttendScratch {
             scores: vec![0.0; lanes * BLOCK],
             masks: vec![0.0; QUERY_TILE],
             row: vec![0.0; d],
+            full_k: vec![0.0; d],
+            full_v: vec![0.0; d],
             k_dots: vec![0.0; lanes],
             v_rows: vec![0.0; BLOCK * d],
             signs: vec![0.0; d],
@@ -251,31 +317,64 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, cells: std::
         unsafe { compressed_rows(job, t0, t1, g, cells, s) };
     }
     if !finish {
-        debug_assert!(job.full.is_none(), "a split-K share has no full-precision rows");
+        // a split-K share: the merge adds the full-precision rows once
         return;
     }
+    // SAFETY: as above; s.q holds the lanes' queries.
+    unsafe {
+        full_rows(job, t0, t1, g, s);
+        finish_tile(job, t0, t1, g, s);
+    }
+}
 
-    // Full-precision rows (original basis, uncentered).
-    if let Some((full, query_pos)) = job.full {
-        let n_kv = codec.config.n_kv_heads;
-        for j in 0..full.pos.len() {
-            let k = &full.k[(j * n_kv + g) * d..(j * n_kv + g + 1) * d];
-            let v = &full.v[(j * n_kv + g) * d..(j * n_kv + g + 1) * d];
-            for lane in 0..lanes {
-                if full.pos[j] > query_pos[t0 + lane / group] {
-                    continue;
+/// The full-precision rows of `job` (original basis, uncentered) for lanes t0..t1 × the group of kv
+/// head g, into their running softmax state (m, l, acc_full).
+///
+/// # Safety
+/// As for `run_tile`; `s.q` holds the lanes' (unrotated) queries.
+#[inline(always)]
+unsafe fn full_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut AttendScratch) {
+    let Some(full) = job.full else { return };
+    let d = job.codec.config.head_dim;
+    let group = job.codec.group_size();
+    let (nt, lanes) = (t1 - t0, (t1 - t0) * group);
+    let n = match full.mask {
+        FullMask::Causal { pos, .. } => pos.len(),
+        FullMask::Cells(pairs) => pairs.len(),
+    };
+    for j in 0..n {
+        let mut any = false;
+        for t in 0..nt {
+            s.masks[t] = match full.mask {
+                FullMask::Causal { pos, query_pos } => {
+                    if pos[j] <= query_pos[t0 + t] { 0.0 } else { f32::NEG_INFINITY }
                 }
-                let sc = cap(dot(&s.q[lane * d..(lane + 1) * d], k) * job.scale, job.softcap);
-                raise_max(s, lane, sc, d);
-                let p = exp_neg(sc - s.m[lane]);
-                s.l[lane] += p;
-                axpy(p, v, &mut s.acc_full[lane * d..(lane + 1) * d]);
+                // SAFETY: t0 + t < n_q and the pair's cell < n_cells: inside the mask.
+                FullMask::Cells(pairs) => unsafe { job.mask.raw_value(t0 + t, pairs[j].0) },
+            };
+            any |= s.masks[t] != f32::NEG_INFINITY;
+        }
+        if !any {
+            continue;
+        }
+        let row = match full.mask {
+            FullMask::Causal { .. } => j,
+            FullMask::Cells(pairs) => pairs[j].1,
+        };
+        // SAFETY: the job's full rows cover every row they name.
+        unsafe { full.load(row, g, d, &mut s.full_k, &mut s.full_v) };
+        for lane in 0..lanes {
+            let mv = s.masks[lane / group];
+            if mv == f32::NEG_INFINITY {
+                continue;
             }
+            let sc = cap(dot(&s.q[lane * d..(lane + 1) * d], &s.full_k[..d]) * job.scale, job.softcap) + mv;
+            raise_max(s, lane, sc, d);
+            let p = exp_neg(sc - s.m[lane]);
+            s.l[lane] += p;
+            axpy(p, &s.full_v[..d], &mut s.acc_full[lane * d..(lane + 1) * d]);
         }
     }
-
-    // SAFETY: as above.
-    unsafe { finish_tile(job, t0, t1, g, s) };
 }
 
 /// Lanes t0..t1 × the group of kv head g whose softmax state (m, l, l_compressed, acc, acc_full) is
@@ -502,7 +601,15 @@ unsafe fn classify_block(mask: &MaskSource, t0: usize, t1: usize, j0: usize, j1:
     let (mut any_nonzero, mut all_hidden) = (false, true);
     match *mask {
         MaskSource::None => return BlockMask::Visible,
-        MaskSource::Tensor { ptr, dtype, row_stride } => {
+        MaskSource::AllBut(h) => {
+            let any_hidden = (j0..j1).any(|j| h[j / 64] >> (j % 64) & 1 != 0);
+            return if any_hidden { BlockMask::Mixed } else { BlockMask::Visible };
+        }
+        MaskSource::Tensor { ptr, dtype, row_stride, hidden } => {
+            if let Some(h) = hidden {
+                // a hidden cell makes a visible block mixed
+                any_nonzero |= (j0..j1).any(|j| h[j / 64] >> (j % 64) & 1 != 0);
+            }
             let (abs_bits, neg_inf_bits): (u32, u32) = match dtype {
                 Dtype::F32 => (0x7fff_ffff, 0xff80_0000),
                 Dtype::F16 => (0x7fff, 0xfc00),
@@ -683,12 +790,12 @@ impl SplitPlan {
     /// The plan for `job` shared by `shares` threads: split-K when it shortens the slowest share by
     /// at least 1/8 (measured in item-cells: ⌈units/shares⌉ · chunk_cells against
     /// ⌈items/shares⌉ · n_cells), with chunks of at least `MIN_CHUNK_CELLS` cells, a multiple of the
-    /// softmax block; never with full-precision rows (owned cache). Every share computes the same
-    /// plan from the same arguments.
+    /// softmax block (full-precision rows join in the merge). Every share computes the same plan from
+    /// the same arguments.
     pub fn new(job: &AttendJob, shares: usize) -> Self {
         let (items, n_cells) = (job.n_items(), job.n_cells);
         let plain = SplitPlan { items, chunks: 1, chunk_cells: n_cells };
-        if shares < 2 || items == 0 || job.full.is_some() || n_cells < 2 * MIN_CHUNK_CELLS {
+        if shares < 2 || items == 0 || n_cells < 2 * MIN_CHUNK_CELLS {
             return plain;
         }
         let plain_cost = items.div_ceil(shares) as u128 * n_cells as u128;
@@ -760,7 +867,7 @@ pub unsafe fn run_unit(job: &AttendJob, plan: &SplitPlan, u: usize, s: &mut Atte
 
 /// Merge the `plan.chunks` partials of item `item` (units item·chunks.., in `partials`, `partial_len`
 /// values each) like a flash-decoding combine — M = max m_c, l = Σ e^(m_c − M)·l_c, acc = Σ e^(m_c −
-/// M)·acc_c — then add the sinks once, un-rotate, add the centering mean once and write the item's
+/// M)·acc_c — then add the full-precision rows and the sinks once, un-rotate, add the centering mean once and write the item's
 /// outputs (exactly what the unsplit tile does after its last cell).
 ///
 /// # Safety
@@ -794,6 +901,16 @@ pub unsafe fn merge_item(job: &AttendJob, plan: &SplitPlan, item: usize, partial
         s.l_compressed[lane] = lc;
     }
     s.acc_full[..lanes * d].fill(0.0);
-    // SAFETY: the caller guarantees the output covers the item's vectors.
-    unsafe { finish_tile(job, t0, t1, g, s) };
+    if job.full.is_some() {
+        let group = job.codec.group_size();
+        for lane in 0..lanes {
+            // SAFETY: t < n_q and the head index < n_heads: inside the validated q tensor.
+            unsafe { job.q.load(t0 + lane / group, g * group + lane % group, &mut s.q[lane * d..(lane + 1) * d]) };
+        }
+    }
+    // SAFETY: the caller guarantees the output covers the item's vectors; s.q holds the queries.
+    unsafe {
+        full_rows(job, t0, t1, g, s);
+        finish_tile(job, t0, t1, g, s);
+    }
 }

@@ -12,7 +12,7 @@ mod split;
 mod vector;
 mod tile;
 
-use attend::{AttendJob, AttendScratch, MaskSource, SplitPlan};
+use attend::{AttendJob, AttendScratch, FullMask, FullRows, MaskSource, SplitPlan};
 use encode::EncodeScratch;
 
 use super::{Backend, Op};
@@ -197,7 +197,7 @@ impl Backend for CpuBackend {
     fn supports(&self, op: Op) -> bool {
         match op {
             Op::AttendBatch => false,
-            Op::AppendPart | Op::AttendPart | Op::OwnedCache | Op::HostSlices | Op::AttendSinks | Op::LogitSoftcap => true,
+            Op::AppendPart | Op::AttendPart | Op::OwnedCache | Op::HostSlices | Op::AttendSinks | Op::AttendFull | Op::LogitSoftcap => true,
         }
     }
 
@@ -222,6 +222,9 @@ impl Backend for CpuBackend {
         let Stores::Single { k, v } = req.stores else {
             return Err(Error::unsupported("the CPU backend attends one sequence per request"));
         };
+        // full-precision rows standing for cells: (cell, row) pairs, and those cells hidden from the compressed pass
+        // SAFETY: validation checked that `of_cell` holds n_cells entries.
+        let (pairs, hidden) = req.full.map(|f| unsafe { f.pairs(req.n_cells) }).unwrap_or_default();
         let job = AttendJob {
             codec,
             layer: req.layer,
@@ -232,10 +235,16 @@ impl Backend for CpuBackend {
             v_store: v.cast(),
             n_cells: req.n_cells,
             mask: match req.mask {
+                None if req.full.is_some() => MaskSource::AllBut(&hidden),
                 None => MaskSource::None,
-                Some(m) => MaskSource::Tensor { ptr: m.ptr, dtype: m.dtype, row_stride: m.row_stride },
+                Some(m) => MaskSource::Tensor {
+                    ptr: m.ptr,
+                    dtype: m.dtype,
+                    row_stride: m.row_stride,
+                    hidden: req.full.map(|_| &hidden[..]),
+                },
             },
-            full: None,
+            full: req.full.map(|f| FullRows { k: f.k, v: f.v, dtype: f.dtype, row_stride: f.row_stride, mask: FullMask::Cells(&pairs) }),
             scale: req.scale,
             // SAFETY: validation checked that non-null sinks hold n_heads finite host values.
             sinks: if req.sinks.is_null() { None } else { Some(unsafe { std::slice::from_raw_parts(req.sinks, codec.config.n_heads) }) },

@@ -181,6 +181,7 @@ pub unsafe fn signature(job: &AttendJob, nth: usize) -> u64 {
             super::attend::MaskSource::Tensor { ptr, row_stride, .. } => ptr as u64 ^ (row_stride as u64).rotate_left(32),
             _ => 0,
         },
+        job.full.map_or(0, |f| f.k as u64 ^ (f.v as u64).rotate_left(17)),
         job.scale.to_bits() as u64 | (job.softcap.to_bits() as u64) << 32,
         job.sinks.map_or(0, |s| s.as_ptr() as u64),
         job.out_strides.token as u64,
