@@ -452,6 +452,15 @@ typedef struct tq_attend_options {
    * TQ_DTYPE_* of full_k/full_v (default TQ_DTYPE_F32).
    */
   uint32_t full_dtype;
+  /**
+   * Which queries take each full-precision row (NULL = all, default): n_q rows of
+   * full_mask_row_stride f32 (≥ n_full), host memory. Element (t, r) −inf makes query t attend the
+   * compressed row of the cell that row r stands for; any other value is added to the row's score
+   * (on top of the cell's mask value). E.g. a residual window per query: a batch of prompt tokens
+   * each sees only its own most recent positions in full precision.
+   */
+  const float *full_mask;
+  size_t full_mask_row_stride;
 } tq_attend_options;
 
 /**

@@ -224,3 +224,108 @@ fn full_row_options_are_checked() {
     assert_eq!(old.0, tq_status::TQ_STATUS_OK, "{}", last_error());
     assert_eq!(old.1, attend(&s, &q, n_q, Some(&mask), 0.125, &tq_attend_default_options(), 0).1);
 }
+
+/// Attention where query t attends cell j through full row r = of_cell[j] unless fm(t, r) is −inf (then
+/// the dequantized row), adding fm(t, r) to the score; float64.
+#[allow(clippy::too_many_arguments)]
+fn reference_per_query(s: &Setup, q: &[f64], mask: &[f32], n_q: usize, of_cell: &[i32], fk: &[f64], fv: &[f64], fm: &[f32], fm_stride: usize, scale: f64) -> Vec<f64> {
+    let (d, n_kv, n_heads, n_cells) = (s.d, s.n_kv, s.n_heads, s.n_cells);
+    let group = n_heads / n_kv;
+    let mut out = vec![0.0; n_q * n_heads * d];
+    for t in 0..n_q {
+        for h in 0..n_heads {
+            let g = h / group;
+            let qv = &q[(t * n_heads + h) * d..(t * n_heads + h + 1) * d];
+            let rows: Vec<(&[f64], &[f64], f64)> = (0..n_cells)
+                .map(|j| {
+                    let r = of_cell[j];
+                    let extra = if r >= 0 { fm[t * fm_stride + r as usize] as f64 } else { f64::NEG_INFINITY };
+                    if r >= 0 && extra != f64::NEG_INFINITY {
+                        let o = (r as usize * n_kv + g) * d;
+                        (&fk[o..o + d], &fv[o..o + d], extra)
+                    } else {
+                        let o = (j * n_kv + g) * d;
+                        (&s.kd[o..o + d], &s.vd[o..o + d], 0.0)
+                    }
+                })
+                .collect();
+            let scores: Vec<f64> = rows
+                .iter()
+                .enumerate()
+                .map(|(j, (k, _, extra))| qv.iter().zip(k.iter()).map(|(a, b)| a * b).sum::<f64>() * scale + mask[t * n_cells + j] as f64 + extra)
+                .collect();
+            let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if m == f64::NEG_INFINITY {
+                continue;
+            }
+            let w: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
+            let l: f64 = w.iter().sum();
+            let o = &mut out[(t * n_heads + h) * d..(t * n_heads + h + 1) * d];
+            for (j, (_, v, _)) in rows.iter().enumerate() {
+                for i in 0..d {
+                    o[i] += w[j] / l * v[i];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn full_mask_gives_each_query_its_own_window() {
+    // A prompt batch over an engine's cache: cells 0..n_cells hold positions 0..n_cells, the last n_q of them
+    // are the batch's own tokens (causal mask), every cell has a full-precision row, and query t (at position
+    // p_t) takes a cell's full row only for its sinks (positions < 4) and its own window (p_t − W < p ≤ p_t):
+    // the per-query residual window of a decode, for every query of a batch.
+    let mut seed = 90;
+    for (d, n_kv, group, n_cells, n_q, window) in [(64usize, 1usize, 3usize, 600usize, 1usize, 48usize), (64, 2, 3, 200, 40, 16), (128, 1, 4, 700, 3, 64), (128, 2, 2, 300, 20, 32)] {
+        for centering in [false, true] {
+            seed += 1;
+            let s = setup(d, n_kv, group, 3, centering, false, Rows::Offset, n_cells, seed);
+            let mut rng = Rng::new(seed * 7);
+            let width = n_kv * d;
+            let n_full = n_cells; // row j for cell j
+            let (fk, fk64, stride) = full_rows(&mut rng, n_full, width, F16, 0, 0.0);
+            let (fv, fv64, _) = full_rows(&mut rng, n_full, width, F16, 0, 0.5);
+            let of_cell: Vec<i32> = (0..n_cells as i32).collect();
+            let q: Vec<f32> = rng.normals(n_q * s.n_heads * d).iter().map(|x| x * 2.0).collect();
+            let q64: Vec<f64> = q.iter().map(|&x| x as f64).collect();
+            let scale = 1.0 / (d as f32).sqrt();
+            let fm_stride = n_full + 3;
+            let mut mask = vec![0.0f32; n_q * n_cells];
+            let mut fm = vec![f32::NAN; n_q * fm_stride]; // the padding is never read
+            for t in 0..n_q {
+                let p_t = n_cells - n_q + t;
+                for j in 0..n_cells {
+                    if j > p_t {
+                        mask[t * n_cells + j] = f32::NEG_INFINITY;
+                    }
+                    fm[t * fm_stride + j] = if j < 4 || (j + window > p_t && j <= p_t) { 0.0 } else { f32::NEG_INFINITY };
+                }
+            }
+            fm[3] = 0.25; // a finite value adds to the score
+            let want = reference_per_query(&s, &q64, &mask, n_q, &of_cell, &fk64, &fv64, &fm, fm_stride, scale as f64);
+            let all_full: Vec<f32> = fm.iter().map(|&x| if x.is_nan() { x } else { 0.0 }).collect();
+            let everything = reference_per_query(&s, &q64, &mask, n_q, &of_cell, &fk64, &fv64, &all_full, fm_stride, scale as f64);
+            let moved = max_row_rel_error(&everything.iter().map(|&x| x as f32).collect::<Vec<_>>(), &want, d);
+            assert!(moved > 5e-2, "the per-query choice must matter: moved only {moved:e}");
+            let mut o = tq_attend_default_options();
+            o.full_of_cell = of_cell.as_ptr();
+            (o.full_k, o.full_v) = (fk.as_ptr().cast(), fv.as_ptr().cast());
+            (o.n_full, o.full_row_stride, o.full_dtype) = (n_full, stride, F16);
+            o.full_mask = fm.as_ptr();
+            o.full_mask_row_stride = fm_stride;
+            for nth in [0u32, 1, 3] {
+                let (st, got) = attend(&s, &q, n_q, Some(&mask), scale, &o, nth);
+                assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+                let err = max_row_rel_error(&got, &want, d);
+                assert!(err <= 2e-5, "d={d} n_kv={n_kv} n_q={n_q} window={window} centering={centering} nth={nth}: error {err:e}");
+            }
+            // a full mask narrower than n_full is refused
+            o.full_mask_row_stride = n_full - 1;
+            let (st, _) = attend(&s, &q, n_q, Some(&mask), scale, &o, 0);
+            assert_eq!(st, tq_status::TQ_STATUS_INVALID_ARGUMENT);
+            assert!(last_error().contains("options->full_mask_row_stride"), "{}", last_error());
+        }
+    }
+}

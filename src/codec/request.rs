@@ -324,12 +324,25 @@ pub struct FullArgs {
     pub n_full: usize,
     pub row_stride: usize,
     pub dtype: u32,
+    /// Optional [n_q][mask_row_stride] f32: −inf where query t attends the compressed row of the cell
+    /// that row r stands for, otherwise a value added to the full row's score; NULL = every query
+    /// attends every named cell through its full row.
+    pub mask: *const f32,
+    pub mask_row_stride: usize,
 }
 
 impl FullArgs {
     /// No full-precision rows.
-    pub const NONE: FullArgs =
-        FullArgs { of_cell: std::ptr::null(), k: std::ptr::null(), v: std::ptr::null(), n_full: 0, row_stride: 0, dtype: 0 };
+    pub const NONE: FullArgs = FullArgs {
+        of_cell: std::ptr::null(),
+        k: std::ptr::null(),
+        v: std::ptr::null(),
+        n_full: 0,
+        row_stride: 0,
+        dtype: 0,
+        mask: std::ptr::null(),
+        mask_row_stride: 0,
+    };
 
     /// Whether rows are given (a non-NULL `of_cell`).
     pub fn any(&self) -> bool {
@@ -346,16 +359,28 @@ pub struct FullSpec {
     pub v: *const u8,
     pub dtype: Dtype,
     pub row_stride: usize,
+    /// The full mask (see `FullArgs::mask`), null = none.
+    pub mask: *const f32,
+    pub mask_row_stride: usize,
 }
 
 impl FullSpec {
+    /// `of_cell` as a slice of n_cells entries.
+    ///
+    /// # Safety
+    /// `of_cell` holds `n_cells` entries (validated).
+    pub unsafe fn of_cell<'a>(&self, n_cells: usize) -> &'a [i32] {
+        // SAFETY: the caller's guarantee.
+        unsafe { std::slice::from_raw_parts(self.of_cell, n_cells) }
+    }
+
     /// The (cell, row) pairs and the bitset of cells that have a full-precision row.
     ///
     /// # Safety
     /// `of_cell` holds `n_cells` entries (validated).
     pub unsafe fn pairs(&self, n_cells: usize) -> (Vec<(usize, usize)>, Vec<u64>) {
         // SAFETY: the caller's guarantee.
-        let of_cell = unsafe { std::slice::from_raw_parts(self.of_cell, n_cells) };
+        let of_cell = unsafe { self.of_cell(n_cells) };
         let mut hidden = vec![0u64; n_cells.div_ceil(64)];
         let mut pairs = Vec::new();
         for (j, &r) in of_cell.iter().enumerate() {
@@ -373,7 +398,7 @@ impl FullSpec {
 /// # Safety
 /// A non-NULL `f.of_cell` holds n_cells entries, and `f.k`/`f.v` hold n_full rows of `f.row_stride`
 /// bytes.
-unsafe fn validate_full(cfg: &super::KvConfig, n_cells: usize, f: &FullArgs) -> Result<Option<FullSpec>> {
+unsafe fn validate_full(cfg: &super::KvConfig, n_q: usize, n_cells: usize, f: &FullArgs) -> Result<Option<FullSpec>> {
     if f.of_cell.is_null() {
         return Ok(None);
     }
@@ -396,6 +421,15 @@ unsafe fn validate_full(cfg: &super::KvConfig, n_cells: usize, f: &FullArgs) -> 
             )));
         }
         limits::check_store(f.n_full, f.row_stride, "options->full_k")?;
+    }
+    if !f.mask.is_null() {
+        if f.mask_row_stride < f.n_full {
+            return Err(Error::invalid(format!(
+                "options->full_mask_row_stride is {}: must be ≥ n_full ({})",
+                f.mask_row_stride, f.n_full
+            )));
+        }
+        limits::check_mask(1, n_q, f.n_full, f.mask_row_stride, 0, 4)?;
     }
     // SAFETY: the caller guarantees n_cells entries.
     let of_cell = unsafe { host_slice(f.of_cell, n_cells, "options->full_of_cell") }?;
@@ -423,7 +457,15 @@ unsafe fn validate_full(cfg: &super::KvConfig, n_cells: usize, f: &FullArgs) -> 
             }
         }
     }
-    Ok(Some(FullSpec { of_cell: f.of_cell, k: f.k.cast(), v: f.v.cast(), dtype, row_stride: f.row_stride }))
+    Ok(Some(FullSpec {
+        of_cell: f.of_cell,
+        k: f.k.cast(),
+        v: f.v.cast(),
+        dtype,
+        row_stride: f.row_stride,
+        mask: f.mask,
+        mask_row_stride: f.mask_row_stride,
+    }))
 }
 
 /// An engine's additive mask: element (s, t, j) at `ptr + (s·seq_stride + t·row_stride + j)·size`.
@@ -511,7 +553,7 @@ impl AttendRequest {
         }
         let full = if memory == Memory::Host {
             // SAFETY: the caller guarantees the full-precision arguments cover what they say.
-            unsafe { validate_full(cfg, a.n_cells, &a.extras.full) }?
+            unsafe { validate_full(cfg, a.n_q, a.n_cells, &a.extras.full) }?
         } else {
             None
         };

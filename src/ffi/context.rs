@@ -761,6 +761,13 @@ pub struct tq_attend_options {
     pub full_row_stride: usize,
     /// TQ_DTYPE_* of full_k/full_v (default TQ_DTYPE_F32).
     pub full_dtype: u32,
+    /// Which queries take each full-precision row (NULL = all, default): n_q rows of
+    /// full_mask_row_stride f32 (≥ n_full), host memory. Element (t, r) −inf makes query t attend the
+    /// compressed row of the cell that row r stands for; any other value is added to the row's score
+    /// (on top of the cell's mask value). E.g. a residual window per query: a batch of prompt tokens
+    /// each sees only its own most recent positions in full precision.
+    pub full_mask: *const f32,
+    pub full_mask_row_stride: usize,
 }
 
 /// struct_size of tq_attend_options before the full-precision rows (still accepted).
@@ -780,6 +787,8 @@ pub extern "C" fn tq_attend_default_options() -> tq_attend_options {
         n_full: 0,
         full_row_stride: 0,
         full_dtype: tq_dtype::TQ_DTYPE_F32 as u32,
+        full_mask: std::ptr::null(),
+        full_mask_row_stride: 0,
     }
 }
 
@@ -811,6 +820,8 @@ unsafe fn extras_arg(opts: *const tq_attend_options) -> Result<AttendExtras> {
             n_full: o.n_full,
             row_stride: o.full_row_stride,
             dtype: o.full_dtype,
+            mask: o.full_mask,
+            mask_row_stride: o.full_mask_row_stride,
         },
     })
 }

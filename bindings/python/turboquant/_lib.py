@@ -111,6 +111,8 @@ class AttendOptions(Structure):
         ("n_full", c_size_t),
         ("full_row_stride", c_size_t),
         ("full_dtype", c_uint32),
+        ("full_mask", POINTER(c_float)),
+        ("full_mask_row_stride", c_size_t),
     ]
 
 

@@ -18,14 +18,57 @@ use crate::math::scale;
 pub enum MaskSource<'a> {
     /// Every cell is visible.
     None,
-    /// Every cell is visible except those whose bit is set (as `Tensor`'s `hidden`).
-    AllBut(&'a [u64]),
-    /// An engine's additive mask: element (t, j) at `ptr + (t·row_stride + j)·size`; the cells whose
-    /// bit is set in `hidden` (bit j%64 of word j/64) are hidden from the compressed rows — they are
-    /// attended through full-precision rows instead (`FullMask::Cells`).
-    Tensor { ptr: *const u8, dtype: Dtype, row_stride: usize, hidden: Option<&'a [u64]> },
+    /// Every cell is visible except those `Hidden` takes (as `Tensor`'s `hidden`).
+    AllBut(Hidden<'a>),
+    /// An engine's additive mask: element (t, j) at `ptr + (t·row_stride + j)·size`; the cells that
+    /// `hidden` takes for query t are hidden from the compressed rows — that query attends them through
+    /// their full-precision rows instead (`FullMask::Cells`).
+    Tensor { ptr: *const u8, dtype: Dtype, row_stride: usize, hidden: Option<Hidden<'a>> },
     /// Causal by positions: cell j is visible to query t iff cell_pos[j] ≤ query_pos[t].
     Causal { cell_pos: &'a [i64], query_pos: &'a [i64] },
+}
+
+/// The cells that have full-precision rows (bit j%64 of word j/64 of `bits`; `row_of[j]` their row),
+/// and for which queries: all of them, or with `full_mask` those whose full-mask entry (t, row) is not
+/// −inf (an f32 element at `full_mask + (t·full_mask_stride + row)·4`).
+#[derive(Clone, Copy)]
+pub struct Hidden<'a> {
+    pub bits: &'a [u64],
+    pub row_of: &'a [i32],
+    pub full_mask: *const f32,
+    pub full_mask_stride: usize,
+}
+
+impl Hidden<'_> {
+    /// Whether any cell of j0..j1 has a full-precision row.
+    #[inline(always)]
+    fn any(&self, j0: usize, j1: usize) -> bool {
+        (j0..j1).any(|j| self.bits[j / 64] >> (j % 64) & 1 != 0)
+    }
+
+    /// The full-mask value of (query t, row r): 0 without a full mask.
+    ///
+    /// # Safety
+    /// A full mask covers (t, r).
+    #[inline(always)]
+    unsafe fn full_value(&self, t: usize, r: usize) -> f32 {
+        if self.full_mask.is_null() {
+            0.0
+        } else {
+            // SAFETY: the caller guarantees the full mask covers (t, r).
+            unsafe { self.full_mask.add(t * self.full_mask_stride + r).read_unaligned() }
+        }
+    }
+
+    /// Whether query t attends cell j through its full-precision row.
+    ///
+    /// # Safety
+    /// j < n_cells; a full mask covers (t, row_of[j]).
+    #[inline(always)]
+    unsafe fn takes(&self, t: usize, j: usize) -> bool {
+        // SAFETY: the caller's guarantee.
+        self.bits[j / 64] >> (j % 64) & 1 != 0 && unsafe { self.full_value(t, self.row_of[j] as usize) } != f32::NEG_INFINITY
+    }
 }
 
 // SAFETY: a mask is a read-only view of caller memory (or of slices it borrows), valid for the call.
@@ -41,7 +84,8 @@ impl MaskSource<'_> {
     #[inline(always)]
     unsafe fn value(&self, t: usize, j: usize) -> f32 {
         if let MaskSource::Tensor { hidden: Some(h), .. } | MaskSource::AllBut(h) = *self {
-            if h[j / 64] >> (j % 64) & 1 != 0 {
+            // SAFETY: the caller's guarantee covers the full mask's (t, row) as well.
+            if unsafe { h.takes(t, j) } {
                 return f32::NEG_INFINITY;
             }
         }
@@ -90,8 +134,9 @@ pub enum FullMask<'a> {
     /// Owned cache: rows 0..pos.len(); row j is visible to query t iff pos[j] ≤ query_pos[t].
     Causal { pos: &'a [i64], query_pos: &'a [i64] },
     /// Slot mode: (cell, row) pairs — row `row` stands for compressed cell `cell` under that cell's
-    /// mask value (the job's mask hides the cell from the compressed pass).
-    Cells(&'a [(usize, usize)]),
+    /// mask value plus the full mask's (t, row) value for the queries the job's `Hidden` gives it to
+    /// (the job's mask hides the cell from the compressed pass for exactly those).
+    Cells(&'a [(usize, usize)], Hidden<'a>),
 }
 
 impl<'a> FullRows<'a> {
@@ -340,7 +385,7 @@ unsafe fn full_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Att
     let (nt, lanes) = (t1 - t0, (t1 - t0) * group);
     let n = match full.mask {
         FullMask::Causal { pos, .. } => pos.len(),
-        FullMask::Cells(pairs) => pairs.len(),
+        FullMask::Cells(pairs, _) => pairs.len(),
     };
     for j in 0..n {
         let mut any = false;
@@ -349,8 +394,11 @@ unsafe fn full_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Att
                 FullMask::Causal { pos, query_pos } => {
                     if pos[j] <= query_pos[t0 + t] { 0.0 } else { f32::NEG_INFINITY }
                 }
-                // SAFETY: t0 + t < n_q and the pair's cell < n_cells: inside the mask.
-                FullMask::Cells(pairs) => unsafe { job.mask.raw_value(t0 + t, pairs[j].0) },
+                // SAFETY: t0 + t < n_q and the pair's cell < n_cells: inside the mask and the full mask.
+                FullMask::Cells(pairs, h) => unsafe {
+                    let fm = h.full_value(t0 + t, pairs[j].1);
+                    if fm == f32::NEG_INFINITY { fm } else { job.mask.raw_value(t0 + t, pairs[j].0) + fm }
+                },
             };
             any |= s.masks[t] != f32::NEG_INFINITY;
         }
@@ -359,7 +407,7 @@ unsafe fn full_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, s: &mut Att
         }
         let row = match full.mask {
             FullMask::Causal { .. } => j,
-            FullMask::Cells(pairs) => pairs[j].1,
+            FullMask::Cells(pairs, _) => pairs[j].1,
         };
         // SAFETY: the job's full rows cover every row they name.
         unsafe { full.load(row, g, d, &mut s.full_k, &mut s.full_v) };
@@ -602,13 +650,12 @@ unsafe fn classify_block(mask: &MaskSource, t0: usize, t1: usize, j0: usize, j1:
     match *mask {
         MaskSource::None => return BlockMask::Visible,
         MaskSource::AllBut(h) => {
-            let any_hidden = (j0..j1).any(|j| h[j / 64] >> (j % 64) & 1 != 0);
-            return if any_hidden { BlockMask::Mixed } else { BlockMask::Visible };
+            return if h.any(j0, j1) { BlockMask::Mixed } else { BlockMask::Visible };
         }
         MaskSource::Tensor { ptr, dtype, row_stride, hidden } => {
             if let Some(h) = hidden {
-                // a hidden cell makes a visible block mixed
-                any_nonzero |= (j0..j1).any(|j| h[j / 64] >> (j % 64) & 1 != 0);
+                // a cell with a full-precision row makes a visible block mixed
+                any_nonzero |= h.any(j0, j1);
             }
             let (abs_bits, neg_inf_bits): (u32, u32) = match dtype {
                 Dtype::F32 => (0x7fff_ffff, 0xff80_0000),

@@ -12,7 +12,7 @@ mod split;
 mod vector;
 mod tile;
 
-use attend::{AttendJob, AttendScratch, FullMask, FullRows, MaskSource, SplitPlan};
+use attend::{AttendJob, AttendScratch, FullMask, FullRows, Hidden, MaskSource, SplitPlan};
 use encode::EncodeScratch;
 
 use super::{Backend, Op};
@@ -224,7 +224,14 @@ impl Backend for CpuBackend {
         };
         // full-precision rows standing for cells: (cell, row) pairs, and those cells hidden from the compressed pass
         // SAFETY: validation checked that `of_cell` holds n_cells entries.
-        let (pairs, hidden) = req.full.map(|f| unsafe { f.pairs(req.n_cells) }).unwrap_or_default();
+        let (pairs, bits) = req.full.map(|f| unsafe { f.pairs(req.n_cells) }).unwrap_or_default();
+        let hidden = req.full.map(|f| Hidden {
+            bits: &bits,
+            // SAFETY: as above.
+            row_of: unsafe { f.of_cell(req.n_cells) },
+            full_mask: f.mask,
+            full_mask_stride: f.mask_row_stride,
+        });
         let job = AttendJob {
             codec,
             layer: req.layer,
@@ -235,16 +242,16 @@ impl Backend for CpuBackend {
             v_store: v.cast(),
             n_cells: req.n_cells,
             mask: match req.mask {
-                None if req.full.is_some() => MaskSource::AllBut(&hidden),
+                None if hidden.is_some() => MaskSource::AllBut(hidden.unwrap()),
                 None => MaskSource::None,
                 Some(m) => MaskSource::Tensor {
                     ptr: m.ptr,
                     dtype: m.dtype,
                     row_stride: m.row_stride,
-                    hidden: req.full.map(|_| &hidden[..]),
+                    hidden,
                 },
             },
-            full: req.full.map(|f| FullRows { k: f.k, v: f.v, dtype: f.dtype, row_stride: f.row_stride, mask: FullMask::Cells(&pairs) }),
+            full: req.full.map(|f| FullRows { k: f.k, v: f.v, dtype: f.dtype, row_stride: f.row_stride, mask: FullMask::Cells(&pairs, hidden.unwrap()) }),
             scale: req.scale,
             // SAFETY: validation checked that non-null sinks hold n_heads finite host values.
             sinks: if req.sinks.is_null() { None } else { Some(unsafe { std::slice::from_raw_parts(req.sinks, codec.config.n_heads) }) },
