@@ -6,7 +6,8 @@
 # docs/build.md; q4_0 0.059 / 0.058. The bound leaves ~1.6x for machine and corpus noise and still fails for the
 # errors that matter: streams mixed up or rows misplaced (KLD >> 1), or a codec regression to the level of
 # 3-bit keys (0.26) or of q4_0 without rotation (0.165). Then per-layer bits: --tq-preset q4_0 (bits in the log,
-# KLD below 4/4's) and a malformed --tq-layer-bits refused.
+# KLD below 4/4's) and a malformed --tq-layer-bits refused; the full-precision window and sinks (bits in the
+# log, KLD below 4/4's, 4 parallel sequences equal to 1).
 # Environment: LLAMA_BIN, MODEL, CORPUS (make test-llama defaults it to the fetched tree's docs/build.md),
 # THREADS; optional CHUNKS (8), KLD_BOUND.
 set -euo pipefail
@@ -54,6 +55,26 @@ fi
 grep -q "item '3-1=5': range 3-1 is empty" "$W/badspec.log" \
   || { echo "test-llama: FAIL: no message for --tq-layer-bits 3-1=5"; tail -5 "$W/badspec.log"; exit 1; }
 echo "tq-layer-bits 3-1=5: refused ($(grep -oE "range 3-1 is empty" "$W/badspec.log" | head -1))"
+# full-precision window and sinks (patch 7): each sequence's 64 most recent and 4 first positions attended from
+# f16 copies. The log must count the side store in the bits per element (4.25 + 16·68/512 at 512 cells), its KLD
+# must be well below 4/4's (0.035 vs 0.060 on 8 chunks of Pride and Prejudice), and 4 parallel sequences (one
+# side store each) must give what 1 sequence at a time gives (-b 512): rows of one sequence attended for
+# another's, or stale side rows, would not.
+for b in 2048 512; do
+  "${PPL[@]}" -ctk tq4 -ctv tq4 --tq-window 64 --tq-sinks 4 -b $b -lv 4 --kl-divergence-base "$W/base.kld" --kl-divergence \
+      > "$W/window$b.log" 2>&1 || { tail -20 "$W/window$b.log"; exit 1; }
+done
+grep -q "n_seq=1" "$W/window512.log" || { echo "test-llama: expected 1 sequence at a time with -b 512"; exit 1; }
+line=$(grep -oE "side store \(window 64 \+ sinks 4 positions per sequence[^:]*: [0-9.]+ MiB; with it [0-9.]+ bits per element at [0-9]+ cells" "$W/window2048.log" || true)
+[[ $line == *"with it 6.375 bits per element at 512 cells" ]] \
+  || { echo "test-llama: FAIL: window cache line '${line:-none}', expected '... with it 6.375 bits per element at 512 cells'"; exit 1; }
+kw=$(kld "$W/window2048.log")
+kw1=$(kld "$W/window512.log")
+echo "tq4 --tq-window 64 --tq-sinks 4: 6.375 bits per element | mean KLD $kw (4 sequences), $kw1 (1 sequence)"
+awk -v a="$kw" -v b="$(kld "$W/tq4.log")" 'BEGIN { if (a == "" || a != a + 0 || a >= 0.8 * b) { exit 1 } }' \
+  || { echo "test-llama: FAIL: with the window mean KLD $kw is not below 0.8 x TurboQuant 4/4's"; exit 1; }
+awk -v a="$kw" -v b="$kw1" 'BEGIN { d = a - b; if (d < 0) d = -d; if (b == "" || b != b + 0 || d > 0.1 * b) { exit 1 } }' \
+  || { echo "test-llama: FAIL: with the window 4 parallel sequences give mean KLD $kw, 1 sequence $kw1"; exit 1; }
 rm -f "$W/base.kld"
 
 k=$(kld "$W/tq4.log")
