@@ -434,7 +434,7 @@ fn cuda_residual_rows_match_cpu() {
             v_store: vs.as_ptr(),
             n_cells: n_c,
             mask: MaskSource::Causal { cell_pos: &cell_pos, query_pos: &query_pos },
-            full: Some((FullRows { k: &full_k, v: &full_v, pos: &full_pos }, &query_pos)),
+            full: Some(FullRows::causal(&full_k, &full_v, hkv, d, &full_pos, &query_pos)),
             sinks: None,
             softcap: 0.0,
             scale,
