@@ -7,7 +7,7 @@
 # errors that matter: streams mixed up or rows misplaced (KLD >> 1), or a codec regression to the level of
 # 3-bit keys (0.26) or of q4_0 without rotation (0.165). Then per-layer bits: --tq-preset q4_0 (bits in the log,
 # KLD below 4/4's) and a malformed --tq-layer-bits refused; the full-precision window and sinks (bits in the
-# log, KLD below 4/4's, 4 parallel sequences equal to 1).
+# log, KLD below 4/4's, 4 parallel sequences equal to 1) and their refusal with the f16 cache.
 # Environment: LLAMA_BIN, MODEL, CORPUS (make test-llama defaults it to the fetched tree's docs/build.md),
 # THREADS; optional CHUNKS (8), KLD_BOUND.
 set -euo pipefail
@@ -75,6 +75,13 @@ awk -v a="$kw" -v b="$(kld "$W/tq4.log")" 'BEGIN { if (a == "" || a != a + 0 || 
   || { echo "test-llama: FAIL: with the window mean KLD $kw is not below 0.8 x TurboQuant 4/4's"; exit 1; }
 awk -v a="$kw" -v b="$kw1" 'BEGIN { d = a - b; if (d < 0) d = -d; if (b == "" || b != b + 0 || d > 0.1 * b) { exit 1 } }' \
   || { echo "test-llama: FAIL: with the window 4 parallel sequences give mean KLD $kw, 1 sequence $kw1"; exit 1; }
+# the TurboQuant options with llama.cpp's own cache type: refused, not ignored
+if "${PPL[@]}" --chunks 1 --tq-window 8 > "$W/badwindow.log" 2>&1; then
+  echo "test-llama: FAIL: --tq-window 8 with the f16 cache was accepted"; exit 1
+fi
+grep -q "configure the TurboQuant KV cache, and this context's cache is not one" "$W/badwindow.log" \
+  || { echo "test-llama: FAIL: no message for --tq-window with the f16 cache"; tail -5 "$W/badwindow.log"; exit 1; }
+echo "tq-window with the f16 cache: refused"
 rm -f "$W/base.kld"
 
 k=$(kld "$W/tq4.log")
