@@ -6,6 +6,7 @@
 #     q4_1, q4_0, and iq4_nl/iq4_nl;
 #   - TurboQuant K/V bit pairs from 3/2 to 8/8 with the defaults (key centering), 4/4 without centering and with
 #     K and V centering, and the per-layer mixes (--tq-layer-bits) named in MIXES below;
+#   - TurboQuant with the full-precision window and sinks (--tq-window, --tq-sinks) named in WINDOWS below;
 #   - TurboQuant 4/4 (defaults) with 1 sequence (-b 512) against 4 parallel sequences (same perplexity).
 # Writes bench/llama/quality.md (table, frontier verdict) and bench/llama/kld_vs_bits.{svg,png}.
 # Environment: LLAMA_BIN, MODEL, CORPUS, THREADS, PYTHON (with matplotlib); optional CHUNKS, OUTDIR, WORK,
@@ -70,6 +71,15 @@ MIXES=(
 for m in "${MIXES[@]}"; do
   IFS=':' read -r name kv spec <<< "$m"
   RUNS+=("tq-mix-$name||-ctk tq${kv%/*} -ctv tq${kv#*/} --tq-layer-bits $spec")
+done
+# the full-precision window and sinks (K/V:window:sinks): each sequence's W most recent and S first positions also
+# as f16 rows, their bits counted at the 512 cells of a sequence
+WINDOWS=(4/4:0:4 4/4:3:4 4/4:64:4 4/3:0:4 4/3:8:4 4/3:19:4 4/3:22:1 4/2:3:4 4/2:6:1 4/2:7:0 4/2:35:4 5/3:3:4 5/2:19:4
+  5/4:19:4 3/3:3:4 3/2:3:4 3/2:19:4 6/4:3:4 6/5:19:4 8/8:3:4)
+for w in "${WINDOWS[@]}"; do
+  IFS=':' read -r kv win snk <<< "$w"
+  k=${kv%/*}; v=${kv#*/}
+  RUNS+=("tq-win-$k-$v-w$win-s$snk||-ctk tq$k -ctv tq$v --tq-window $win --tq-sinks $snk")
 done
 RUNS+=("tq-4-4-1seq||-ctk tq4 -ctv tq4 -b 512")
 

@@ -71,11 +71,23 @@ def read_run(work, n):
         r["cells"] = cells
         r["bits_k"] = rows_k + (mean_bits if r["center"] != "off" else 0.0)
         r["bits_v"] = rows_v + (mean_bits if r["center"] == "K+V" else 0.0)
+        # the full-precision window and sinks: f16 K and V rows of window + sinks positions per sequence, over the
+        # cells of a sequence's stream; checked against the cache's own account of it
+        ws = re.search(r"full-precision window (\d+) \+ sinks (\d+)", r["desc"])
+        r["window"] = (int(ws.group(1)), int(ws.group(2))) if ws else None
+        if ws:
+            side = 16.0 * (r["window"][0] + r["window"][1]) / cells
+            logged = float(grab(r"with it ([0-9.]+) bits per element at (\d+) cells", c, n, "side store line").group(1))
+            if abs((rows_k + rows_v) / 2 + side - logged) > 0.001:
+                raise SystemExit(f"{n}: side store bits {side:.4f} disagree with the log's {logged}")
+            r["bits_k"] += side
+            r["bits_v"] += side
         lb = re.search(r"layer bits ([^,]+)", r["desc"])
         r["mix"] = lb.group(1) if lb else None
         what = {"off": "no centering", "K": "key centering (default)", "K+V": "K and V centering"}[r["center"]]
-        r["label"] = f"TurboQuant K{r['bk']}/V{r['bv']}" + (f", layers {r['mix']}" if r["mix"] else "") + f", {what}"
-        r["short"] = f"{r['bk']}/{r['bv']}" + (f" {r['mix']}" if r["mix"] else "")
+        wtxt = f", window {r['window'][0]} + sinks {r['window'][1]}" if ws else ""
+        r["label"] = f"TurboQuant K{r['bk']}/V{r['bv']}" + (f", layers {r['mix']}" if r["mix"] else "") + f", {what}" + wtxt
+        r["short"] = f"{r['bk']}/{r['bv']}" + (f" {r['mix']}" if r["mix"] else "") + (f" W{r['window'][0]}S{r['window'][1]}" if ws else "")
         if n.endswith("-1seq"):
             r["label"] += ", 1 sequence"
     elif n == "f16-fa-off":
@@ -134,7 +146,9 @@ def main():
                "one f16 per 32 = 4.5); TurboQuant its rows as the cache logs them (codes + one bf16 scale per head of 64, "
                "every layer at its own bits) plus the centering means (one f32 per channel per layer, spread over the "
                f"{'/'.join(map(str, cells))} cells of the cache: +{32/cells[0]:.4f} bits for K with the default key "
-               "centering).\n")
+               "centering) plus, with `--tq-window W --tq-sinks S`, the side store's f16 K and V rows of W + S positions "
+               f"per sequence (+16·(W+S)/{cells[0]} bits for K and for V; the n_ubatch working rows that hold the current "
+               "ubatch's own K/V are rewritten by every ubatch, like a compute buffer, and not counted).\n")
     out.append("| KV cache | bits/elem K / V | mean | PPL | mean KLD vs f16 | same top-1 | KLD / q4_0's |")
     out.append("|---|---|---|---|---|---|---|")
     for n in names:
@@ -218,8 +232,9 @@ def main():
     fig, ax = plt.subplots(figsize=(8.5, 5.4))
     groups = [
         ("llama.cpp K/V type pairs", llama_pts, "s", "tab:gray"),
-        ("TurboQuant K/V bits", [p for p in tq_pts if rows[p[2]].get("mix") is None], "o", "tab:blue"),
-        ("TurboQuant per-layer mixes", [p for p in tq_pts if rows[p[2]].get("mix")], "^", "tab:orange"),
+        ("TurboQuant K/V bits", [p for p in tq_pts if rows[p[2]].get("mix") is None and rows[p[2]].get("window") is None], "o", "tab:blue"),
+        ("TurboQuant per-layer mixes", [p for p in tq_pts if rows[p[2]].get("mix") and rows[p[2]].get("window") is None], "^", "tab:orange"),
+        ("TurboQuant with window + sinks (f16 side store)", [p for p in tq_pts if rows[p[2]].get("window")], "D", "tab:green"),
     ]
     for label, pts, mk, col in groups:
         if pts:
