@@ -26,17 +26,15 @@ if [ -n "${RUNS_FILE:-}" ]; then
   mapfile -t RUNS < "$RUNS_FILE"
 else
   RUNS=(
-    "q8_0|-ctk q8_0 -ctv q8_0"
-    "q5_0|-ctk q5_0 -ctv q5_0"
     "q4_0|-ctk q4_0 -ctv q4_0"
     "tq4-4|-ctk tq4 -ctv tq4"
-    "tq4-4-s4|-ctk tq4 -ctv tq4 --tq-sinks 4"
     "tq4-4-w$W1-s4|-ctk tq4 -ctv tq4 --tq-window $W1 --tq-sinks 4"
-    "tq4-4-w$W2-s4|-ctk tq4 -ctv tq4 --tq-window $W2 --tq-sinks 4"
-    "tq4-3|-ctk tq4 -ctv tq3"
-    "tq4-3-w$W1-s4|-ctk tq4 -ctv tq3 --tq-window $W1 --tq-sinks 4"
     "preset-q4_0|--tq-preset q4_0"
     "preset-q4_0-w$W1-s4|--tq-preset q4_0 --tq-window $W1 --tq-sinks 4"
+    "tq4-3-w$W1-s4|-ctk tq4 -ctv tq3 --tq-window $W1 --tq-sinks 4"
+    "tq4-4-s4|-ctk tq4 -ctv tq4 --tq-sinks 4"
+    "tq4-4-w$W2-s4|-ctk tq4 -ctv tq4 --tq-window $W2 --tq-sinks 4"
+    "q8_0|-ctk q8_0 -ctv q8_0"
   )
 fi
 
