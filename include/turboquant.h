@@ -379,6 +379,17 @@ typedef struct tq_context_params {
    * (Added with the per-layer bits; an older struct_size means false.)
    */
   bool center_values;
+  /**
+   * Fractional key widths (TurboQuant §4.3): per (layer, kv head), the key_outliers channels of
+   * largest energy are quantized by a second TurboQuant instance at bits_k + 1 and the other
+   * head_dim − key_outliers at bits_k, each part with its own rotation and scale (a K row costs
+   * (key_outliers·(bits_k + 1) + (head_dim − key_outliers)·bits_k)/head_dim bits per element plus two
+   * bf16 scales per head). The channels are chosen from the rows of the first append to each layer
+   * (after centering) and frozen in the context state with the means. 0 = off, else 16..=head_dim −
+   * 16; MSE keys with every layer's K bits ≤ 7; CPU backend, slot mode. Default 0. (Added after
+   * center_values; an older struct_size means 0.)
+   */
+  uint32_t key_outliers;
 } tq_context_params;
 
 /**

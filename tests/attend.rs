@@ -138,8 +138,8 @@ fn run_case(c: &Case, n_q: usize, seed: u64) -> (f64, f64) {
     )
     .unwrap();
     let value = MseQuantizer::new(d, c.bits_v, rotation, seed, 2 * layer as u64 + 1).unwrap();
-    let k_layout = RowLayout { n_kv_heads: c.n_kv, head_dim: d, mse_bits: if c.prod { c.bits_k - 1 } else { c.bits_k }, qjl: c.prod };
-    let v_layout = RowLayout { n_kv_heads: c.n_kv, head_dim: d, mse_bits: c.bits_v, qjl: false };
+    let k_layout = RowLayout { n_kv_heads: c.n_kv, head_dim: d, mse_bits: if c.prod { c.bits_k - 1 } else { c.bits_k }, qjl: c.prod, split: 0 };
+    let v_layout = RowLayout { n_kv_heads: c.n_kv, head_dim: d, mse_bits: c.bits_v, qjl: false, split: 0 };
     assert_eq!((k_layout.row_bytes(), v_layout.row_bytes()), (kr, vr));
     // Key centering means from the first append's 200 tokens; V is not centered (params->center_values
     // is off by default).
@@ -292,8 +292,8 @@ fn per_layer_bits_match_reference_and_are_validated() {
     for l in 0..3 {
         let (mut kr, mut vr) = (0, 0);
         assert_eq!(unsafe { tq_context_layer_row_bytes(ctx.0, l, &mut kr, &mut vr) }, tq_status::TQ_STATUS_OK);
-        let kl = RowLayout { n_kv_heads: 2, head_dim: 64, mse_bits: bits_k[l as usize], qjl: false };
-        let vl = RowLayout { n_kv_heads: 2, head_dim: 64, mse_bits: bits_v[l as usize], qjl: false };
+        let kl = RowLayout { n_kv_heads: 2, head_dim: 64, mse_bits: bits_k[l as usize], qjl: false, split: 0 };
+        let vl = RowLayout { n_kv_heads: 2, head_dim: 64, mse_bits: bits_v[l as usize], qjl: false, split: 0 };
         assert_eq!((kr, vr), (kl.row_bytes(), vl.row_bytes()), "layer {l}");
     }
     let (mut kr, mut vr) = (0, 0);
@@ -326,7 +326,7 @@ fn per_layer_bits_match_reference_and_are_validated() {
     let only_k = context(&tq_context_params { layer_bits_v: std::ptr::null(), ..p });
     let (mut kr, mut vr) = (0, 0);
     assert_eq!(unsafe { tq_context_layer_row_bytes(only_k.0, 2, &mut kr, &mut vr) }, tq_status::TQ_STATUS_OK);
-    assert_eq!(vr, RowLayout { n_kv_heads: 2, head_dim: 64, mse_bits: p.bits_v, qjl: false }.row_bytes());
+    assert_eq!(vr, RowLayout { n_kv_heads: 2, head_dim: 64, mse_bits: p.bits_v, qjl: false, split: 0 }.row_bytes());
 }
 
 #[test]
@@ -341,7 +341,7 @@ fn params_of_the_first_release_size_are_accepted_with_new_fields_at_default() {
     let mut out = std::ptr::null_mut();
     assert_eq!(unsafe { tq_context_new(old.as_ptr().cast(), &mut out) }, tq_status::TQ_STATUS_OK, "{}", last_error());
     let ctx = Ctx(out);
-    assert_eq!(row_bytes(&ctx), (RowLayout { n_kv_heads: 8, head_dim: 128, mse_bits: 4, qjl: false }.row_bytes(), 8 * 66));
+    assert_eq!(row_bytes(&ctx), (RowLayout { n_kv_heads: 8, head_dim: 128, mse_bits: 4, qjl: false, split: 0 }.row_bytes(), 8 * 66));
     // Any other size is refused.
     old[..std::mem::size_of::<usize>()].copy_from_slice(&(TQ_CONTEXT_PARAMS_SIZE_V1 - 8).to_ne_bytes());
     assert_eq!(unsafe { tq_context_new(old.as_ptr().cast(), &mut out) }, tq_status::TQ_STATUS_ABI_MISMATCH);
@@ -479,8 +479,8 @@ fn run_prefill(d: usize, n_kv: usize, group: usize, bits: (u32, u32), centering:
     let rotation = RotationKind::auto(d);
     let key = Quantizer::new_indexed(QuantizerConfig { dim: d, bits: bits.0, rotation, kind: QuantizerKind::Mse, seed }, 0, 0).unwrap();
     let value = MseQuantizer::new(d, bits.1, rotation, seed, 1).unwrap();
-    let k_layout = RowLayout { n_kv_heads: n_kv, head_dim: d, mse_bits: bits.0, qjl: false };
-    let v_layout = RowLayout { n_kv_heads: n_kv, head_dim: d, mse_bits: bits.1, qjl: false };
+    let k_layout = RowLayout { n_kv_heads: n_kv, head_dim: d, mse_bits: bits.0, qjl: false, split: 0 };
+    let v_layout = RowLayout { n_kv_heads: n_kv, head_dim: d, mse_bits: bits.1, qjl: false, split: 0 };
     // Key centering means: rows 1..n of the first (and only) append (row 0, the engine's BOS / sink
     // row, is left out), in f64; values are not centered by default.
     let mk = key_means(&k, n, n_kv * d);

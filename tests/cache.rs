@@ -123,7 +123,7 @@ fn mixed_reference(ctx: &Ctx, k: &[f32], v: &[f32], q: &[f32], window: usize, si
     let config = QuantizerConfig { dim: D, bits: p.bits_k, rotation, kind: QuantizerKind::Mse, seed: p.seed };
     let key = Quantizer::new_indexed(config, 0, 0).unwrap();
     let value = MseQuantizer::new(D, p.bits_v, rotation, p.seed, 1).unwrap();
-    let layout = |bits| RowLayout { n_kv_heads: NKV, head_dim: D, mse_bits: bits, qjl: false };
+    let layout = |bits| RowLayout { n_kv_heads: NKV, head_dim: D, mse_bits: bits, qjl: false, split: 0 };
     let mut kd = dequant_rows(&ks, &layout(p.bits_k), n, Some(&key), None, None);
     let mut vd = dequant_rows(&vs, &layout(p.bits_v), n, None, Some(&value), None);
     for t in (0..sinks).chain(n - window..n) {

@@ -394,7 +394,7 @@ fn cuda_residual_rows_match_cpu() {
     let (d, hq, hkv) = (128usize, 16usize, 4usize);
     let config = KvConfig {
         n_layers: 1, n_heads: hq, n_kv_heads: hkv, head_dim: d, bits_k: 4, bits_v: 4,
-        rotation: RotationKind::Hadamard, key_mode: QuantizerKind::Mse, seed: 77, centering: false, center_values: false,
+        rotation: RotationKind::Hadamard, key_mode: QuantizerKind::Mse, seed: 77, centering: false, center_values: false, key_outliers: 0,
     };
     let codec = KvCodec::new(config).unwrap();
     let backend = CudaBackend::new(&codec, Dtype::F16, 0, 256).expect("CUDA backend");
@@ -413,7 +413,7 @@ fn cuda_residual_rows_match_cpu() {
         let mut es = turboquant::backend::cpu::encode::EncodeScratch::new(&codec);
         for t in 0..n_c {
             let (kr_, vr_) = (&mut ks[t * kr..(t + 1) * kr], &mut vs[t * vr..(t + 1) * vr]);
-            unsafe { turboquant::backend::cpu::encode::encode_token(&codec, 0, None, &kt, &vt, t, kr_, vr_, &mut es) };
+            unsafe { turboquant::backend::cpu::encode::encode_token(&codec, 0, None, None, &kt, &vt, t, kr_, vr_, &mut es) };
         }
         let full_k = rng.normals(n_full * hkv * d);
         let full_v = rng.normals(n_full * hkv * d);
@@ -428,6 +428,7 @@ fn cuda_residual_rows_match_cpu() {
             codec: &codec,
             layer: 0,
             means: None,
+            key_order: None,
             q: HeadTensor { ptr: q.as_ptr().cast(), strides: Strides::packed(hq, d, Dtype::F16), dtype: Dtype::F16 },
             n_q,
             k_store: ks.as_ptr(),

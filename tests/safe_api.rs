@@ -45,7 +45,7 @@ fn codec() -> Codec {
         rotation: RotationKind::Hadamard,
         key_mode: QuantizerKind::Mse,
         seed: 7,
-        centering: true, center_values: true,
+        centering: true, center_values: true, key_outliers: 0,
     };
     Codec::new(config, Dtype::F32, BackendChoice::Cpu { threads: 2 }).expect("codec")
 }

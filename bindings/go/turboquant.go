@@ -341,6 +341,7 @@ type ContextParams struct {
 	Seed                               uint64
 	Centering                          bool // key centering (the default)
 	CenterValues                       bool // with Centering: center V too (off by default)
+	KeyOutliers                        int  // channels per key head at BitsK+1 (0 = off; tq_context_params.key_outliers)
 }
 
 // DefaultContextParams are the library's defaults (tq_context_default_params).
@@ -349,7 +350,8 @@ func DefaultContextParams() ContextParams {
 	return ContextParams{NLayers: int(p.n_layers), NHeads: int(p.n_heads), NKVHeads: int(p.n_kv_heads),
 		HeadDim: int(p.head_dim), BitsK: int(p.bits_k), BitsV: int(p.bits_v),
 		Rotation: Rotation(p.rotation), KeyMode: KeyMode(p.key_mode), NThreads: int(p.n_threads),
-		Seed: uint64(p.seed), Centering: bool(p.centering), CenterValues: bool(p.center_values)}
+		Seed: uint64(p.seed), Centering: bool(p.centering), CenterValues: bool(p.center_values),
+		KeyOutliers: int(p.key_outliers)}
 }
 
 // Context holds every layer's K and V rotation and codebook.
@@ -371,6 +373,7 @@ func NewContext(p ContextParams) (*Context, error) {
 		{"NLayers", p.NLayers, &cp.n_layers}, {"NHeads", p.NHeads, &cp.n_heads},
 		{"NKVHeads", p.NKVHeads, &cp.n_kv_heads}, {"HeadDim", p.HeadDim, &cp.head_dim},
 		{"BitsK", p.BitsK, &cp.bits_k}, {"BitsV", p.BitsV, &cp.bits_v}, {"NThreads", p.NThreads, &cp.n_threads},
+		{"KeyOutliers", p.KeyOutliers, &cp.key_outliers},
 	}
 	for _, f := range fields {
 		v, err := u32(fn, f.name, f.v)

@@ -18,6 +18,11 @@ pub fn new_state(codec: &Codec, p: CacheParams) -> Result<OwnedCache> {
             "ctx has per-layer bits that differ between layers: the owned cache stores one row size for every layer (use slot mode)",
         ));
     }
+    if codec.kv().config.key_outliers > 0 {
+        return Err(Error::unsupported(
+            "ctx has key_outliers (split key rows): the owned cache does not implement them (use slot mode)",
+        ));
+    }
     if p.max_seqs == 0 || p.max_seqs > 65_536 {
         return Err(Error::invalid(format!("params->max_seqs is {}: must be in 1..=65536", p.max_seqs)));
     }

@@ -246,7 +246,7 @@ impl OwnedCache {
             let kt = HeadTensor { ptr: sl.full_k[i * hd..].as_ptr().cast(), strides, dtype: Dtype::F32 };
             let vt = HeadTensor { ptr: sl.full_v[i * hd..].as_ptr().cast(), strides, dtype: Dtype::F32 };
             // SAFETY: kt and vt point into this token's f32 rows of the window (one packed token).
-            unsafe { encode::encode_token(codec, layer, means.as_ref(), &kt, &vt, 0, &mut k_row, &mut v_row, &mut scratch) };
+            unsafe { encode::encode_token(codec, layer, means.as_ref(), None, &kt, &vt, 0, &mut k_row, &mut v_row, &mut scratch) };
             let pos = sl.full_pos[i];
             sl.insert_compressed(pos, &k_row, &v_row);
         }
@@ -284,6 +284,7 @@ impl OwnedCache {
             codec,
             layer,
             means: self.means[layer].as_ref(),
+            key_order: None,
             q,
             n_q,
             k_store: sl.comp_k.as_ptr(),

@@ -14,6 +14,7 @@
 pub mod dtype;
 pub mod layout;
 pub mod limits;
+pub mod outliers;
 pub mod request;
 mod safe;
 
@@ -27,6 +28,7 @@ use request::{AppendArgs, AppendRequest, AttendArgs, AttendRequest, Exec, Stores
 use std::sync::OnceLock;
 
 use crate::math::quantizer::{MseQuantizer, Quantizer, QuantizerConfig, QuantizerKind};
+use outliers::OutlierKeys;
 use crate::math::rotation::RotationKind;
 pub use crate::math::scale::ScaleRule;
 pub use dtype::{Dtype, Strides};
@@ -48,6 +50,9 @@ pub struct KvConfig {
     pub centering: bool,
     /// Centering of V as well (only with `centering`).
     pub center_values: bool,
+    /// Outlier channels per key head quantized at bits_k + 1 by a second TurboQuant instance
+    /// (`outliers`; 0: none). MSE keys only; 16..=head_dim − 16.
+    pub key_outliers: usize,
 }
 
 /// Per-(kv head) means subtracted before quantization (centering), each n_kv_heads × head_dim.
@@ -71,6 +76,11 @@ pub struct LayerCodec {
     /// Row formats of this layer's K and V rows.
     pub k_layout: RowLayout,
     pub v_layout: RowLayout,
+    /// With `key_outliers`: the two key instances (`key` is then not used for rows).
+    pub outliers: Option<OutlierKeys>,
+    /// With `key_outliers`: per kv head the channel order of the key rows (outliers first), frozen at
+    /// the first append to this layer (`freeze_key_order`).
+    pub key_order: OnceLock<Vec<u16>>,
 }
 
 #[derive(Debug)]
@@ -99,6 +109,20 @@ impl KvCodec {
         if config.n_layers == 0 {
             return Err("n_layers is 0: a codec needs at least one layer".into());
         }
+        let c = config.key_outliers;
+        if c > 0 {
+            if config.key_mode != QuantizerKind::Mse {
+                return Err("key_outliers is only for MSE keys (key_mode PROD has a QJL stage over the whole head)".into());
+            }
+            if c < crate::math::codebook::MIN_DIM || c + crate::math::codebook::MIN_DIM > config.head_dim {
+                return Err(format!(
+                    "key_outliers {c} with head_dim {}: both parts need at least {} channels (16..={})",
+                    config.head_dim,
+                    crate::math::codebook::MIN_DIM,
+                    config.head_dim.saturating_sub(crate::math::codebook::MIN_DIM)
+                ));
+            }
+        }
         let layers = (0..config.n_layers)
             .map(|l| {
                 let (bits_k, bits_v) = layer_bits.map_or((config.bits_k, config.bits_v), |b| b[l]);
@@ -123,10 +147,24 @@ impl KvCodec {
                         QuantizerKind::Prod => bits_k - 1,
                     },
                     qjl: config.key_mode == QuantizerKind::Prod,
+                    split: c,
                 };
                 let v_layout =
-                    RowLayout { n_kv_heads: config.n_kv_heads, head_dim: config.head_dim, mse_bits: bits_v, qjl: false };
-                Ok(LayerCodec { key, value, means: OnceLock::new(), bits_k, bits_v, k_layout, v_layout })
+                    RowLayout { n_kv_heads: config.n_kv_heads, head_dim: config.head_dim, mse_bits: bits_v, qjl: false, split: 0 };
+                let outliers = if c > 0 {
+                    if bits_k >= 8 {
+                        return Err(format!("layer {l} keys: key_outliers puts the outlier channels at bits_k + 1, so bits_k must be at most 7 (it is {bits_k})"));
+                    }
+                    Some(
+                        OutlierKeys::new(config.head_dim, c, bits_k, config.rotation, config.seed, l)
+                            .map_err(|e| format!("layer {l} keys: {e}"))?
+                            .with_scale_rule(key_rule(QuantizerKind::Mse)),
+                    )
+                } else {
+                    None
+                };
+                let key_order = OnceLock::new();
+                Ok(LayerCodec { key, value, means: OnceLock::new(), bits_k, bits_v, k_layout, v_layout, outliers, key_order })
             })
             .collect::<Result<Vec<_>, String>>()?;
         let (k_layout, v_layout) = (layers[0].k_layout, layers[0].v_layout);
@@ -161,6 +199,39 @@ impl KvCodec {
             return None;
         }
         Some(self.layers[layer].means.get_or_init(compute))
+    }
+
+    /// The frozen key channel order of `layer` (n_kv_heads × head_dim, outliers first), if the codec
+    /// has `key_outliers` and the layer has seen rows.
+    pub fn key_order(&self, layer: usize) -> Option<&[u16]> {
+        self.layers[layer].key_order.get().map(|v| v.as_slice())
+    }
+
+    /// With `key_outliers`: the key channel order of `layer`, frozen by the first call from `compute`
+    /// (`estimate_key_order` over that call's rows); None without. Thread-safe as `freeze_means`.
+    pub fn freeze_key_order(&self, layer: usize, compute: impl FnOnce() -> Vec<u16>) -> Option<&[u16]> {
+        self.layers[layer].outliers.as_ref()?;
+        Some(self.layers[layer].key_order.get_or_init(compute).as_slice())
+    }
+
+    /// The key channel order of one layer from its first append (`outliers` says the rule): per kv
+    /// head, each channel's Σ (k − μ)² over `mean_rows(n_tokens)` in f64 (μ = `mean_k`, the frozen
+    /// centering means, or 0), the `key_outliers` largest first. `load(token, head, out)` writes key row
+    /// (token, head) as f32.
+    pub fn estimate_key_order(&self, n_tokens: usize, mean_k: Option<&[f32]>, mut load: impl FnMut(usize, usize, &mut [f32])) -> Vec<u16> {
+        let (h, d) = (self.config.n_kv_heads, self.config.head_dim);
+        let mut x = vec![0.0f32; d];
+        let mut energy = vec![0.0f64; h * d];
+        for tok in self.mean_rows(n_tokens) {
+            for head in 0..h {
+                load(tok, head, &mut x);
+                for (i, (e, &v)) in energy[head * d..(head + 1) * d].iter_mut().zip(&x).enumerate() {
+                    let c = v as f64 - mean_k.map_or(0.0, |m| m[head * d + i] as f64);
+                    *e += c * c;
+                }
+            }
+        }
+        (0..h).flat_map(|head| OutlierKeys::order_from_energy(&energy[head * d..(head + 1) * d], self.config.key_outliers)).collect()
     }
 
     /// Which rows of a layer's first append the centering means are estimated from: all of them, except
@@ -202,22 +273,32 @@ impl KvCodec {
         Means { k, v }
     }
 
-    /// Replace every layer's means by a state written by `save_state` (validated first; on error
-    /// nothing changes).
+    /// Replace every layer's means (and key channel orders) by a state written by `save_state`
+    /// (validated first; on error nothing changes).
     pub fn load_state(&mut self, bytes: &[u8]) -> CResult<()> {
         let parsed = self.parse_state(bytes)?;
-        for (layer, means) in self.layers.iter_mut().zip(parsed) {
+        for (layer, (means, order)) in self.layers.iter_mut().zip(parsed) {
             layer.means = match means {
                 Some(m) => OnceLock::from(m),
+                None => OnceLock::new(),
+            };
+            layer.key_order = match order {
+                Some(o) => OnceLock::from(o),
                 None => OnceLock::new(),
             };
         }
         Ok(())
     }
 
-    /// Serialized size of the codec's mutable state (the centering means).
+    /// Bytes of a layer's key channel order in the state (0 without `key_outliers`).
+    fn order_state_len(&self) -> usize {
+        if self.config.key_outliers > 0 { 1 + 2 * self.config.n_kv_heads * self.config.head_dim } else { 0 }
+    }
+
+    /// Serialized size of the codec's mutable state (the centering means; with `key_outliers` the
+    /// key channel orders).
     pub fn state_len(&self) -> usize {
-        let per_layer = 1 + 2 * self.config.n_kv_heads * self.config.head_dim * 4;
+        let per_layer = 1 + 2 * self.config.n_kv_heads * self.config.head_dim * 4 + self.order_state_len();
         STATE_MAGIC.len() + 4 + 8 + self.layers.len() * per_layer + 4
     }
 
@@ -242,6 +323,8 @@ impl KvCodec {
             c.seed,
             c.centering as u64 | ((c.centering && c.center_values) as u64) << 1,
         ];
+        // Outlier channels follow the fields when present (other contexts keep their fingerprint).
+        let outliers: Option<u64> = (c.key_outliers > 0).then_some(0x6f75_746c_0000_0000 | c.key_outliers as u64);
         // FNV-1a over the little-endian fields: stable across platforms and releases. Per-layer bits
         // that differ from bits_k/bits_v follow the fields (uniform contexts keep their fingerprint).
         let per_layer: Vec<u64> = if self.uniform_bits() {
@@ -250,7 +333,7 @@ impl KvCodec {
             self.layers.iter().map(|l| l.bits_k as u64 | (l.bits_v as u64) << 8).collect()
         };
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for f in fields.into_iter().chain(per_layer) {
+        for f in fields.into_iter().chain(outliers).chain(per_layer) {
             for b in f.to_le_bytes() {
                 h ^= b as u64;
                 h = h.wrapping_mul(0x0000_0100_0000_01b3);
@@ -278,13 +361,27 @@ impl KvCodec {
                     out.extend(std::iter::repeat_n(0u8, 2 * n * 4));
                 }
             }
+            if self.config.key_outliers > 0 {
+                match layer.key_order.get() {
+                    Some(o) => {
+                        out.push(1);
+                        o.iter().for_each(|c| out.extend_from_slice(&c.to_le_bytes()));
+                    }
+                    None => {
+                        out.push(0);
+                        out.extend(std::iter::repeat_n(0u8, 2 * n));
+                    }
+                }
+            }
         }
         let crc = crc32fast::hash(&out[start..]);
         out.extend_from_slice(&crc.to_le_bytes());
     }
 
-    /// Parse a state written by `save_state` into per-layer means (validated, not yet applied).
-    pub fn parse_state(&self, bytes: &[u8]) -> Result<Vec<Option<Means>>, StateError> {
+    /// Parse a state written by `save_state` into per-layer means and key channel orders (validated,
+    /// not yet applied).
+    #[allow(clippy::type_complexity)]
+    pub fn parse_state(&self, bytes: &[u8]) -> Result<Vec<(Option<Means>, Option<Vec<u16>>)>, StateError> {
         if bytes.len() != self.state_len() {
             return Err(StateError::Corrupt(format!(
                 "state is {} bytes, this context's state is {} bytes",
@@ -324,19 +421,48 @@ impl KvCodec {
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
                 .collect();
             pos += 2 * n * 4;
-            match flag {
-                0 if floats.iter().all(|&v| v.to_bits() == 0) => result.push(None),
+            let means = match flag {
+                0 if floats.iter().all(|&v| v.to_bits() == 0) => None,
                 0 => return Err(StateError::Corrupt(format!("layer {l}: means stored for a layer marked unset"))),
                 1 => {
                     if floats.iter().any(|v| !(v.abs() <= limits::MAX_INPUT_ABS)) {
                         return Err(StateError::Corrupt(format!("layer {l}: centering mean not finite or above 2^64")));
                     }
-                    result.push(Some(Means { k: floats[..n].to_vec(), v: floats[n..].to_vec() }));
+                    Some(Means { k: floats[..n].to_vec(), v: floats[n..].to_vec() })
                 }
                 other => return Err(StateError::Corrupt(format!("layer {l}: bad flag byte {other}"))),
+            };
+            let mut order = None;
+            if self.config.key_outliers > 0 {
+                let flag = bytes[pos];
+                let chans: Vec<u16> =
+                    bytes[pos + 1..pos + 1 + 2 * n].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+                pos += 1 + 2 * n;
+                order = match flag {
+                    0 if chans.iter().all(|&c| c == 0) => None,
+                    1 if self.valid_order(&chans) => Some(chans),
+                    1 => return Err(StateError::Corrupt(format!("layer {l}: key channel order is not a valid outlier split"))),
+                    _ => return Err(StateError::Corrupt(format!("layer {l}: bad key channel order flag {flag}"))),
+                };
             }
+            result.push((means, order));
         }
         Ok(result)
+    }
+}
+
+impl KvCodec {
+    /// Whether `order` is what `estimate_key_order` can produce: per head a permutation of the
+    /// channels whose first `key_outliers` and the rest are each ascending.
+    fn valid_order(&self, order: &[u16]) -> bool {
+        let (d, c) = (self.config.head_dim, self.config.key_outliers);
+        order.len() == self.config.n_kv_heads * d
+            && order.chunks(d).all(|head| {
+                let mut seen = vec![false; d];
+                head.iter().all(|&ch| (ch as usize) < d && !std::mem::replace(&mut seen[ch as usize], true))
+                    && head[..c].windows(2).all(|w| w[0] < w[1])
+                    && head[c..].windows(2).all(|w| w[0] < w[1])
+            })
     }
 }
 
@@ -408,6 +534,11 @@ impl Codec {
         if !kv.uniform_bits() && matches!(backend, BackendChoice::Cuda { .. }) {
             return Err(Error::unsupported(
                 "per-layer bits that differ between layers: the CUDA backend compiles one K and one V width per context",
+            ));
+        }
+        if config.key_outliers > 0 && matches!(backend, BackendChoice::Cuda { .. }) {
+            return Err(Error::unsupported(
+                "key_outliers (split key rows) is implemented by the CPU backend only; the CUDA kernels read one code width per head",
             ));
         }
         let backend = AnyBackend::new(backend, &kv, dtype)?;

@@ -103,10 +103,23 @@ pub struct tq_context_params {
     /// SmolLM2-135M it helps at 4-bit values and hurts at 2-bit ones (bench/llama/quality.md).
     /// (Added with the per-layer bits; an older struct_size means false.)
     pub center_values: bool,
+    /// Fractional key widths (TurboQuant §4.3): per (layer, kv head), the key_outliers channels of
+    /// largest energy are quantized by a second TurboQuant instance at bits_k + 1 and the other
+    /// head_dim − key_outliers at bits_k, each part with its own rotation and scale (a K row costs
+    /// (key_outliers·(bits_k + 1) + (head_dim − key_outliers)·bits_k)/head_dim bits per element plus two
+    /// bf16 scales per head). The channels are chosen from the rows of the first append to each layer
+    /// (after centering) and frozen in the context state with the means. 0 = off, else 16..=head_dim −
+    /// 16; MSE keys with every layer's K bits ≤ 7; CPU backend, slot mode. Default 0. (Added after
+    /// center_values; an older struct_size means 0.)
+    pub key_outliers: u32,
 }
 
 /// struct_size of tq_context_params before the per-layer bits fields (still accepted).
 pub const TQ_CONTEXT_PARAMS_SIZE_V1: usize = std::mem::offset_of!(tq_context_params, layer_bits_k);
+/// struct_size of tq_context_params before key_outliers (still accepted): the end of center_values,
+/// rounded up to the struct's alignment as a C compiler lays it out.
+pub const TQ_CONTEXT_PARAMS_SIZE_V2: usize =
+    (std::mem::offset_of!(tq_context_params, center_values) + 1).next_multiple_of(std::mem::align_of::<tq_context_params>());
 
 /// A KV codec context. Opaque; create with tq_context_new(), free with tq_context_free().
 pub struct tq_context {
@@ -147,6 +160,7 @@ pub extern "C" fn tq_context_default_params() -> tq_context_params {
         layer_bits_v: std::ptr::null(),
         n_layer_bits: 0,
         center_values: false,
+        key_outliers: 0,
     }
 }
 
@@ -184,6 +198,23 @@ fn config_from_params(p: &tq_context_params) -> Result<KvConfig> {
     let bits_k = field("bits_k", p.bits_k, min_k, 8)? as u32;
     let bits_v = field("bits_v", p.bits_v, 1, 8)? as u32;
     let rotation = rotation_from_u32(p.rotation, head_dim, "params->rotation")?;
+    if p.key_outliers != 0 {
+        let c = p.key_outliers as usize;
+        if key_mode != QuantizerKind::Mse {
+            return Err(Error::invalid("params->key_outliers needs params->key_mode MSE (PROD keys sketch the whole head)"));
+        }
+        if c < 16 || c + 16 > head_dim {
+            return Err(Error::invalid(format!(
+                "params->key_outliers is {c}: must be 0 or in 16..={} (each part of a head needs at least 16 channels, head_dim {head_dim})",
+                head_dim.saturating_sub(16)
+            )));
+        }
+        if bits_k > 7 {
+            return Err(Error::invalid(format!(
+                "params->bits_k is {bits_k} with params->key_outliers: the outlier channels take bits_k + 1, so bits_k must be at most 7"
+            )));
+        }
+    }
     if rotation == RotationKind::Dense {
         crate::codec::limits::check_dense_cost(n_layers, head_dim)?;
     }
@@ -199,6 +230,7 @@ fn config_from_params(p: &tq_context_params) -> Result<KvConfig> {
         seed: p.seed,
         centering: p.centering,
         center_values: p.centering && p.center_values,
+        key_outliers: p.key_outliers as usize,
     })
 }
 
@@ -255,7 +287,7 @@ pub unsafe extern "C" fn tq_context_new(params: *const tq_context_params, out: *
                 params,
                 "params",
                 |p: &tq_context_params| p.abi_version,
-                &[TQ_CONTEXT_PARAMS_SIZE_V1],
+                &[TQ_CONTEXT_PARAMS_SIZE_V1, TQ_CONTEXT_PARAMS_SIZE_V2],
                 Some(tq_context_default_params()),
             )
         }?;

@@ -228,7 +228,7 @@ pub fn setup(d: usize, n_kv: usize, group: usize, bits: u32, centering: bool, ce
     let key = Quantizer::new_indexed(QuantizerConfig { dim: d, bits, rotation, kind: QuantizerKind::Mse, seed }, 2 * layer as u64, layer as u64)
         .unwrap();
     let value = MseQuantizer::new(d, bits, rotation, seed, 2 * layer as u64 + 1).unwrap();
-    let layout = RowLayout { n_kv_heads: n_kv, head_dim: d, mse_bits: bits, qjl: false };
+    let layout = RowLayout { n_kv_heads: n_kv, head_dim: d, mse_bits: bits, qjl: false, split: 0 };
     let mk = key_means(&k, n_cells, n_kv * d);
     let mv = key_means(&v, n_cells, n_kv * d);
     let kd = dequant_rows(&k_store, &layout, n_cells, Some(&key), None, centering.then_some(mk.as_slice()));

@@ -48,6 +48,7 @@ class ContextParams(Structure):
         ("layer_bits_v", POINTER(c_uint32)),
         ("n_layer_bits", c_uint32),
         ("center_values", c_bool),
+        ("key_outliers", c_uint32),
     ]
 
 

@@ -35,6 +35,9 @@ class Context:
     ``layer_bits_k`` / ``layer_bits_v``: per-layer bits (a sequence of ``n_layers`` values each, or None
     for ``bits_k`` / ``bits_v`` everywhere; CPU slot mode only when they differ between layers), e.g.
     more bits for the first and last layers. Row sizes then differ by layer: :meth:`row_bytes`.
+    ``key_outliers``: fractional key widths (TurboQuant §4.3) — per kv head that many channels of
+    largest energy (chosen from each layer's first append) at ``bits_k + 1``, the rest at ``bits_k``,
+    as two independent instances (0 = off; 16..head_dim − 16; MSE keys, CPU slot mode).
     """
 
     def __init__(self, n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
@@ -43,7 +46,7 @@ class Context:
                  backend: str | int = "cpu", device: int = 0, n_threads: int = 0,
                  max_batch: int = 512, seed: int = 0, centering: bool = True,
                  center_values: bool = False, layer_bits_k: Any = None, layer_bits_v: Any = None,
-                 lib: Library | None = None):
+                 key_outliers: int = 0, lib: Library | None = None):
         self._lib = default_library(lib)
         p = self._lib.tq_context_default_params()
         p.n_layers, p.n_heads, p.n_kv_heads, p.head_dim = n_layers, n_heads, n_kv_heads, head_dim
@@ -55,6 +58,7 @@ class Context:
         p.device, p.n_threads, p.max_batch, p.seed = device, n_threads, max_batch, seed
         p.centering = centering
         p.center_values = center_values
+        p.key_outliers = key_outliers
         # Per-layer bits: the arrays only need to live through tq_context_new, which copies them.
         arrays = []
         if layer_bits_k is not None or layer_bits_v is not None:

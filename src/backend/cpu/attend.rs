@@ -5,12 +5,15 @@
 //! (+ ⟨q, μ_k⟩ with centering, + the QJL term for PROD keys); values are accumulated in the rotated
 //! basis and un-rotated once: out = Π_vᵀ·Σ_j p_j·s'_j·c[vidx_j] (+ μ_v·Σ_j p_j). Softmax is fp32
 //! online (running max) over blocks of cells. Full-precision rows (owned cache: residual window and
-//! sinks) join the same softmax in the original basis.
+//! sinks) join the same softmax in the original basis. Split key rows (`codec::outliers`): the query is
+//! gathered into the layer's key channel order and each part rotated by its instance; a row is unpacked
+//! with both scales folded in.
 
 use super::encode::HeadTensor;
 use super::simd::{axpy, dot, exp_neg, exp_shifted_sum, level, lookup, scale_in_place};
 use super::tile;
-use crate::codec::{Dtype, KvCodec, Means, Strides};
+use crate::codec::outliers::OutlierKeys;
+use crate::codec::{Dtype, KvCodec, Means, RowLayout, Strides};
 use crate::math::scale;
 
 /// Where the additive mask of (query t, cell j) comes from.
@@ -174,6 +177,8 @@ pub struct AttendJob<'a> {
     pub layer: usize,
     /// Centering means the rows were encoded with (None: no centering).
     pub means: Option<&'a Means>,
+    /// The layer's key channel order (split key rows, `codec::outliers`); None for unsplit rows.
+    pub key_order: Option<&'a [u16]>,
     pub q: HeadTensor,
     pub n_q: usize,
     pub k_store: *const u8,
@@ -339,7 +344,9 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, cells: std::
         let q = &mut s.q[lane * d..(lane + 1) * d];
         // SAFETY: t < n_q and the head index < n_heads: inside the validated q tensor.
         unsafe { job.q.load(t, g * group + h, q) };
-        if let Some(m) = key_mse {
+        if let (Some(ok), Some(order)) = (&lc.outliers, job.key_order) {
+            ok.rotate_query(&order[g * d..(g + 1) * d], q, &mut s.row, &mut s.q_rot[lane * d..(lane + 1) * d]);
+        } else if let Some(m) = key_mse {
             m.rotation().rotate(q, &mut s.q_rot[lane * d..(lane + 1) * d]);
         }
         if prod {
@@ -514,11 +521,16 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, cells
             }
             // SAFETY: j < n_cells and the K store holds n_cells rows of k_row_bytes.
             let row = unsafe { job.k_store.add(j * k_row_bytes) };
-            let ks = read_scale(row, kl.scale_offset(g));
+            let mut ks = read_scale(row, kl.scale_offset(g));
             if let Some(m) = key_mse {
                 // SAFETY: the codes of head g lie inside the row (RowLayout offsets).
                 let packed = unsafe { std::slice::from_raw_parts(row.add(kl.codes_offset(g)), kl.code_bytes()) };
-                lookup(packed, m.bits(), k_table, &mut s.row, &mut s.codes);
+                if let Some(ok) = &lc.outliers {
+                    // SAFETY: as above.
+                    ks = unsafe { unpack_split(ok, kl, row, g, packed, &mut s.row, &mut s.codes) };
+                } else {
+                    lookup(packed, m.bits(), k_table, &mut s.row, &mut s.codes);
+                }
                 tile::dots(&s.row, &s.q_rot, lanes, d, &mut s.k_dots, simd);
             }
             if prod {
@@ -578,6 +590,25 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, cells
         j0 = j1;
     }
 
+}
+
+/// Unpack head g of a split K row (`codec::outliers`): the outliers' centroids times their scale, then
+/// the others' times theirs, in the layer's key channel order (the basis of the rotated queries).
+/// Returns 1, the scale the caller multiplies the dots by (both scales are folded in).
+///
+/// # Safety
+/// `row` is a K row of layout `kl` and `packed` its head-g codes.
+#[inline(always)]
+unsafe fn unpack_split(ok: &OutlierKeys, kl: &RowLayout, row: *const u8, g: usize, packed: &[u8], out: &mut [f32], codes: &mut [u8]) -> f32 {
+    let c = ok.channels;
+    let (hi, lo) = packed.split_at(kl.split_code_bytes());
+    let d = out.len();
+    // `lookup` unpacks as many codes as its scratch holds: give each part its width.
+    lookup(hi, ok.hi.bits(), &ok.hi.codebook().centroids_f32, &mut out[..c], &mut codes[..c]);
+    lookup(lo, ok.lo.bits(), &ok.lo.codebook().centroids_f32, &mut out[c..], &mut codes[..d - c]);
+    scale_in_place(read_scale(row, kl.scale_offset(g)), &mut out[..c]);
+    scale_in_place(read_scale(row, kl.second_scale_offset(g)), &mut out[c..]);
+    1.0
 }
 
 /// Cells per block of the tiled path (its working set — unpacked K and V rows, scores — stays in L1).
@@ -777,10 +808,18 @@ unsafe fn compressed_tiled(job: &AttendJob, t0: usize, t1: usize, g: usize, cell
             }
             // SAFETY: j0 + jj < n_cells and the K store holds n_cells rows of k_row_bytes.
             let row = unsafe { job.k_store.add((j0 + jj) * k_row_bytes) };
-            ts.k_scale[jj] = read_scale(row, k_scale_at) * job.scale;
             // SAFETY: the codes of head g lie inside the row (RowLayout offsets).
             let packed = unsafe { std::slice::from_raw_parts(row.add(k_codes), kl.code_bytes()) };
-            lookup(packed, k_bits, k_table, &mut ts.k_rows[jj * d..(jj + 1) * d], &mut s.codes);
+            let out = &mut ts.k_rows[jj * d..(jj + 1) * d];
+            ts.k_scale[jj] = job.scale
+                * match &lc.outliers {
+                    // SAFETY: as above.
+                    Some(ok) => unsafe { unpack_split(ok, kl, row, g, packed, out, &mut s.codes) },
+                    None => {
+                        lookup(packed, k_bits, k_table, out, &mut s.codes);
+                        read_scale(row, k_scale_at)
+                    }
+                };
         }
         tile::scores(&ts.k_rows, &ts.qt, &ts.k_scale, &ts.q_mu, d, lp, nb, &mut ts.scores, simd);
         if class == BlockMask::Mixed {

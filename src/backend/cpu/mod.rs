@@ -166,11 +166,32 @@ impl SharedOut {
     }
 }
 
+/// The key channel order of a layer with split key rows (None for other layers); an error while the
+/// layer has none yet (no append has reached it and no state set it).
+fn split_key_order(codec: &KvCodec, layer: usize) -> Result<Option<&[u16]>> {
+    if codec.layers[layer].outliers.is_none() {
+        return Ok(None);
+    }
+    codec.key_order(layer).map(Some).ok_or_else(|| {
+        Error::invalid(format!(
+            "layer {layer} has split key rows (key_outliers) but no channel order yet: it is chosen by the layer's first append \
+             (or restored by tq_context_state_load), so attend after appending"
+        ))
+    })
+}
+
 /// Encode tokens `range` of `req` into their cells.
 ///
 /// # Safety
 /// The request was validated for host memory and its stores hold n_cells rows each.
-unsafe fn append_range(codec: &KvCodec, req: &AppendRequest, slots: &[usize], means: Option<&Means>, range: std::ops::Range<usize>) {
+unsafe fn append_range(
+    codec: &KvCodec,
+    req: &AppendRequest,
+    slots: &[usize],
+    means: Option<&Means>,
+    order: Option<&[u16]>,
+    range: std::ops::Range<usize>,
+) {
     let (kr, vr) = codec.layer_row_bytes(req.layer);
     let mut scratch = EncodeScratch::new(codec);
     for i in range {
@@ -181,7 +202,7 @@ unsafe fn append_range(codec: &KvCodec, req: &AppendRequest, slots: &[usize], me
         // SAFETY: as for k_row.
         let v_row = unsafe { std::slice::from_raw_parts_mut(req.v_store.add(cell * vr), vr) };
         // SAFETY: validation checked the tensors' shape; the caller guarantees they cover n_tokens.
-        unsafe { encode::encode_token(codec, req.layer, means, &req.k, &req.v, i, k_row, v_row, &mut scratch) };
+        unsafe { encode::encode_token(codec, req.layer, means, order, &req.k, &req.v, i, k_row, v_row, &mut scratch) };
     }
 }
 
@@ -207,13 +228,15 @@ impl Backend for CpuBackend {
         };
         // SAFETY: the caller guarantees the tensors cover n_tokens tokens.
         let means = codec.freeze_means(req.layer, || unsafe { encode::first_append_means(codec, &req.k, &req.v, req.n_tokens) });
+        // SAFETY: as above.
+        let order = codec.freeze_key_order(req.layer, || unsafe { encode::first_append_order(codec, &req.k, req.n_tokens, means) });
         match exec {
             Exec::Queue(_) => parallel::for_each_range(req.n_tokens, self.threads, 4, |_, range| {
                 // SAFETY: validated request; ranges of tokens are disjoint and slots distinct.
-                unsafe { append_range(codec, req, slots, means, range) }
+                unsafe { append_range(codec, req, slots, means, order, range) }
             }),
             // SAFETY: as above; shares of one call are disjoint.
-            Exec::Part { ith, nth } => unsafe { append_range(codec, req, slots, means, part_range(req.n_tokens, ith, nth)) },
+            Exec::Part { ith, nth } => unsafe { append_range(codec, req, slots, means, order, part_range(req.n_tokens, ith, nth)) },
         }
         Ok(())
     }
@@ -236,6 +259,7 @@ impl Backend for CpuBackend {
             codec,
             layer: req.layer,
             means: codec.means(req.layer),
+            key_order: split_key_order(codec, req.layer)?,
             q: req.q,
             n_q: req.n_q,
             k_store: k.cast(),
