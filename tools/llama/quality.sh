@@ -7,6 +7,8 @@
 #   - TurboQuant K/V bit pairs from 3/2 to 8/8 with the defaults (key centering), 4/4 without centering and with
 #     K and V centering, and the per-layer mixes (--tq-layer-bits) named in MIXES below;
 #   - TurboQuant with the full-precision window and sinks (--tq-window, --tq-sinks) named in WINDOWS below;
+#   - TurboQuant with key outlier channels (--tq-key-outliers) named in OUTLIERS below, and the per-layer mixes
+#     of the same bits they are measured against (in MIXES);
 #   - TurboQuant 4/4 (defaults) with 1 sequence (-b 512) against 4 parallel sequences (same perplexity).
 # Writes bench/llama/quality.md (table, frontier verdict) and bench/llama/kld_vs_bits.{svg,png}.
 # Environment: LLAMA_BIN, MODEL, CORPUS, THREADS, PYTHON (with matplotlib); optional CHUNKS, OUTDIR, WORK,
@@ -67,6 +69,10 @@ MIXES=(
   "64-m2-54:6/4:14+15=5/4"
   "86-m17-85:8/6:7-23=8/5"
   "86-m2-85:8/6:14+15=8/5"
+  "33-l22-43:3/3:last22=4/3"
+  "32-l22-42:3/2:last22=4/2"
+  "43-l22-53:4/3:last22=5/3"
+  "44-l15-54:4/4:last15=5/4"
 )
 for m in "${MIXES[@]}"; do
   IFS=':' read -r name kv spec <<< "$m"
@@ -80,6 +86,14 @@ for w in "${WINDOWS[@]}"; do
   IFS=':' read -r kv win snk <<< "$w"
   k=${kv%/*}; v=${kv#*/}
   RUNS+=("tq-win-$k-$v-w$win-s$snk||-ctk tq$k -ctv tq$v --tq-window $win --tq-sinks $snk")
+done
+# key outlier channels (K/V:C:window:sinks): C channels per key head at K + 1 bits (the mixes of the same K bits:
+# 3/3:32 and 33-l22-43, 3/2:32 and 32-l22-42, 4/3:32 and 43-l22-53, 4/4:16 and 44-l15-54)
+OUTLIERS=(3/3:32:0:0 3/2:32:0:0 4/3:32:0:0 4/3:16:0:0 4/4:16:0:0)
+for o in "${OUTLIERS[@]}"; do
+  IFS=':' read -r kv nout win snk <<< "$o"
+  k=${kv%/*}; v=${kv#*/}
+  RUNS+=("tq-ko-$k-$v-o$nout-w$win-s$snk||-ctk tq$k -ctv tq$v --tq-key-outliers $nout --tq-window $win --tq-sinks $snk")
 done
 RUNS+=("tq-4-4-1seq||-ctk tq4 -ctv tq4 -b 512")
 

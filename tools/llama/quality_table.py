@@ -84,10 +84,15 @@ def read_run(work, n):
             r["bits_v"] += side
         lb = re.search(r"layer bits ([^,]+)", r["desc"])
         r["mix"] = lb.group(1) if lb else None
+        ko = re.search(r"(\d+) key outlier channels per head", r["desc"])
+        r["outliers"] = int(ko.group(1)) if ko else 0
         what = {"off": "no centering", "K": "key centering (default)", "K+V": "K and V centering"}[r["center"]]
         wtxt = f", window {r['window'][0]} + sinks {r['window'][1]}" if ws else ""
-        r["label"] = f"TurboQuant K{r['bk']}/V{r['bv']}" + (f", layers {r['mix']}" if r["mix"] else "") + f", {what}" + wtxt
-        r["short"] = f"{r['bk']}/{r['bv']}" + (f" {r['mix']}" if r["mix"] else "") + (f" W{r['window'][0]}S{r['window'][1]}" if ws else "")
+        otxt = f", {r['outliers']} key outlier channels at K{r['bk'] + 1}" if r["outliers"] else ""
+        r["label"] = (f"TurboQuant K{r['bk']}/V{r['bv']}" + (f", layers {r['mix']}" if r["mix"] else "") + otxt + f", {what}"
+                      + wtxt)
+        r["short"] = (f"{r['bk']}" + (f"+o{r['outliers']}" if r["outliers"] else "") + f"/{r['bv']}"
+                      + (f" {r['mix']}" if r["mix"] else "") + (f" W{r['window'][0]}S{r['window'][1]}" if ws else ""))
         if n.endswith("-1seq"):
             r["label"] += ", 1 sequence"
     elif n == "f16-fa-off":

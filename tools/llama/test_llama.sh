@@ -7,7 +7,8 @@
 # errors that matter: streams mixed up or rows misplaced (KLD >> 1), or a codec regression to the level of
 # 3-bit keys (0.26) or of q4_0 without rotation (0.165). Then per-layer bits: --tq-preset q4_0 (bits in the log,
 # KLD below 4/4's) and a malformed --tq-layer-bits refused; the full-precision window and sinks (bits in the
-# log, KLD below 4/4's, 4 parallel sequences equal to 1) and their refusal with the f16 cache.
+# log, KLD below 4/4's, 4 parallel sequences equal to 1) and their refusal with the f16 cache; key outlier
+# channels (bits in the log, KLD below the unsplit K3/V4's) and their refusals.
 # Environment: LLAMA_BIN, MODEL, CORPUS (make test-llama defaults it to the fetched tree's docs/build.md),
 # THREADS; optional CHUNKS (8), KLD_BOUND.
 set -euo pipefail
@@ -82,6 +83,32 @@ fi
 grep -q "configure the TurboQuant KV cache, and this context's cache is not one" "$W/badwindow.log" \
   || { echo "test-llama: FAIL: no message for --tq-window with the f16 cache"; tail -5 "$W/badwindow.log"; exit 1; }
 echo "tq-window with the f16 cache: refused"
+# key outlier channels (patch 8): K3 with 32 of SmolLM2's 64 channels per key head at 4 bits costs
+# (32*4 + 32*3)/64 + 2*16/64 = 4.000 bits per K element (two bf16 scales per head). The extra bit on the loudest
+# channels must lower the KL divergence below the unsplit K3/V4's; channels mixed up between the rows and the
+# queries would give KLD >> 1.
+for o in 0 32; do
+  "${PPL[@]}" -ctk tq3 -ctv tq4 --tq-key-outliers $o -lv 4 --kl-divergence-base "$W/base.kld" --kl-divergence \
+      > "$W/outliers$o.log" 2>&1 || { tail -20 "$W/outliers$o.log"; exit 1; }
+done
+line=$(grep -oE "TurboQuant K 3 bits, V 4 bits, centering K, 32 key outlier channels per head at K\+1 bits: K [0-9.]+ \+ V [0-9.]+" "$W/outliers32.log" || true)
+[[ -n $line && $line == *"K 4.000 + V 4.250" ]] \
+  || { echo "test-llama: FAIL: --tq-key-outliers 32 cache line '${line:-none}', expected '... K 4.000 + V 4.250'"; exit 1; }
+ko=$(kld "$W/outliers32.log"); k3=$(kld "$W/outliers0.log")
+echo "tq3/tq4 --tq-key-outliers 32: K 4.000 + V 4.250 bits per element | mean KLD $ko (without: $k3 at K 3.250)"
+awk -v a="$ko" -v b="$k3" 'BEGIN { if (a == "" || a != a + 0 || a >= b) { exit 1 } }' \
+  || { echo "test-llama: FAIL: with 32 key outlier channels mean KLD $ko is not below K3/V4's $k3"; exit 1; }
+if "${PPL[@]}" --chunks 1 --tq-key-outliers 32 > "$W/badoutliers.log" 2>&1; then
+  echo "test-llama: FAIL: --tq-key-outliers 32 with the f16 cache was accepted"; exit 1
+fi
+grep -q "configure the TurboQuant KV cache, and this context's cache is not one" "$W/badoutliers.log" \
+  || { echo "test-llama: FAIL: no message for --tq-key-outliers with the f16 cache"; tail -5 "$W/badoutliers.log"; exit 1; }
+if "${PPL[@]}" --chunks 1 -ctk tq4 -ctv tq4 --tq-key-outliers 8 > "$W/badoutliers8.log" 2>&1; then
+  echo "test-llama: FAIL: --tq-key-outliers 8 (below 16) was accepted"; exit 1
+fi
+grep -q "key_outliers is 8" "$W/badoutliers8.log" \
+  || { echo "test-llama: FAIL: no message naming key_outliers 8"; tail -5 "$W/badoutliers8.log"; exit 1; }
+echo "tq-key-outliers with the f16 cache, and 8 channels: refused"
 rm -f "$W/base.kld"
 
 k=$(kld "$W/tq4.log")

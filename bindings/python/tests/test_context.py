@@ -319,3 +319,36 @@ def test_per_layer_bits_errors():
         tq.Context(N_LAYERS, N_HEADS, N_KV, D, layer_bits_k=[4])
     with pytest.raises(tq.TurboQuantError):
         tq.Context(N_LAYERS, N_HEADS, N_KV, D, layer_bits_k=[4, 9])
+
+
+# -- key outlier channels ---------------------------------------------------------------------------
+
+def test_key_outliers_rows_and_attention_error():
+    """key_outliers=32: K rows hold 32 channels per head at bits_k + 1 and 32 at bits_k plus two bf16
+    scales; on keys whose 8 loud channels per head carry most of the energy, attention is closer to the
+    exact float64 attention than with unsplit keys of the same base width (and the values unchanged)."""
+    rng = np.random.default_rng(31)
+    n, n_q = 256, 8
+    q, k, v = make_kv(rng, n, n_q)
+    k[:, :, ::8] *= 6.0
+    q *= 0.5
+    mask = causal_mask(n_q, n)
+    exact = softmax_attention(q, k, v, mask, 1 / np.sqrt(D))
+    errs = {}
+    for c in (0, 32):
+        ctx = tq.Context(N_LAYERS, N_HEADS, N_KV, D, seed=SEED, bits_k=3, bits_v=8, key_outliers=c)
+        kb, vb = ctx.row_bytes(1)
+        want = N_KV * ((32 * 4 + 32 * 3) // 8 + 4) if c else N_KV * (3 * D // 8 + 2)
+        assert (kb, vb) == (want, N_KV * (8 * D // 8 + 2))
+        ks, vs = ctx.new_stores(n, layer=1)
+        ctx.append_kv(1, ks, vs, np.arange(n), k, v)
+        out = ctx.attend(1, q, ks, vs, mask=mask)
+        errs[c] = float(np.linalg.norm(out - exact) / np.linalg.norm(exact))
+    assert errs[32] < 0.7 * errs[0], errs
+
+
+def test_key_outliers_errors():
+    with pytest.raises(tq.TurboQuantError, match="key_outliers is 8"):
+        tq.Context(N_LAYERS, N_HEADS, N_KV, D, key_outliers=8)
+    with pytest.raises(tq.TurboQuantError, match="key_mode"):
+        tq.Context(N_LAYERS, N_HEADS, N_KV, D, key_outliers=16, key_mode="prod")
