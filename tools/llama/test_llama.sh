@@ -60,9 +60,11 @@ echo "tq-layer-bits 3-1=5: refused ($(grep -oE "range 3-1 is empty" "$W/badspec.
 # f16 copies. The log must count the side store in the bits per element (4.25 + 16·68/512 at 512 cells), its KLD
 # must be well below 4/4's (0.035 vs 0.060 on 8 chunks of Pride and Prejudice), and 4 parallel sequences (one
 # side store each) must give what 1 sequence at a time gives (-b 512): rows of one sequence attended for
-# another's, or stale side rows, would not.
+# another's, or stale side rows, would not. Without centering: the centering means are estimated from the first
+# ubatch, which holds 128 tokens of each of the 4 sequences at -b 2048 and 512 of one at -b 512, so with them
+# the two runs differ by their means (0.0089 vs 0.0083 here).
 for b in 2048 512; do
-  "${PPL[@]}" -ctk tq4 -ctv tq4 --tq-window 64 --tq-sinks 4 -b $b -lv 4 --kl-divergence-base "$W/base.kld" --kl-divergence \
+  "${PPL[@]}" -ctk tq4 -ctv tq4 --no-tq-centering --tq-window 64 --tq-sinks 4 -b $b -lv 4 --kl-divergence-base "$W/base.kld" --kl-divergence \
       > "$W/window$b.log" 2>&1 || { tail -20 "$W/window$b.log"; exit 1; }
 done
 grep -q "n_seq=1" "$W/window512.log" || { echo "test-llama: expected 1 sequence at a time with -b 512"; exit 1; }
@@ -71,10 +73,10 @@ line=$(grep -oE "side store \(window 64 \+ sinks 4 positions per sequence[^:]*: 
   || { echo "test-llama: FAIL: window cache line '${line:-none}', expected '... with it 6.375 bits per element at 512 cells'"; exit 1; }
 kw=$(kld "$W/window2048.log")
 kw1=$(kld "$W/window512.log")
-echo "tq4 --tq-window 64 --tq-sinks 4: 6.375 bits per element | mean KLD $kw (4 sequences), $kw1 (1 sequence)"
+echo "tq4 --no-tq-centering --tq-window 64 --tq-sinks 4: 6.375 bits per element | mean KLD $kw (4 sequences), $kw1 (1 sequence)"
 awk -v a="$kw" -v b="$(kld "$W/tq4.log")" 'BEGIN { if (a == "" || a != a + 0 || a >= 0.8 * b) { exit 1 } }' \
   || { echo "test-llama: FAIL: with the window mean KLD $kw is not below 0.8 x TurboQuant 4/4's"; exit 1; }
-awk -v a="$kw" -v b="$kw1" 'BEGIN { d = a - b; if (d < 0) d = -d; if (b == "" || b != b + 0 || d > 0.1 * b) { exit 1 } }' \
+awk -v a="$kw" -v b="$kw1" 'BEGIN { d = a - b; if (d < 0) d = -d; if (b == "" || b != b + 0 || d > 0.001 * b) { exit 1 } }' \
   || { echo "test-llama: FAIL: with the window 4 parallel sequences give mean KLD $kw, 1 sequence $kw1"; exit 1; }
 # the TurboQuant options with llama.cpp's own cache type: refused, not ignored
 if "${PPL[@]}" --chunks 1 --tq-window 8 > "$W/badwindow.log" 2>&1; then
