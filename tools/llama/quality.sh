@@ -9,7 +9,7 @@
 #   - TurboQuant with the full-precision window and sinks (--tq-window, --tq-sinks) named in WINDOWS below;
 #   - TurboQuant with key outlier channels (--tq-key-outliers) named in OUTLIERS below, and the per-layer mixes
 #     of the same bits they are measured against (in MIXES);
-#   - TurboQuant 4/4 (defaults) with 1 sequence (-b 512) against 4 parallel sequences (same perplexity).
+#   - TurboQuant 4/4 without centering with 1 sequence (-b 512) against 4 parallel sequences (same perplexity).
 # Writes bench/llama/quality.md (table, frontier verdict) and bench/llama/kld_vs_bits.{svg,png}.
 # Environment: LLAMA_BIN, MODEL, CORPUS, THREADS, PYTHON (with matplotlib); optional CHUNKS, OUTDIR, WORK,
 # TABLE_ONLY=1 (only rebuild the table from the logs of a previous run), KEEP=1 (skip runs whose log is complete, and
@@ -37,38 +37,17 @@ for k in $LLAMA_TYPES; do
   done
 done
 RUNS+=("ll-iq4_nl-iq4_nl||-ctk iq4_nl -ctv iq4_nl")
-for kv in 3/2 3/3 4/2 4/3 4/4 5/3 5/4 5/5 6/3 6/4 6/5 6/6 7/4 8/4 8/5 8/6 8/8; do
+for kv in 3/2 3/3 4/2 4/3 4/4 5/3 5/4 6/4 6/5 8/8; do
   k=${kv%/*}; v=${kv#*/}
   RUNS+=("tq-$k-$v||-ctk tq$k -ctv tq$v")
 done
 RUNS+=("tq-4-4-nc||-ctk tq4 -ctv tq4 --no-tq-centering")
 RUNS+=("tq-4-4-kv||-ctk tq4 -ctv tq4 --tq-centering-kv")
-RUNS+=("tq-8-8-kv||-ctk tq8 -ctv tq8 --tq-centering-kv")
-RUNS+=("tq-8-8-nc||-ctk tq8 -ctv tq8 --no-tq-centering")
-# per-layer mixes (name:K/V of the other layers:--tq-layer-bits): the first and last layers at more bits, or
-# the middle or last layers (7-23 or last17: 17 of 30 layers; 14+15: 2) at fewer, to land under a llama.cpp
-# type's budget
+# per-layer mixes (name:K/V of the other layers:--tq-layer-bits): --tq-preset q4_0's (the last 17 of 30 layers at
+# K5/V3), and the last 22 or 15 layers one K bit up, at the K bits of the key-outlier rows below (earlier tables,
+# in the history of bench/llama/quality.md, measured more mixes and windows)
 MIXES=(
-  "44-e1-66:4/4:first1+last1=6/6"
-  "44-e2-55:4/4:first2+last2=5/5"
-  "44-f2-66:4/4:first2=6/6"
-  "53-e2-64:5/3:first2+last2=6/4"
-  "43-e2-54:4/3:first2+last2=5/4"
-  "33-e1-55:3/3:first1+last1=5/5"
-  "54-e2-65:5/4:first2+last2=6/5"
-  "55-e2-66:5/5:first2+last2=6/6"
-  "54-m17-53:5/4:7-23=5/3"
-  "63-m17-53:6/3:7-23=5/3"
-  "64-m17-54:6/4:7-23=5/4"
-  "64-l17-54:6/4:last17=5/4"
   "54-l17-53:5/4:last17=5/3"
-  "54-l17-44:5/4:last17=4/4"
-  "53-f6-64:5/3:first6=6/4"
-  "53-f4-74:5/3:first4=7/4"
-  "54-l19-53-f2-64:5/4:last19=5/3,first2=6/4"
-  "64-m2-54:6/4:14+15=5/4"
-  "86-m17-85:8/6:7-23=8/5"
-  "86-m2-85:8/6:14+15=8/5"
   "33-l22-43:3/3:last22=4/3"
   "32-l22-42:3/2:last22=4/2"
   "43-l22-53:4/3:last22=5/3"
@@ -80,8 +59,7 @@ for m in "${MIXES[@]}"; do
 done
 # the full-precision window and sinks (K/V:window:sinks): each sequence's W most recent and S first positions also
 # as f16 rows, their bits counted at the 512 cells of a sequence
-WINDOWS=(4/4:0:4 4/4:3:4 4/4:64:4 4/3:0:4 4/3:8:4 4/3:19:4 4/3:22:1 4/2:3:4 4/2:6:1 4/2:7:0 4/2:35:4 5/3:3:4 5/2:19:4
-  5/4:19:4 3/3:3:4 3/2:3:4 3/2:19:4 6/4:3:4 6/5:19:4 8/8:3:4)
+WINDOWS=(4/4:64:4 4/3:8:4 4/3:19:4 4/3:22:1 5/4:19:4 3/2:3:4 3/2:19:4 6/5:19:4 8/8:3:4)
 for w in "${WINDOWS[@]}"; do
   IFS=':' read -r kv win snk <<< "$w"
   k=${kv%/*}; v=${kv#*/}
@@ -95,7 +73,9 @@ for o in "${OUTLIERS[@]}"; do
   k=${kv%/*}; v=${kv#*/}
   RUNS+=("tq-ko-$k-$v-o$nout-w$win-s$snk||-ctk tq$k -ctv tq$v --tq-key-outliers $nout --tq-window $win --tq-sinks $snk")
 done
-RUNS+=("tq-4-4-1seq||-ctk tq4 -ctv tq4 -b 512")
+# 1 sequence at a time against tq-4-4-nc's 4 parallel ones: the same perplexity (without centering: with it the
+# means come from the first ubatch, 512 tokens of one chunk here and 128 of each of 4 there)
+RUNS+=("tq-4-4-nc-1seq||-ctk tq4 -ctv tq4 --no-tq-centering -b 512")
 
 complete() { [ -f "$1" ] && grep -q "Mean    KLD" "$1"; }
 
