@@ -38,6 +38,27 @@ __device__ __forceinline__ void ldmatrix_x4_trans(u32 *r, const void *p) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
 
+// Byte offset of pair table entry `pair` at stream bit `pos` of w: pair * 128 (32 replicated words per
+// entry), taken with one shift and one mask where the pair lies inside one word (always at 4 bits).
+template <int B, int NBITS>
+__device__ __forceinline__ u32 pf_pair_offset(const Window<NBITS> &w, int pos) {
+    constexpr u32 M = ((1u << (2 * B)) - 1) << 7;
+    const int wi = pos >> 5, off = pos & 31;
+    if (off + 2 * B <= 32) return (off >= 7 ? w.w[wi] >> (off - 7) : w.w[wi] << (7 - off)) & M;
+    return w.bits(pos, 2 * B) << 7;
+}
+
+// half2 of the pair at stream bit `pos` of w (`tab_lane` is the table plus this lane).
+template <int B, int NBITS>
+__device__ __forceinline__ u32 pf_lookup(const u32 *tab_lane, const Window<NBITS> &w, int pos) {
+    if (Table<B>::PAIRED) {
+        const u32 lane4 = (threadIdx.x & 31) * 4;  // disjoint from the entry's bits: OR, not add
+        return *reinterpret_cast<const u32 *>(reinterpret_cast<const u8 *>(tab_lane - (threadIdx.x & 31)) + (pf_pair_offset<B>(w, pos) | lane4));
+    } else {
+        return lookup_pair<B>(tab_lane, w.bits(pos, 2 * B));
+    }
+}
+
 // Dequantise PF_DIMS dimensions of one cell, loaded earlier into `w`, into an f16 smem row segment
 // (16-byte aligned): four pairs per 16-byte store.
 template <int B, int NBITS>
@@ -46,10 +67,10 @@ __device__ __forceinline__ void pf_dequant(u16 *dst_seg, const Window<NBITS> &w,
 #pragma unroll
     for (int j = 0; j < PF_DIMS / 8; j++) {
         uint4 v;
-        v.x = lookup_pair<B>(tab_lane, w.bits((4 * j + 0) * 2 * B, 2 * B));
-        v.y = lookup_pair<B>(tab_lane, w.bits((4 * j + 1) * 2 * B, 2 * B));
-        v.z = lookup_pair<B>(tab_lane, w.bits((4 * j + 2) * 2 * B, 2 * B));
-        v.w = lookup_pair<B>(tab_lane, w.bits((4 * j + 3) * 2 * B, 2 * B));
+        v.x = pf_lookup<B>(tab_lane, w, (4 * j + 0) * 2 * B);
+        v.y = pf_lookup<B>(tab_lane, w, (4 * j + 1) * 2 * B);
+        v.z = pf_lookup<B>(tab_lane, w, (4 * j + 2) * 2 * B);
+        v.w = pf_lookup<B>(tab_lane, w, (4 * j + 3) * 2 * B);
         dst[j] = v;
     }
 }
@@ -113,9 +134,10 @@ __device__ __forceinline__ void prefill_body(const AttendParams &p, u8 *smem_bas
 #pragma unroll
         for (int n = 0; n < D / 8; n++) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.0f;
 
-    const i64 len = seq_cells_of(p, seq);
-    const i64 begin = split * p.chunk;
-    const i64 end = min(begin + p.chunk, len);
+    // Cell indices in 32 bits (the host refuses more than 2^31 - 1 cells); byte offsets stay 64-bit.
+    const int len = (int)seq_cells_of(p, seq);
+    const int begin = (int)min(split * p.chunk, (i64)len);
+    const int end = (int)min(split * p.chunk + p.chunk, (i64)len);
     // No mask and no positions: whole tiles need no per-cell visibility term.
     const bool plain = p.mask == nullptr && p.cell_pos == nullptr;
     const u32 *tk = tab_k + lane, *tv = tab_v + lane;
@@ -125,7 +147,7 @@ __device__ __forceinline__ void prefill_body(const AttendParams &p, u8 *smem_bas
     Window<PF_KBITS> wk;
     Window<PF_VBITS> wv;
     float ksc_raw = 0.0f, vsc_raw = 0.0f;
-    auto load_raw = [&](i64 t0) {
+    auto load_raw = [&](int t0) {
         const i64 r = t0 + cell_l < end ? t0 + cell_l : t0;
         const u8 *krow = ks + r * p.k_row_bytes;
         const u8 *vrow = vs + r * p.v_row_bytes;
@@ -137,7 +159,7 @@ __device__ __forceinline__ void prefill_body(const AttendParams &p, u8 *smem_bas
         }
     };
     if (begin < end) load_raw(begin);
-    for (i64 t0 = begin; t0 < end; t0 += PF_TILE) {
+    for (int t0 = begin; t0 < end; t0 += PF_TILE) {
         __syncthreads();  // the previous tile's readers are done (first tile: tables and queries written)
         pf_dequant<BITS_K, PF_KBITS>(kt_s + cell_l * PF_LD + part * PF_DIMS, wk, tk);
         pf_dequant<BITS_V, PF_VBITS>(vt_s + cell_l * PF_LD + part * PF_DIMS, wv, tv);
@@ -163,7 +185,9 @@ __device__ __forceinline__ void prefill_body(const AttendParams &p, u8 *smem_bas
             for (int mt = 0; mt < PF_MT; mt++)
     #pragma unroll
                 for (int n = 0; n < PF_SUB / 8; n++) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
-    #pragma unroll 1
+            // Fully unrolled (the 32-bit cell indices and two-instruction table lookups leave the registers
+            // for it): the ldmatrix of later k-tiles issue between the mma of earlier ones.
+    #pragma unroll
             for (int kt = 0; kt < D / 16; kt += 2) {
                 u32 a0[PF_MT][4], a1[PF_MT][4];
     #pragma unroll
@@ -213,7 +237,7 @@ __device__ __forceinline__ void prefill_body(const AttendParams &p, u8 *smem_bas
                         for (int n = 0; n < PF_SUB / 8; n++) {
     #pragma unroll
                             for (int e = 0; e < 2; e++) {
-                                const i64 j = t0 + sub + n * 8 + 2 * t + e;
+                                const int j = t0 + sub + n * 8 + 2 * t + e;
                                 const float bias = (j < end && c < n_cols) ? cell_bias(p, seq, i, j) : NEG_INF;
                                 float &x = s[mt][n][2 * r + e];
                                 x = bias == NEG_INF ? NEG_INF : x + bias;

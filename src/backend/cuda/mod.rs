@@ -1013,6 +1013,13 @@ impl CudaBackend {
         let staged = self.stage_cells > 0 && self.stores_aligned(&a.stores, self.stage_align as u64);
         let fast = self.fast_stage_cells > 0 && self.stores_aligned(&a.stores, self.stage_align as u64);
         let plan = self.plan(a.n_seqs, a.n_q, a.max_cells, staged, fast);
+        if plan.prefill && a.max_cells > i32::MAX as usize {
+            // tq_prefill_* keeps cell indices in 32 bits.
+            return Err(CudaError::new(
+                CudaErrorKind::Unsupported,
+                format!("{} cells: the prefill kernel takes at most 2^31 - 1 cells per sequence", a.max_cells),
+            ));
+        }
         let ptr = &mut rp as *mut _ as *mut c_void;
         let (rot_grid, rot_block) = if kt.signs_in != 0 {
             ((a.n_q * self.n_heads).div_ceil(ROTATE_WARPS) as u32, (ROTATE_WARPS * 32) as u32)
