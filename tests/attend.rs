@@ -335,9 +335,7 @@ fn params_of_the_first_release_size_are_accepted_with_new_fields_at_default() {
     // only that many bytes: the library must read no further and use the defaults for the rest.
     let p = tq_context_default_params();
     assert_eq!(TQ_CONTEXT_PARAMS_SIZE_V1, std::mem::offset_of!(tq_context_params, layer_bits_k));
-    let mut old = vec![0u8; TQ_CONTEXT_PARAMS_SIZE_V1];
-    unsafe { std::ptr::copy_nonoverlapping(&p as *const tq_context_params as *const u8, old.as_mut_ptr(), old.len()) };
-    old[..std::mem::size_of::<usize>()].copy_from_slice(&TQ_CONTEXT_PARAMS_SIZE_V1.to_ne_bytes());
+    let mut old = params_prefix(&p, TQ_CONTEXT_PARAMS_SIZE_V1);
     let mut out = std::ptr::null_mut();
     assert_eq!(unsafe { tq_context_new(old.as_ptr().cast(), &mut out) }, tq_status::TQ_STATUS_OK, "{}", last_error());
     let ctx = Ctx(out);

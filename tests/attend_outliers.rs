@@ -318,9 +318,7 @@ fn params_of_the_previous_size_mean_no_outliers() {
     let mut p = tq_context_default_params();
     p.key_outliers = 16; // beyond the old size: must not be read
     assert!(TQ_CONTEXT_PARAMS_SIZE_V2 <= std::mem::offset_of!(tq_context_params, key_outliers));
-    let mut old = vec![0u8; TQ_CONTEXT_PARAMS_SIZE_V2];
-    unsafe { std::ptr::copy_nonoverlapping(&p as *const tq_context_params as *const u8, old.as_mut_ptr(), old.len()) };
-    old[..std::mem::size_of::<usize>()].copy_from_slice(&TQ_CONTEXT_PARAMS_SIZE_V2.to_ne_bytes());
+    let old = params_prefix(&p, TQ_CONTEXT_PARAMS_SIZE_V2);
     let mut out = std::ptr::null_mut();
     assert_eq!(unsafe { tq_context_new(old.as_ptr().cast(), &mut out) }, tq_status::TQ_STATUS_OK, "{}", last_error());
     let ctx = Ctx(out);

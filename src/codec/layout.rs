@@ -64,9 +64,9 @@ impl RowLayout {
         (self.n_kv_heads * (self.code_bytes() + self.sign_bytes())).next_multiple_of(2) + 2 * head
     }
 
-    /// Offset of head h's bf16 residual scale γ (PROD).
+    /// Offset of head h's bf16 residual scale γ (PROD): the second scale slot.
     pub fn gamma_offset(&self, head: usize) -> usize {
-        self.scale_offset(self.n_kv_heads) + 2 * head
+        self.second_scale_offset(head)
     }
 
     pub fn row_bytes(&self) -> usize {

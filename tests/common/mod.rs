@@ -30,6 +30,15 @@ pub fn context(p: &tq_context_params) -> Ctx {
     Ctx(ctx)
 }
 
+/// The first `size` bytes of `p` with struct_size = `size`: the params as a caller built against an
+/// older header passes them.
+pub fn params_prefix(p: &tq_context_params, size: usize) -> Vec<u8> {
+    let mut old = vec![0u8; size];
+    unsafe { std::ptr::copy_nonoverlapping(p as *const tq_context_params as *const u8, old.as_mut_ptr(), size) };
+    old[..std::mem::size_of::<usize>()].copy_from_slice(&size.to_ne_bytes());
+    old
+}
+
 pub fn row_bytes(ctx: &Ctx) -> (usize, usize) {
     let (mut k, mut v) = (0, 0);
     assert_eq!(unsafe { tq_context_row_bytes(ctx.0, &mut k, &mut v) }, tq_status::TQ_STATUS_OK);

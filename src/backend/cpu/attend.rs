@@ -521,16 +521,19 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, cells
             }
             // SAFETY: j < n_cells and the K store holds n_cells rows of k_row_bytes.
             let row = unsafe { job.k_store.add(j * k_row_bytes) };
-            let mut ks = read_scale(row, kl.scale_offset(g));
+            // The MSE stage's scale (used only with one).
+            let mut ks = 0.0;
             if let Some(m) = key_mse {
                 // SAFETY: the codes of head g lie inside the row (RowLayout offsets).
                 let packed = unsafe { std::slice::from_raw_parts(row.add(kl.codes_offset(g)), kl.code_bytes()) };
-                if let Some(ok) = &lc.outliers {
+                ks = match &lc.outliers {
                     // SAFETY: as above.
-                    ks = unsafe { unpack_split(ok, kl, row, g, packed, &mut s.row, &mut s.codes) };
-                } else {
-                    lookup(packed, m.bits(), k_table, &mut s.row, &mut s.codes);
-                }
+                    Some(ok) => unsafe { unpack_split(ok, kl, row, g, packed, &mut s.row, &mut s.codes) },
+                    None => {
+                        lookup(packed, m.bits(), k_table, &mut s.row, &mut s.codes);
+                        read_scale(row, kl.scale_offset(g))
+                    }
+                };
                 tile::dots(&s.row, &s.q_rot, lanes, d, &mut s.k_dots, simd);
             }
             if prod {

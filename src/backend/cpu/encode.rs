@@ -8,10 +8,9 @@ use crate::math::scale;
 /// Working memory of one thread for encoding.
 pub struct EncodeScratch {
     x: Vec<f32>,
-    /// The head vector in outlier order (split key rows).
-    gathered: Vec<f32>,
     quant: Scratch,
-    parts: PartScratch,
+    /// Split key rows only: the head vector in outlier order and the two instances' scratch.
+    split: Option<(Vec<f32>, PartScratch)>,
     codes: Vec<u8>,
     scales: [u16; 2],
 }
@@ -19,15 +18,9 @@ pub struct EncodeScratch {
 impl EncodeScratch {
     pub fn new(codec: &KvCodec) -> Self {
         let d = codec.config.head_dim;
-        let c = if codec.config.key_outliers > 0 { codec.config.key_outliers } else { d / 2 };
-        Self {
-            x: vec![0.0; d],
-            gathered: vec![0.0; d],
-            quant: Scratch::new(d),
-            parts: PartScratch::new(d, c),
-            codes: vec![0; 2 * d],
-            scales: [0; 2],
-        }
+        let c = codec.config.key_outliers;
+        let split = (c > 0).then(|| (vec![0.0; d], PartScratch::new(d, c)));
+        Self { x: vec![0.0; d], quant: Scratch::new(d), split, codes: vec![0; 2 * d], scales: [0; 2] }
     }
 }
 
@@ -84,9 +77,9 @@ pub unsafe fn encode_token(
         if let Some(m) = means {
             s.x.iter_mut().zip(&m.k[head * d..(head + 1) * d]).for_each(|(x, mu)| *x -= mu);
         }
-        if let (Some(ok), Some(order)) = (&lc.outliers, order) {
+        if let (Some(ok), Some(order), Some((gathered, parts))) = (&lc.outliers, order, &mut s.split) {
             let codes = &mut k_row[kl.codes_offset(head)..kl.codes_offset(head) + kl.code_bytes()];
-            ok.encode(&order[head * d..(head + 1) * d], &s.x, &mut s.gathered, codes, &mut s.scales, &mut s.parts);
+            ok.encode(&order[head * d..(head + 1) * d], &s.x, gathered, codes, &mut s.scales, parts);
             k_row[kl.scale_offset(head)..kl.scale_offset(head) + 2].copy_from_slice(&s.scales[0].to_le_bytes());
             let at = kl.second_scale_offset(head);
             k_row[at..at + 2].copy_from_slice(&s.scales[1].to_le_bytes());
