@@ -510,6 +510,40 @@ fn prefill_tiles_match_float64_reference() {
     }
 }
 
+/// Decode-sized tiles (1 to 3 query tokens, fewer than 16 lanes: the row-by-row path, which reads
+/// codes of at most 4 bits straight from the rows) against the float64 reference, ≤ 1e-5 relative:
+/// SmolLM2's shape, 4-bit codes read in place and 3-/2-bit codes unpacked per block, groups of 2 to
+/// 7 heads (15 lanes: a register block of 8 and one of 7), centering, f16 and f32 masks with hidden
+/// cells, padding cells of 0xff bytes, and depths long enough for split-K over the call's 2 threads.
+#[test]
+fn decode_tiles_match_float64_reference() {
+    let cases = [
+        (64, 3, 3, (4, 4), true, 300, 1, true),
+        (64, 3, 3, (4, 4), false, 1500, 1, true),
+        (128, 2, 4, (3, 2), false, 200, 2, false),
+        (64, 1, 7, (2, 4), true, 700, 1, true),
+        (64, 1, 5, (4, 4), false, 100, 3, true),
+        (96, 2, 2, (4, 3), true, 150, 1, false),
+    ];
+    for (i, &(d, n_kv, group, bits, centering, depth, n_q, f16_mask)) in cases.iter().enumerate() {
+        let err = run_prefill(d, n_kv, group, bits, centering, depth, n_q, f16_mask, 400 + i as u64);
+        assert!(err <= 1e-5, "case {i} (d {d}, n_kv {n_kv}, group {group}, bits {bits:?}, n_q {n_q}): relative error {err:e}");
+    }
+}
+
+/// The decode cases through the portable kernels (the row-by-row path that unpacks each row into
+/// floats), as for the prefill tiles.
+#[test]
+fn decode_tiles_match_float64_reference_portable() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "decode_tiles_match_float64_reference", "--test-threads", "1"])
+        .env("TQ_DISABLE_SIMD", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("1 passed"), "portable run failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// The same cases through the portable kernels: the test binary runs that test again with
 /// TQ_DISABLE_SIMD=1 (read once per process), which turns off every explicit AVX-512 kernel of CPU
 /// attention; both paths must meet the same float64 bound, so they agree to 2e-5.

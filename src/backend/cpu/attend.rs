@@ -96,6 +96,46 @@ impl MaskSource<'_> {
         unsafe { self.raw_value(t, j) }
     }
 
+    /// The additive mask values of query t over cells j0..j0 + out.len() (as `value`), a whole f16
+    /// or f32 row at a time where the mask is such a tensor.
+    ///
+    /// # Safety
+    /// A tensor mask covers (t, j) for those cells.
+    #[inline(always)]
+    unsafe fn fill(&self, t: usize, j0: usize, out: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        match *self {
+            MaskSource::None => out.fill(0.0),
+            MaskSource::Tensor { ptr, dtype: Dtype::F16, row_stride, hidden: None } => {
+                // SAFETY: the caller guarantees the mask covers (t, j0..j0 + len); f16 has no alignment
+                // beyond 2 and llama.cpp's masks are 2-aligned, as `read_unaligned` below does not need.
+                let p = unsafe { ptr.add((t * row_stride + j0) * 2) };
+                if (p as usize).is_multiple_of(2) {
+                    // SAFETY: as above, aligned.
+                    let row = unsafe { std::slice::from_raw_parts(p as *const half::f16, out.len()) };
+                    row.convert_to_f32_slice(out);
+                } else {
+                    for (jj, o) in out.iter_mut().enumerate() {
+                        // SAFETY: as above.
+                        *o = unsafe { self.raw_value(t, j0 + jj) };
+                    }
+                }
+            }
+            MaskSource::Tensor { ptr, dtype: Dtype::F32, row_stride, hidden: None } => {
+                for (jj, o) in out.iter_mut().enumerate() {
+                    // SAFETY: as above.
+                    *o = unsafe { (ptr.add((t * row_stride + j0 + jj) * 4) as *const f32).read_unaligned() };
+                }
+            }
+            _ => {
+                for (jj, o) in out.iter_mut().enumerate() {
+                    // SAFETY: as above.
+                    *o = unsafe { self.value(t, j0 + jj) };
+                }
+            }
+        }
+    }
+
     /// Additive mask value of (t, j) as the mask gives it, ignoring `hidden`.
     ///
     /// # Safety
@@ -234,6 +274,14 @@ pub struct AttendScratch {
     v_rows: Vec<f32>,
     signs: Vec<f32>,
     codes: Vec<u8>,
+    /// The additive mask of a block, [QUERY_TILE][BLOCK] (code path).
+    mask_block: Vec<f32>,
+    /// Per cell of a block: some token sees it (K), some lane weighs it (V) (code path).
+    visible: Vec<bool>,
+    /// Unpacked codes of a block's rows of fewer than 4 bits, [BLOCK][d] (code path; grown on use).
+    codes_block: Vec<u8>,
+    /// The K (then V) scale of each cell of a block (code path).
+    row_scale: Vec<f32>,
     out: Vec<f32>,
     tile: TileScratch,
 }
@@ -260,6 +308,10 @@ impl AttendScratch {
             v_rows: vec![0.0; BLOCK * d],
             signs: vec![0.0; d],
             codes: vec![0; d],
+            mask_block: vec![0.0; QUERY_TILE * BLOCK],
+            visible: vec![false; BLOCK],
+            codes_block: Vec::new(),
+            row_scale: vec![0.0; BLOCK],
             out: vec![0.0; d],
             tile: TileScratch::default(),
         }
@@ -364,6 +416,9 @@ unsafe fn run_tile(job: &AttendJob, t0: usize, t1: usize, g: usize, cells: std::
     if !prod && lanes >= tile::VECTOR && job.softcap == 0.0 {
         // SAFETY: the caller guarantees the job's pointers; t0..t1 < n_q and g < n_kv_heads.
         unsafe { compressed_tiled(job, t0, t1, g, cells, s) };
+    } else if codes_path(job, lanes, level()) {
+        // SAFETY: as above; codes_path holds.
+        unsafe { compressed_codes(job, t0, t1, g, cells, s) };
     } else {
         // SAFETY: as above.
         unsafe { compressed_rows(job, t0, t1, g, cells, s) };
@@ -593,6 +648,156 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, cells
         j0 = j1;
     }
 
+}
+
+/// Whether `compressed_codes` runs this job's tiles of `lanes` lanes: MSE keys without outlier
+/// channels, K and V codes of at most 4 bits (16-entry tables in registers), an explicit SIMD level
+/// and a head size that is a whole number of its registers.
+fn codes_path(job: &AttendJob, lanes: usize, simd: super::simd::Level) -> bool {
+    let lc = &job.codec.layers[job.layer];
+    let d = job.codec.config.head_dim;
+    let key_bits = lc.key.mse_stage().map(|m| m.bits());
+    simd != super::simd::Level::Portable
+        && !lc.k_layout.qjl
+        && lc.outliers.is_none()
+        && key_bits.is_some_and(|b| b <= 4)
+        && lc.value.bits() <= 4
+        && d.is_multiple_of(simd.lanes())
+        && lanes > 0
+}
+
+/// A codebook padded to the 16 entries of the code kernels' register tables.
+fn table16(c: &[f32]) -> [f32; 16] {
+    let mut t = [0.0f32; 16];
+    t[..c.len()].copy_from_slice(c);
+    t
+}
+
+/// The row-by-row path (tiles of fewer than 16 lanes, decode among them) over codes of at most 4
+/// bits: per block of cells, the key scores of all lanes straight from the codes
+/// (`tile::code_scores`: 4-bit codes looked up in registers where they lie in the cache, codes of
+/// fewer bits unpacked once per block), the online-softmax step, then the values the same way
+/// (`tile::code_accumulate`). Same sums as `compressed_rows` (the order of a dot product's terms
+/// differs). Updates the lanes' m, l, l_compressed and acc.
+///
+/// # Safety
+/// As for `run_tile`; the lanes were initialised by it, and `codes_path` holds.
+#[inline(always)]
+unsafe fn compressed_codes(job: &AttendJob, t0: usize, t1: usize, g: usize, cells: std::ops::Range<usize>, s: &mut AttendScratch) {
+    let codec = job.codec;
+    let lc = &codec.layers[job.layer];
+    let (kl, vl) = (&lc.k_layout, &lc.v_layout);
+    let d = codec.config.head_dim;
+    let group = codec.group_size();
+    let nt = t1 - t0;
+    let lanes = nt * group;
+    let simd = level();
+    let key_bits = lc.key.mse_stage().map_or(0, |m| m.bits());
+    let value_bits = lc.value.bits();
+    let k_table = table16(lc.key.mse_stage().map_or(&[][..], |m| &m.codebook().centroids_f32[..]));
+    let v_table = table16(&lc.value.codebook().centroids_f32);
+    let (k_row_bytes, v_row_bytes) = (kl.row_bytes(), vl.row_bytes());
+    if s.codes_block.len() < BLOCK * d {
+        s.codes_block.resize(BLOCK * d, 0);
+    }
+
+    let mut j0 = cells.start;
+    while j0 < cells.end {
+        let j1 = (j0 + BLOCK).min(cells.end);
+        let nb = j1 - j0;
+        // The block's mask: each token's additive value, and which cells any token sees.
+        for t in 0..nt {
+            // SAFETY: t0 + t < n_q and j0..j1 ⊂ 0..n_cells: inside the mask.
+            unsafe { job.mask.fill(t0 + t, j0, &mut s.mask_block[t * BLOCK..t * BLOCK + nb]) };
+        }
+        for jj in 0..nb {
+            s.visible[jj] = (0..nt).any(|t| s.mask_block[t * BLOCK + jj] != f32::NEG_INFINITY);
+        }
+        // SAFETY: cells j0..j1 < n_cells of the K store; head g's codes and scale inside each row.
+        let k_rows = unsafe { block_rows(job.k_store, j0, nb, k_row_bytes, kl.codes_offset(g), key_bits, d, &s.visible[..nb], &mut s.codes_block) };
+        // SAFETY: `k_rows` holds nb rows of d codes < 2^key_bits ≤ 16.
+        unsafe { tile::code_scores(k_rows, &k_table, &s.q_rot, lanes, d, &s.visible[..nb], &mut s.scores, BLOCK, simd) };
+        // Each visible cell's key scale (0 for the others: their mask is −inf for every token).
+        for jj in 0..nb {
+            s.row_scale[jj] = if s.visible[jj] {
+                // SAFETY: j0 + jj < n_cells; head g's scale lies inside the row.
+                read_scale(unsafe { job.k_store.add((j0 + jj) * k_row_bytes) }, kl.scale_offset(g))
+            } else {
+                0.0
+            };
+        }
+        for lane in 0..lanes {
+            let (bias, mask) = (s.q_mu[lane], &s.mask_block[(lane / group) * BLOCK..(lane / group) * BLOCK + nb]);
+            let sc = &mut s.scores[lane * BLOCK..lane * BLOCK + nb];
+            if job.softcap == 0.0 {
+                for ((x, &ks), &mv) in sc.iter_mut().zip(&s.row_scale[..nb]).zip(mask) {
+                    // A hidden cell's score is unset (not visible to any token) or finite: −inf wins.
+                    let v = (bias + ks * *x) * job.scale + mv;
+                    *x = if mv == f32::NEG_INFINITY { f32::NEG_INFINITY } else { v };
+                }
+            } else {
+                for ((x, &ks), &mv) in sc.iter_mut().zip(&s.row_scale[..nb]).zip(mask) {
+                    *x = if mv == f32::NEG_INFINITY { f32::NEG_INFINITY } else { cap((bias + ks * *x) * job.scale, job.softcap) + mv };
+                }
+            }
+        }
+        // Online softmax update.
+        for lane in 0..lanes {
+            let block_max = s.scores[lane * BLOCK..lane * BLOCK + nb].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            if block_max == f32::NEG_INFINITY {
+                continue;
+            }
+            raise_max(s, lane, block_max.max(s.m[lane]), d);
+            let m = s.m[lane];
+            let sum = exp_shifted_sum(&mut s.scores[lane * BLOCK..lane * BLOCK + nb], m);
+            s.l[lane] += sum;
+            s.l_compressed[lane] += sum;
+        }
+        // Values: the scale of each row some lane weighs folded into the weights; cells no lane
+        // weighs get weight 0 (their codes are still read, and are < 16 whatever the buffer holds).
+        for jj in 0..nb {
+            let weighed = (0..lanes).any(|lane| s.scores[lane * BLOCK + jj] > 0.0);
+            s.visible[jj] = weighed;
+            s.row_scale[jj] = if weighed {
+                // SAFETY: j0 + jj < n_cells; head g's scale lies inside the row.
+                read_scale(unsafe { job.v_store.add((j0 + jj) * v_row_bytes) }, vl.scale_offset(g))
+            } else {
+                0.0
+            };
+        }
+        for lane in 0..lanes {
+            for (p, &vs) in s.scores[lane * BLOCK..lane * BLOCK + nb].iter_mut().zip(&s.row_scale[..nb]) {
+                *p = if *p > 0.0 { *p * vs } else { 0.0 };
+            }
+        }
+        // SAFETY: as for the K rows, in the V store.
+        let v_rows = unsafe { block_rows(job.v_store, j0, nb, v_row_bytes, vl.codes_offset(g), value_bits, d, &s.visible[..nb], &mut s.codes_block) };
+        // SAFETY: `v_rows` holds nb rows of d codes < 2^value_bits ≤ 16.
+        unsafe { tile::code_accumulate(v_rows, &v_table, &s.scores, BLOCK, lanes, d, nb, &mut s.acc, simd) };
+        j0 = j1;
+    }
+}
+
+/// The code rows of cells j0..j0+nb of one head (codes at `codes_offset` of each row of a store of
+/// `row_bytes`-byte rows): 4-bit codes where they lie, codes of fewer bits unpacked into `buf`
+/// ([nb][d]; rows of cells not `wanted` keep earlier codes, which are < 16 too).
+///
+/// # Safety
+/// The store holds cells j0..j0+nb, and each row holds head codes of `bits` bits at `codes_offset`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_rows(store: *const u8, j0: usize, nb: usize, row_bytes: usize, codes_offset: usize, bits: u32, d: usize, wanted: &[bool], buf: &mut [u8]) -> tile::CodeRows {
+    // SAFETY: the caller's contract: cell j0's row lies inside the store.
+    let first = unsafe { store.add(j0 * row_bytes + codes_offset) };
+    if bits == 4 {
+        return tile::CodeRows { ptr: first, stride: row_bytes, nibbles: true };
+    }
+    let code_bytes = crate::math::packing::packed_len(d, bits);
+    for (jj, _) in wanted[..nb].iter().enumerate().filter(|(_, w)| **w) {
+        // SAFETY: as above, for cell j0 + jj.
+        let packed = unsafe { std::slice::from_raw_parts(first.add(jj * row_bytes), code_bytes) };
+        crate::math::packing::unpack(packed, bits, &mut buf[jj * d..(jj + 1) * d]);
+    }
+    tile::CodeRows { ptr: buf.as_ptr(), stride: d, nibbles: false }
 }
 
 /// Unpack head g of a split K row (`codec::outliers`): the outliers' centroids times their scale, then

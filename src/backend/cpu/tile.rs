@@ -142,8 +142,91 @@ pub fn softmax_step(sc: &mut [f32], weight: &[f32], m: &mut [f32], l: &mut [f32]
     }
 }
 
+/// Compressed rows of a block as the code kernels read them: row j (j < nb) at `ptr + j·stride`
+/// holds its d codes either packed two per byte, low nibble first (`nibbles`, 4-bit codes read in
+/// place from the cache) or one per byte (codes of fewer bits, unpacked beforehand).
+#[derive(Clone, Copy)]
+pub struct CodeRows {
+    pub ptr: *const u8,
+    pub stride: usize,
+    pub nibbles: bool,
+}
+
+impl CodeRows {
+    /// Code i of row j.
+    ///
+    /// # Safety
+    /// Row j lies inside the rows described (the contract of the code kernels).
+    #[inline(always)]
+    unsafe fn code(&self, j: usize, i: usize) -> usize {
+        // SAFETY: the caller's contract: row j holds d codes (d/2 bytes packed, d bytes unpacked).
+        unsafe {
+            let row = self.ptr.add(j * self.stride);
+            if self.nibbles { ((*row.add(i / 2) >> (4 * (i % 2))) & 0x0f) as usize } else { *row.add(i) as usize }
+        }
+    }
+}
+
+/// The key scores of the row-by-row path straight from the codes: sc[lane·sc_stride + j] =
+/// Σ_i q[lane·d + i] · table[code(j, i)] for every cell j < nb with `vis[j]` and lane < lanes
+/// (cells without `vis` are not written). Each row's codes are looked up once, in registers, for
+/// all lanes; the explicit forms hold up to 8 lanes' sums in registers and reduce them 4 at a time.
+///
+/// # Safety
+/// `rows` describes nb rows of d codes, every code < 16 (the table is padded to 16 entries).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn code_scores(rows: CodeRows, table: &[f32; 16], q: &[f32], lanes: usize, d: usize, vis: &[bool], sc: &mut [f32], sc_stride: usize, simd: Level) {
+    let nb = vis.len();
+    assert!(q.len() >= lanes * d && nb <= sc_stride && (lanes == 0 || sc.len() >= (lanes - 1) * sc_stride + nb));
+    assert!(!rows.nibbles || d.is_multiple_of(2));
+    #[cfg(target_arch = "x86_64")]
+    if simd != Level::Portable && d.is_multiple_of(simd.lanes()) {
+        // SAFETY: as in `scores`, plus the caller's contract on `rows`; d is a multiple of the
+        // level's lanes as the kernel requires.
+        unsafe { x86::code_scores(simd, rows, table.as_ptr(), q.as_ptr(), lanes, d, vis.as_ptr(), nb, sc.as_mut_ptr(), sc_stride) };
+        return;
+    }
+    for (j, _) in vis.iter().enumerate().filter(|(_, v)| **v) {
+        for lane in 0..lanes {
+            let ql = &q[lane * d..(lane + 1) * d];
+            // SAFETY: the caller's contract on `rows` (j < nb, i < d).
+            sc[lane * sc_stride + j] = (0..d).map(|i| ql[i] * table[unsafe { rows.code(j, i) }]).sum();
+        }
+    }
+}
+
+/// The value accumulation of the row-by-row path straight from the codes: acc[lane·d + i] +=
+/// Σ_j p[lane·p_stride + j] · table[code(j, i)] for lane < lanes, i < d, j < nb. Every cell is
+/// read (weight 0 for those no lane takes: their codes only need to be < 16). The explicit forms
+/// hold one register of up to 8 lanes' accumulators and look each register of codes up once.
+///
+/// # Safety
+/// As `code_scores`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn code_accumulate(rows: CodeRows, table: &[f32; 16], p: &[f32], p_stride: usize, lanes: usize, d: usize, nb: usize, acc: &mut [f32], simd: Level) {
+    assert!(acc.len() >= lanes * d && nb <= p_stride && (lanes == 0 || p.len() >= (lanes - 1) * p_stride + nb));
+    assert!(!rows.nibbles || d.is_multiple_of(2));
+    #[cfg(target_arch = "x86_64")]
+    if simd != Level::Portable && d.is_multiple_of(simd.lanes()) {
+        // SAFETY: as in `code_scores`.
+        unsafe { x86::code_accumulate(simd, rows, table.as_ptr(), p.as_ptr(), p_stride, lanes, d, nb, acc.as_mut_ptr()) };
+        return;
+    }
+    for lane in 0..lanes {
+        let a = &mut acc[lane * d..(lane + 1) * d];
+        for j in 0..nb {
+            let w = p[lane * p_stride + j];
+            for (i, x) in a.iter_mut().enumerate() {
+                // SAFETY: the caller's contract on `rows` (j < nb, i < d).
+                *x += w * table[unsafe { rows.code(j, i) }];
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::CodeRows;
     use super::super::vector::{Vector, per_level};
 
     per_level! {
@@ -163,6 +246,14 @@ mod x86 {
         /// # Safety
         /// Sizes as in `super::softmax_step`.
         pub unsafe fn softmax_step(sc: *mut f32, weight: *const f32, m: *mut f32, l: *mut f32, at: *mut f32, d: usize, lp: usize, nb: usize) => softmax_step_v;
+        /// # Safety
+        /// As `super::code_scores`; `q` holds lanes·d, `vis` nb and `sc` lanes rows of stride
+        /// sc_stride ≥ nb elements; d a multiple of the level's lanes.
+        pub unsafe fn code_scores(rows: CodeRows, table: *const f32, q: *const f32, lanes: usize, d: usize, vis: *const bool, nb: usize, sc: *mut f32, sc_stride: usize) => code_scores_v;
+        /// # Safety
+        /// As `super::code_accumulate`; `p` holds lanes rows of stride p_stride ≥ nb, `acc` lanes·d
+        /// elements; d a multiple of the level's lanes.
+        pub unsafe fn code_accumulate(rows: CodeRows, table: *const f32, p: *const f32, p_stride: usize, lanes: usize, d: usize, nb: usize, acc: *mut f32) => code_accumulate_v;
     }
 
     /// Cells per register block of `scores`, value dimensions per register block of `accumulate`.
@@ -425,6 +516,129 @@ mod x86 {
             }
         }
     }
+    /// Lanes of the code kernels per register block.
+    const CODE_LANES: usize = 8;
+
+    /// `$f::<V, L, NIB>($args)` for L = `$l` (1 to 8 lanes) and NIB = `$nib`.
+    macro_rules! by_lanes {
+        ($l:expr, $nib:expr, $f:ident($($arg:expr),*)) => {
+            match ($l, $nib) {
+                (1, true) => $f::<V, 1, true>($($arg),*),
+                (2, true) => $f::<V, 2, true>($($arg),*),
+                (3, true) => $f::<V, 3, true>($($arg),*),
+                (4, true) => $f::<V, 4, true>($($arg),*),
+                (5, true) => $f::<V, 5, true>($($arg),*),
+                (6, true) => $f::<V, 6, true>($($arg),*),
+                (7, true) => $f::<V, 7, true>($($arg),*),
+                (_, true) => $f::<V, 8, true>($($arg),*),
+                (1, false) => $f::<V, 1, false>($($arg),*),
+                (2, false) => $f::<V, 2, false>($($arg),*),
+                (3, false) => $f::<V, 3, false>($($arg),*),
+                (4, false) => $f::<V, 4, false>($($arg),*),
+                (5, false) => $f::<V, 5, false>($($arg),*),
+                (6, false) => $f::<V, 6, false>($($arg),*),
+                (7, false) => $f::<V, 7, false>($($arg),*),
+                (_, false) => $f::<V, 8, false>($($arg),*),
+            }
+        };
+    }
+
+    /// table[code] for register c of row `row` (codes packed or one per byte).
+    #[inline(always)]
+    unsafe fn code_register<V: Vector, const NIB: bool>(t: V::Table, row: *const u8, c: usize) -> V {
+        // SAFETY: the vector contract; register c of a row of d codes lies inside it.
+        unsafe { if NIB { V::lookup_nibbles(t, row.add(c * V::LANES / 2)) } else { V::lookup_bytes(t, row.add(c * V::LANES)) } }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn code_scores_v<V: Vector>(rows: CodeRows, table: *const f32, q: *const f32, lanes: usize, d: usize, vis: *const bool, nb: usize, sc: *mut f32, sc_stride: usize) {
+        let mut l0 = 0;
+        while l0 < lanes {
+            let l = (lanes - l0).min(CODE_LANES);
+            // SAFETY: lanes l0 .. l0 + l ≤ lanes of q and sc.
+            unsafe {
+                let (q, sc) = (q.add(l0 * d), sc.add(l0 * sc_stride));
+                by_lanes!(l, rows.nibbles, code_scores_lanes(rows, table, q, d, vis, nb, sc, sc_stride));
+            }
+            l0 += l;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn code_scores_lanes<V: Vector, const L: usize, const NIB: bool>(rows: CodeRows, table: *const f32, q: *const f32, d: usize, vis: *const bool, nb: usize, sc: *mut f32, sc_stride: usize) {
+        // SAFETY: the vector contract; reads the d codes of rows j < nb, L lanes' d query elements
+        // and vis[..nb], writes sc[lane·sc_stride + j] for lane < L, j < nb.
+        unsafe {
+            let t = V::table(table);
+            let nc = d / V::LANES;
+            for j in 0..nb {
+                if !*vis.add(j) {
+                    continue;
+                }
+                let row = rows.ptr.add(j * rows.stride);
+                let mut acc = [V::zero(); L];
+                for c in 0..nc {
+                    let x = code_register::<V, NIB>(t, row, c);
+                    for (lane, a) in acc.iter_mut().enumerate() {
+                        *a = V::load(q.add(lane * d + c * V::LANES)).fmadd(x, *a);
+                    }
+                }
+                let mut l0 = 0;
+                while l0 < L {
+                    let mut four = [V::zero(); 4];
+                    let g = (L - l0).min(4);
+                    four[..g].copy_from_slice(&acc[l0..l0 + g]);
+                    let sums = V::reduce4(four);
+                    for (k, &x) in sums.iter().enumerate().take(g) {
+                        *sc.add((l0 + k) * sc_stride + j) = x;
+                    }
+                    l0 += g;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn code_accumulate_v<V: Vector>(rows: CodeRows, table: *const f32, p: *const f32, p_stride: usize, lanes: usize, d: usize, nb: usize, acc: *mut f32) {
+        let mut l0 = 0;
+        while l0 < lanes {
+            let l = (lanes - l0).min(CODE_LANES);
+            // SAFETY: lanes l0 .. l0 + l ≤ lanes of p and acc.
+            unsafe {
+                let (p, acc) = (p.add(l0 * p_stride), acc.add(l0 * d));
+                by_lanes!(l, rows.nibbles, code_accumulate_lanes(rows, table, p, p_stride, d, nb, acc));
+            }
+            l0 += l;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn code_accumulate_lanes<V: Vector, const L: usize, const NIB: bool>(rows: CodeRows, table: *const f32, p: *const f32, p_stride: usize, d: usize, nb: usize, acc: *mut f32) {
+        // SAFETY: the vector contract; reads the d codes of rows j < nb and L lanes' nb weights,
+        // updates L accumulator rows of d elements.
+        unsafe {
+            let t = V::table(table);
+            for c in 0..d / V::LANES {
+                let mut a = [V::zero(); L];
+                for (lane, x) in a.iter_mut().enumerate() {
+                    *x = V::load(acc.add(lane * d + c * V::LANES));
+                }
+                for j in 0..nb {
+                    let x = code_register::<V, NIB>(t, rows.ptr.add(j * rows.stride), c);
+                    for (lane, y) in a.iter_mut().enumerate() {
+                        *y = V::splat(*p.add(lane * p_stride + j)).fmadd(x, *y);
+                    }
+                }
+                for (lane, x) in a.iter().enumerate() {
+                    x.store(acc.add(lane * d + c * V::LANES));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -544,6 +758,73 @@ mod tests {
             for a1 in &outs[1..] {
                 for (x, y) in outs[0].iter().zip(a1) {
                     assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "portable {x} vs explicit {y}");
+                }
+            }
+        }
+    }
+
+    /// Random codes < 2^bits for nb rows of d, as row bytes of `stride` (packed nibbles for 4 bits,
+    /// one byte each otherwise), with the codes themselves for the reference.
+    fn code_rows(nb: usize, d: usize, bits: u32, stride: usize, seed: u64) -> (Vec<u8>, Vec<usize>) {
+        let codes: Vec<usize> = data(nb * d, seed).iter().map(|x| ((x + 1.0) * 0.5 * (1 << bits) as f32) as usize % (1 << bits)).collect();
+        let mut bytes = vec![0xa5u8; nb * stride + 7];
+        for j in 0..nb {
+            for i in 0..d {
+                let c = codes[j * d + i] as u8;
+                if bits == 4 {
+                    let b = &mut bytes[j * stride + i / 2];
+                    *b = if i % 2 == 0 { (*b & 0xf0) | c } else { (*b & 0x0f) | (c << 4) };
+                } else {
+                    bytes[j * stride + i] = c;
+                }
+            }
+        }
+        (bytes, codes)
+    }
+
+    /// The code kernels (scores and accumulation straight from 4-bit packed or byte codes), every
+    /// form against float64 over the looked-up values: 1 to 19 lanes (register blocks of 8 and a
+    /// remainder), d 16 to 256, hidden cells left unwritten, rows with padding between them.
+    #[test]
+    fn code_kernels_match_float64_on_every_path() {
+        let paths = Level::available();
+        let table: [f32; 16] = std::array::from_fn(|i| (i as f32 - 7.5) * 0.21 + 0.013 * (i * i) as f32);
+        for &(lanes, d, nb, bits) in &[(3usize, 64usize, 64usize, 4u32), (1, 16, 5, 4), (9, 128, 33, 4), (19, 64, 7, 3), (8, 256, 2, 2), (4, 128, 64, 4), (6, 32, 17, 1)] {
+            let stride = if bits == 4 { d / 2 + 3 } else { d + 5 };
+            let (bytes, codes) = code_rows(nb, d, bits, stride, 21);
+            let rows = CodeRows { ptr: bytes.as_ptr(), stride, nibbles: bits == 4 };
+            let q = data(lanes * d, 22);
+            let vis: Vec<bool> = (0..nb).map(|j| j % 5 != 3).collect();
+            let sc_stride = nb + 2;
+            let p = data(lanes * sc_stride, 23);
+            let acc0 = data(lanes * d, 24);
+            let val = |j: usize, i: usize| table[codes[j * d + i]] as f64;
+            for &simd in &paths {
+                let mut sc = vec![f32::NAN; lanes * sc_stride];
+                // SAFETY: `rows` describes nb rows of d codes < 16 inside `bytes`.
+                unsafe { code_scores(rows, &table, &q, lanes, d, &vis, &mut sc, sc_stride, simd) };
+                let mut acc = acc0.clone();
+                // SAFETY: as above.
+                unsafe { code_accumulate(rows, &table, &p, sc_stride, lanes, d, nb, &mut acc, simd) };
+                for lane in 0..lanes {
+                    for j in 0..nb {
+                        let got = sc[lane * sc_stride + j] as f64;
+                        if !vis[j] {
+                            assert!(got.is_nan(), "scores wrote hidden cell {j}");
+                            continue;
+                        }
+                        let want: f64 = (0..d).map(|i| q[lane * d + i] as f64 * val(j, i)).sum();
+                        let bound: f64 = (0..d).map(|i| (q[lane * d + i] as f64 * val(j, i)).abs()).sum();
+                        assert!((got - want).abs() <= 1e-6 * bound, "scores lanes {lanes} d {d} bits {bits} simd={simd:?}: {got} vs {want}");
+                    }
+                    assert!(sc[lane * sc_stride + nb..(lane + 1) * sc_stride].iter().all(|x| x.is_nan()), "scores wrote past the cells");
+                    for i in 0..d {
+                        let terms = (0..nb).map(|j| p[lane * sc_stride + j] as f64 * val(j, i));
+                        let want = acc0[lane * d + i] as f64 + terms.clone().sum::<f64>();
+                        let bound = (acc0[lane * d + i] as f64).abs() + terms.map(f64::abs).sum::<f64>();
+                        let got = acc[lane * d + i] as f64;
+                        assert!((got - want).abs() <= 1e-6 * bound, "accumulate lanes {lanes} d {d} bits {bits} simd={simd:?}: {got} vs {want}");
+                    }
                 }
             }
         }

@@ -1,0 +1,62 @@
+//! Decode attention in llama.cpp's shape on the CPU: one query token over `n` cells of SmolLM2-135M's
+//! layer shape (9 query heads, 3 kv heads, d = 64), 4-bit K/V with key centering, the call split
+//! over `nth` shares as llama.cpp's graph threads make it (tq_attend_part, shares run one after the
+//! other on this thread, so the figure is the total CPU time of a call). Prints the median of the
+//! calls' times. Run: `cargo run --release --example decode_speed [cells] [shares] [calls]`.
+
+use std::time::Instant;
+use turboquant::ffi::context::*;
+
+fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("a number")).collect();
+    let n = *args.first().unwrap_or(&4096);
+    let nth = *args.get(1).unwrap_or(&2) as u32;
+    let calls = *args.get(2).unwrap_or(&400);
+    let (nh, nkv, d) = (9usize, 3usize, 64usize);
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut rnd = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    let k: Vec<f32> = (0..n * nkv * d).map(|_| rnd()).collect();
+    let v: Vec<f32> = (0..n * nkv * d).map(|_| rnd()).collect();
+    let q: Vec<f32> = (0..nh * d).map(|_| rnd()).collect();
+    let mut p = tq_context_default_params();
+    p.n_heads = nh as u32;
+    p.n_kv_heads = nkv as u32;
+    p.head_dim = d as u32;
+    p.bits_k = 4;
+    p.bits_v = 4;
+    p.centering = true;
+    let mut ctx = std::ptr::null_mut();
+    assert_eq!(unsafe { tq_context_new(&p, &mut ctx) } as u32, 0, "tq_context_new");
+    let (mut kr, mut vr) = (0, 0);
+    unsafe { tq_context_row_bytes(ctx, &mut kr, &mut vr) };
+    let (mut ks, mut vs) = (vec![0u8; n * kr], vec![0u8; n * vr]);
+    let slots: Vec<i64> = (0..n as i64).collect();
+    let st = unsafe {
+        tq_append_kv(ctx, 0, ks.as_mut_ptr().cast(), vs.as_mut_ptr().cast(), n, slots.as_ptr(), n, k.as_ptr().cast(),
+            std::ptr::null(), v.as_ptr().cast(), std::ptr::null(), std::ptr::null_mut())
+    };
+    assert_eq!(st as u32, 0, "tq_append_kv");
+    // llama.cpp's decode mask: one f16 row, 0 for every cell (all visible).
+    let mask = vec![0u16; n];
+    let mut out = vec![0.0f32; nh * d];
+    let mut times = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        for ith in 0..nth {
+            let st = unsafe {
+                tq_attend_part(ctx, 0, q.as_ptr().cast(), 1, std::ptr::null(), ks.as_ptr().cast(), vs.as_ptr().cast(), n,
+                    mask.as_ptr().cast(), 1, n, 0.125, out.as_mut_ptr().cast(), std::ptr::null(), ith, nth)
+            };
+            assert_eq!(st as u32, 0, "tq_attend_part");
+        }
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!("cells {n} shares {nth}: median {:.1} us per call ({} calls, min {:.1})", times[calls / 2], calls, times[0]);
+    unsafe { tq_context_free(ctx) };
+}
