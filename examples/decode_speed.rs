@@ -1,8 +1,8 @@
 //! Decode attention in llama.cpp's shape on the CPU: one query token over `n` cells of SmolLM2-135M's
-//! layer shape (9 query heads, 3 kv heads, d = 64), 4-bit K/V with key centering, the call split
+//! layer shape (9 query heads, 3 kv heads, d = 64), K/V bits as given (default 4/4) with key centering, the call split
 //! over `nth` shares as llama.cpp's graph threads make it (tq_attend_part, shares run one after the
 //! other on this thread, so the figure is the total CPU time of a call). Prints the median of the
-//! calls' times. Run: `cargo run --release --example decode_speed [cells] [shares] [calls]`.
+//! calls' times. Run: `cargo run --release --example decode_speed [cells] [shares] [calls] [bits_k] [bits_v]`.
 
 use std::time::Instant;
 use turboquant::ffi::context::*;
@@ -12,6 +12,7 @@ fn main() {
     let n = *args.first().unwrap_or(&4096);
     let nth = *args.get(1).unwrap_or(&2) as u32;
     let calls = *args.get(2).unwrap_or(&400);
+    let (bits_k, bits_v) = (*args.get(3).unwrap_or(&4) as u32, *args.get(4).unwrap_or(&4) as u32);
     let (nh, nkv, d) = (9usize, 3usize, 64usize);
     let mut seed = 0x9e3779b97f4a7c15u64;
     let mut rnd = || {
@@ -27,8 +28,8 @@ fn main() {
     p.n_heads = nh as u32;
     p.n_kv_heads = nkv as u32;
     p.head_dim = d as u32;
-    p.bits_k = 4;
-    p.bits_v = 4;
+    p.bits_k = bits_k;
+    p.bits_v = bits_v;
     p.centering = true;
     let mut ctx = std::ptr::null_mut();
     assert_eq!(unsafe { tq_context_new(&p, &mut ctx) } as u32, 0, "tq_context_new");
@@ -57,6 +58,6 @@ fn main() {
         times.push(t.elapsed().as_secs_f64() * 1e6);
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    println!("cells {n} shares {nth}: median {:.1} us per call ({} calls, min {:.1})", times[calls / 2], calls, times[0]);
+    println!("K{bits_k}/V{bits_v} cells {n} shares {nth}: median {:.1} us per call ({} calls, min {:.1})", times[calls / 2], calls, times[0]);
     unsafe { tq_context_free(ctx) };
 }

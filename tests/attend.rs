@@ -511,8 +511,8 @@ fn prefill_tiles_match_float64_reference() {
 }
 
 /// Decode-sized tiles (1 to 3 query tokens, fewer than 16 lanes: the row-by-row path, which reads
-/// codes of at most 4 bits straight from the rows) against the float64 reference, ≤ 1e-5 relative:
-/// SmolLM2's shape, 4-bit codes read in place and 3-/2-bit codes unpacked per block, groups of 2 to
+/// the codes straight from the rows) against the float64 reference, ≤ 1e-5 relative: SmolLM2's
+/// shape, 4-bit codes read in place and codes of 2, 3 and 5 to 8 bits unpacked per block, groups of 2 to
 /// 7 heads (15 lanes: a register block of 8 and one of 7), centering, f16 and f32 masks with hidden
 /// cells, padding cells of 0xff bytes, and depths long enough for split-K over the call's 2 threads.
 #[test]
@@ -524,6 +524,11 @@ fn decode_tiles_match_float64_reference() {
         (64, 1, 7, (2, 4), true, 700, 1, true),
         (64, 1, 5, (4, 4), false, 100, 3, true),
         (96, 2, 2, (4, 3), true, 150, 1, false),
+        (64, 3, 3, (5, 3), true, 600, 1, true),
+        (128, 2, 4, (6, 4), false, 300, 2, true),
+        (64, 1, 7, (8, 8), true, 200, 1, false),
+        (64, 2, 2, (5, 5), false, 900, 1, true),
+        (64, 1, 3, (7, 2), true, 100, 2, true),
     ];
     for (i, &(d, n_kv, group, bits, centering, depth, n_q, f16_mask)) in cases.iter().enumerate() {
         let err = run_prefill(d, n_kv, group, bits, centering, depth, n_q, f16_mask, 400 + i as u64);

@@ -651,8 +651,7 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, cells
 }
 
 /// Whether `compressed_codes` runs this job's tiles of `lanes` lanes: MSE keys without outlier
-/// channels, K and V codes of at most 4 bits (16-entry tables in registers), an explicit SIMD level
-/// and a head size that is a whole number of its registers.
+/// channels, an explicit SIMD level and a head size that is a whole number of its registers.
 fn codes_path(job: &AttendJob, lanes: usize, simd: super::simd::Level) -> bool {
     let lc = &job.codec.layers[job.layer];
     let d = job.codec.config.head_dim;
@@ -660,23 +659,24 @@ fn codes_path(job: &AttendJob, lanes: usize, simd: super::simd::Level) -> bool {
     simd != super::simd::Level::Portable
         && !lc.k_layout.qjl
         && lc.outliers.is_none()
-        && key_bits.is_some_and(|b| b <= 4)
-        && lc.value.bits() <= 4
+        && key_bits.is_some()
         && d.is_multiple_of(simd.lanes())
         && lanes > 0
 }
 
-/// A codebook padded to the 16 entries of the code kernels' register tables.
-fn table16(c: &[f32]) -> [f32; 16] {
-    let mut t = [0.0f32; 16];
+/// A codebook padded with zeros to the 256 entries of the code kernels' tables.
+fn table256(c: &[f32]) -> [f32; 256] {
+    let mut t = [0.0f32; 256];
     t[..c.len()].copy_from_slice(c);
     t
 }
 
-/// The row-by-row path (tiles of fewer than 16 lanes, decode among them) over codes of at most 4
-/// bits: per block of cells, the key scores of all lanes straight from the codes
-/// (`tile::code_scores`: 4-bit codes looked up in registers where they lie in the cache, codes of
-/// fewer bits unpacked once per block), the online-softmax step, then the values the same way
+/// The row-by-row path (tiles of fewer than 16 lanes, decode among them) for MSE keys: per block of
+/// cells, the key scores of all lanes straight from the codes (`tile::code_scores`: 4-bit codes
+/// looked up in registers where they lie in the cache, 8-bit codes gathered where they lie, codes of
+/// other widths unpacked to bytes once per block, then looked up in registers up to 5 bits and
+/// gathered above), the online-softmax
+/// step, then the values the same way
 /// (`tile::code_accumulate`). Same sums as `compressed_rows` (the order of a dot product's terms
 /// differs). Updates the lanes' m, l, l_compressed and acc.
 ///
@@ -694,8 +694,8 @@ unsafe fn compressed_codes(job: &AttendJob, t0: usize, t1: usize, g: usize, cell
     let simd = level();
     let key_bits = lc.key.mse_stage().map_or(0, |m| m.bits());
     let value_bits = lc.value.bits();
-    let k_table = table16(lc.key.mse_stage().map_or(&[][..], |m| &m.codebook().centroids_f32[..]));
-    let v_table = table16(&lc.value.codebook().centroids_f32);
+    let k_table = table256(lc.key.mse_stage().map_or(&[][..], |m| &m.codebook().centroids_f32[..]));
+    let v_table = table256(&lc.value.codebook().centroids_f32);
     let (k_row_bytes, v_row_bytes) = (kl.row_bytes(), vl.row_bytes());
     if s.codes_block.len() < BLOCK * d {
         s.codes_block.resize(BLOCK * d, 0);
@@ -715,7 +715,7 @@ unsafe fn compressed_codes(job: &AttendJob, t0: usize, t1: usize, g: usize, cell
         }
         // SAFETY: cells j0..j1 < n_cells of the K store; head g's codes and scale inside each row.
         let k_rows = unsafe { block_rows(job.k_store, j0, nb, k_row_bytes, kl.codes_offset(g), key_bits, d, &s.visible[..nb], &mut s.codes_block) };
-        // SAFETY: `k_rows` holds nb rows of d codes < 2^key_bits ≤ 16.
+        // SAFETY: `k_rows` holds nb rows of d codes < 2^key_bits, of the kind for key_bits.
         unsafe { tile::code_scores(k_rows, &k_table, &s.q_rot, lanes, d, &s.visible[..nb], &mut s.scores, BLOCK, simd) };
         // Each visible cell's key scale (0 for the others: their mask is −inf for every token).
         for jj in 0..nb {
@@ -754,7 +754,8 @@ unsafe fn compressed_codes(job: &AttendJob, t0: usize, t1: usize, g: usize, cell
             s.l_compressed[lane] += sum;
         }
         // Values: the scale of each row some lane weighs folded into the weights; cells no lane
-        // weighs get weight 0 (their codes are still read, and are < 16 whatever the buffer holds).
+        // weighs get weight 0 (their codes are still read, whatever they hold: every byte reads an
+        // entry of the padded table, see `tile::code_scores`).
         for jj in 0..nb {
             let weighed = (0..lanes).any(|lane| s.scores[lane * BLOCK + jj] > 0.0);
             s.visible[jj] = weighed;
@@ -772,15 +773,16 @@ unsafe fn compressed_codes(job: &AttendJob, t0: usize, t1: usize, g: usize, cell
         }
         // SAFETY: as for the K rows, in the V store.
         let v_rows = unsafe { block_rows(job.v_store, j0, nb, v_row_bytes, vl.codes_offset(g), value_bits, d, &s.visible[..nb], &mut s.codes_block) };
-        // SAFETY: `v_rows` holds nb rows of d codes < 2^value_bits ≤ 16.
+        // SAFETY: `v_rows` holds nb rows of d codes < 2^value_bits, of the kind for value_bits.
         unsafe { tile::code_accumulate(v_rows, &v_table, &s.scores, BLOCK, lanes, d, nb, &mut s.acc, simd) };
         j0 = j1;
     }
 }
 
 /// The code rows of cells j0..j0+nb of one head (codes at `codes_offset` of each row of a store of
-/// `row_bytes`-byte rows): 4-bit codes where they lie, codes of fewer bits unpacked into `buf`
-/// ([nb][d]; rows of cells not `wanted` keep earlier codes, which are < 16 too).
+/// `row_bytes`-byte rows): 4- and 8-bit codes where they lie, codes of other widths unpacked into `buf`
+/// ([nb][d]; rows of cells not `wanted` are not unpacked and keep what an earlier block wrote, or
+/// zeros).
 ///
 /// # Safety
 /// The store holds cells j0..j0+nb, and each row holds head codes of `bits` bits at `codes_offset`.
@@ -788,8 +790,10 @@ unsafe fn compressed_codes(job: &AttendJob, t0: usize, t1: usize, g: usize, cell
 unsafe fn block_rows(store: *const u8, j0: usize, nb: usize, row_bytes: usize, codes_offset: usize, bits: u32, d: usize, wanted: &[bool], buf: &mut [u8]) -> tile::CodeRows {
     // SAFETY: the caller's contract: cell j0's row lies inside the store.
     let first = unsafe { store.add(j0 * row_bytes + codes_offset) };
-    if bits == 4 {
-        return tile::CodeRows { ptr: first, stride: row_bytes, nibbles: true };
+    match bits {
+        4 => return tile::CodeRows { ptr: first, stride: row_bytes, kind: tile::CodeKind::Nibbles },
+        8 => return tile::CodeRows { ptr: first, stride: row_bytes, kind: tile::CodeKind::Bytes256 },
+        _ => {}
     }
     let code_bytes = crate::math::packing::packed_len(d, bits);
     for (jj, _) in wanted[..nb].iter().enumerate().filter(|(_, w)| **w) {
@@ -797,7 +801,7 @@ unsafe fn block_rows(store: *const u8, j0: usize, nb: usize, row_bytes: usize, c
         let packed = unsafe { std::slice::from_raw_parts(first.add(jj * row_bytes), code_bytes) };
         crate::math::packing::unpack(packed, bits, &mut buf[jj * d..(jj + 1) * d]);
     }
-    tile::CodeRows { ptr: buf.as_ptr(), stride: d, nibbles: false }
+    tile::CodeRows { ptr: buf.as_ptr(), stride: d, kind: tile::CodeKind::of_bits(bits, false) }
 }
 
 /// Unpack head g of a split K row (`codec::outliers`): the outliers' centroids times their scale, then

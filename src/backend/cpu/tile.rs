@@ -142,14 +142,39 @@ pub fn softmax_step(sc: &mut [f32], weight: &[f32], m: &mut [f32], l: &mut [f32]
     }
 }
 
+/// How the code kernels read a block's codes and look them up.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CodeKind {
+    /// 4-bit codes packed two per byte, low nibble first (read in place from the cache); a
+    /// 16-entry table in registers.
+    Nibbles,
+    /// One byte per code (unpacked beforehand), codes < 16: a 16-entry table in registers.
+    Bytes16,
+    /// One byte per code, codes < 32: a 32-entry table in registers.
+    Bytes32,
+    /// One byte per code, any code < 256: gathered from the table in memory.
+    Bytes256,
+}
+
+impl CodeKind {
+    /// The kind for codes of `bits` bits, packed (4 bits) or unpacked to bytes.
+    pub fn of_bits(bits: u32, packed: bool) -> Self {
+        match bits {
+            4 if packed => CodeKind::Nibbles,
+            0..=4 => CodeKind::Bytes16,
+            5 => CodeKind::Bytes32,
+            _ => CodeKind::Bytes256,
+        }
+    }
+}
+
 /// Compressed rows of a block as the code kernels read them: row j (j < nb) at `ptr + j·stride`
-/// holds its d codes either packed two per byte, low nibble first (`nibbles`, 4-bit codes read in
-/// place from the cache) or one per byte (codes of fewer bits, unpacked beforehand).
+/// holds its d codes as `kind` says.
 #[derive(Clone, Copy)]
 pub struct CodeRows {
     pub ptr: *const u8,
     pub stride: usize,
-    pub nibbles: bool,
+    pub kind: CodeKind,
 }
 
 impl CodeRows {
@@ -162,23 +187,25 @@ impl CodeRows {
         // SAFETY: the caller's contract: row j holds d codes (d/2 bytes packed, d bytes unpacked).
         unsafe {
             let row = self.ptr.add(j * self.stride);
-            if self.nibbles { ((*row.add(i / 2) >> (4 * (i % 2))) & 0x0f) as usize } else { *row.add(i) as usize }
+            if self.kind == CodeKind::Nibbles { ((*row.add(i / 2) >> (4 * (i % 2))) & 0x0f) as usize } else { *row.add(i) as usize }
         }
     }
 }
 
 /// The key scores of the row-by-row path straight from the codes: sc[lane·sc_stride + j] =
 /// Σ_i q[lane·d + i] · table[code(j, i)] for every cell j < nb with `vis[j]` and lane < lanes
-/// (cells without `vis` are not written). Each row's codes are looked up once, in registers, for
-/// all lanes; the explicit forms hold up to 8 lanes' sums in registers and reduce them 4 at a time.
+/// (cells without `vis` are not written). Each register of a row's codes is looked up once for all
+/// lanes (in registers up to 5 bits, gathered above); the explicit forms hold up to 8 lanes' sums in registers and reduce them 4 at a time.
 ///
 /// # Safety
-/// `rows` describes nb rows of d codes, every code < 16 (the table is padded to 16 entries).
+/// `rows` describes nb rows of d codes (`table`: the codebook padded with zeros to 256 entries; a
+/// code reads the entry of its low 4 bits for the 16-entry kinds, of its low 5 bits for `Bytes32`,
+/// and the whole byte for `Bytes256` and the portable form — always inside the table).
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn code_scores(rows: CodeRows, table: &[f32; 16], q: &[f32], lanes: usize, d: usize, vis: &[bool], sc: &mut [f32], sc_stride: usize, simd: Level) {
+pub unsafe fn code_scores(rows: CodeRows, table: &[f32; 256], q: &[f32], lanes: usize, d: usize, vis: &[bool], sc: &mut [f32], sc_stride: usize, simd: Level) {
     let nb = vis.len();
     assert!(q.len() >= lanes * d && nb <= sc_stride && (lanes == 0 || sc.len() >= (lanes - 1) * sc_stride + nb));
-    assert!(!rows.nibbles || d.is_multiple_of(2));
+    assert!(rows.kind != CodeKind::Nibbles || d.is_multiple_of(2));
     #[cfg(target_arch = "x86_64")]
     if simd != Level::Portable && d.is_multiple_of(simd.lanes()) {
         // SAFETY: as in `scores`, plus the caller's contract on `rows`; d is a multiple of the
@@ -197,15 +224,15 @@ pub unsafe fn code_scores(rows: CodeRows, table: &[f32; 16], q: &[f32], lanes: u
 
 /// The value accumulation of the row-by-row path straight from the codes: acc[lane·d + i] +=
 /// Σ_j p[lane·p_stride + j] · table[code(j, i)] for lane < lanes, i < d, j < nb. Every cell is
-/// read (weight 0 for those no lane takes: their codes only need to be < 16). The explicit forms
+/// read (weight 0 for those no lane takes: their codes only need to be in range). The explicit forms
 /// hold one register of up to 8 lanes' accumulators and look each register of codes up once.
 ///
 /// # Safety
 /// As `code_scores`.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn code_accumulate(rows: CodeRows, table: &[f32; 16], p: &[f32], p_stride: usize, lanes: usize, d: usize, nb: usize, acc: &mut [f32], simd: Level) {
+pub unsafe fn code_accumulate(rows: CodeRows, table: &[f32; 256], p: &[f32], p_stride: usize, lanes: usize, d: usize, nb: usize, acc: &mut [f32], simd: Level) {
     assert!(acc.len() >= lanes * d && nb <= p_stride && (lanes == 0 || p.len() >= (lanes - 1) * p_stride + nb));
-    assert!(!rows.nibbles || d.is_multiple_of(2));
+    assert!(rows.kind != CodeKind::Nibbles || d.is_multiple_of(2));
     #[cfg(target_arch = "x86_64")]
     if simd != Level::Portable && d.is_multiple_of(simd.lanes()) {
         // SAFETY: as in `code_scores`.
@@ -226,7 +253,7 @@ pub unsafe fn code_accumulate(rows: CodeRows, table: &[f32; 16], p: &[f32], p_st
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::CodeRows;
+    use super::{CodeKind, CodeRows};
     use super::super::vector::{Vector, per_level};
 
     per_level! {
@@ -519,35 +546,56 @@ mod x86 {
     /// Lanes of the code kernels per register block.
     const CODE_LANES: usize = 8;
 
-    /// `$f::<V, L, NIB>($args)` for L = `$l` (1 to 8 lanes) and NIB = `$nib`.
+    /// `$f::<V, L, K>($args)` for L = `$l` (1 to 8 lanes) and K the code kind `$kind` as a number.
     macro_rules! by_lanes {
-        ($l:expr, $nib:expr, $f:ident($($arg:expr),*)) => {
-            match ($l, $nib) {
-                (1, true) => $f::<V, 1, true>($($arg),*),
-                (2, true) => $f::<V, 2, true>($($arg),*),
-                (3, true) => $f::<V, 3, true>($($arg),*),
-                (4, true) => $f::<V, 4, true>($($arg),*),
-                (5, true) => $f::<V, 5, true>($($arg),*),
-                (6, true) => $f::<V, 6, true>($($arg),*),
-                (7, true) => $f::<V, 7, true>($($arg),*),
-                (_, true) => $f::<V, 8, true>($($arg),*),
-                (1, false) => $f::<V, 1, false>($($arg),*),
-                (2, false) => $f::<V, 2, false>($($arg),*),
-                (3, false) => $f::<V, 3, false>($($arg),*),
-                (4, false) => $f::<V, 4, false>($($arg),*),
-                (5, false) => $f::<V, 5, false>($($arg),*),
-                (6, false) => $f::<V, 6, false>($($arg),*),
-                (7, false) => $f::<V, 7, false>($($arg),*),
-                (_, false) => $f::<V, 8, false>($($arg),*),
+        ($l:expr, $kind:expr, $f:ident($($arg:expr),*)) => {
+            match $kind {
+                CodeKind::Nibbles => by_lanes!(@l $l, 0, $f($($arg),*)),
+                CodeKind::Bytes16 => by_lanes!(@l $l, 1, $f($($arg),*)),
+                CodeKind::Bytes32 => by_lanes!(@l $l, 2, $f($($arg),*)),
+                CodeKind::Bytes256 => by_lanes!(@l $l, 3, $f($($arg),*)),
+            }
+        };
+        (@l $l:expr, $k:literal, $f:ident($($arg:expr),*)) => {
+            match $l {
+                1 => $f::<V, 1, $k>($($arg),*),
+                2 => $f::<V, 2, $k>($($arg),*),
+                3 => $f::<V, 3, $k>($($arg),*),
+                4 => $f::<V, 4, $k>($($arg),*),
+                5 => $f::<V, 5, $k>($($arg),*),
+                6 => $f::<V, 6, $k>($($arg),*),
+                7 => $f::<V, 7, $k>($($arg),*),
+                _ => $f::<V, 8, $k>($($arg),*),
             }
         };
     }
 
-    /// table[code] for register c of row `row` (codes packed or one per byte).
-    #[inline(always)]
-    unsafe fn code_register<V: Vector, const NIB: bool>(t: V::Table, row: *const u8, c: usize) -> V {
-        // SAFETY: the vector contract; register c of a row of d codes lies inside it.
-        unsafe { if NIB { V::lookup_nibbles(t, row.add(c * V::LANES / 2)) } else { V::lookup_bytes(t, row.add(c * V::LANES)) } }
+    /// The tables of a code kernel of kind K (0 nibbles, 1 bytes < 16, 2 bytes < 32, 3 gathered).
+    struct Tables<V: Vector> {
+        t16: V::Table,
+        t32: V::Table32,
+        mem: *const f32,
+    }
+
+    impl<V: Vector> Tables<V> {
+        #[inline(always)]
+        unsafe fn new(table: *const f32) -> Self {
+            // SAFETY: the vector contract; `table` holds 256 floats.
+            unsafe { Self { t16: V::table(table), t32: V::table32(table), mem: table } }
+        }
+        /// table[code] for register c of row `row`.
+        #[inline(always)]
+        unsafe fn register<const K: u8>(&self, row: *const u8, c: usize) -> V {
+            // SAFETY: the vector contract; register c of a row of d codes lies inside it.
+            unsafe {
+                match K {
+                    0 => V::lookup_nibbles(self.t16, row.add(c * V::LANES / 2)),
+                    1 => V::lookup_bytes(self.t16, row.add(c * V::LANES)),
+                    2 => V::lookup_bytes32(self.t32, row.add(c * V::LANES)),
+                    _ => V::gather_bytes(self.mem, row.add(c * V::LANES)),
+                }
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -559,7 +607,7 @@ mod x86 {
             // SAFETY: lanes l0 .. l0 + l ≤ lanes of q and sc.
             unsafe {
                 let (q, sc) = (q.add(l0 * d), sc.add(l0 * sc_stride));
-                by_lanes!(l, rows.nibbles, code_scores_lanes(rows, table, q, d, vis, nb, sc, sc_stride));
+                by_lanes!(l, rows.kind, code_scores_lanes(rows, table, q, d, vis, nb, sc, sc_stride));
             }
             l0 += l;
         }
@@ -567,11 +615,11 @@ mod x86 {
 
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn code_scores_lanes<V: Vector, const L: usize, const NIB: bool>(rows: CodeRows, table: *const f32, q: *const f32, d: usize, vis: *const bool, nb: usize, sc: *mut f32, sc_stride: usize) {
+    unsafe fn code_scores_lanes<V: Vector, const L: usize, const K: u8>(rows: CodeRows, table: *const f32, q: *const f32, d: usize, vis: *const bool, nb: usize, sc: *mut f32, sc_stride: usize) {
         // SAFETY: the vector contract; reads the d codes of rows j < nb, L lanes' d query elements
         // and vis[..nb], writes sc[lane·sc_stride + j] for lane < L, j < nb.
         unsafe {
-            let t = V::table(table);
+            let t = Tables::<V>::new(table);
             let nc = d / V::LANES;
             for j in 0..nb {
                 if !*vis.add(j) {
@@ -580,7 +628,7 @@ mod x86 {
                 let row = rows.ptr.add(j * rows.stride);
                 let mut acc = [V::zero(); L];
                 for c in 0..nc {
-                    let x = code_register::<V, NIB>(t, row, c);
+                    let x = t.register::<K>(row, c);
                     for (lane, a) in acc.iter_mut().enumerate() {
                         *a = V::load(q.add(lane * d + c * V::LANES)).fmadd(x, *a);
                     }
@@ -609,7 +657,7 @@ mod x86 {
             // SAFETY: lanes l0 .. l0 + l ≤ lanes of p and acc.
             unsafe {
                 let (p, acc) = (p.add(l0 * p_stride), acc.add(l0 * d));
-                by_lanes!(l, rows.nibbles, code_accumulate_lanes(rows, table, p, p_stride, d, nb, acc));
+                by_lanes!(l, rows.kind, code_accumulate_lanes(rows, table, p, p_stride, d, nb, acc));
             }
             l0 += l;
         }
@@ -617,18 +665,18 @@ mod x86 {
 
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn code_accumulate_lanes<V: Vector, const L: usize, const NIB: bool>(rows: CodeRows, table: *const f32, p: *const f32, p_stride: usize, d: usize, nb: usize, acc: *mut f32) {
+    unsafe fn code_accumulate_lanes<V: Vector, const L: usize, const K: u8>(rows: CodeRows, table: *const f32, p: *const f32, p_stride: usize, d: usize, nb: usize, acc: *mut f32) {
         // SAFETY: the vector contract; reads the d codes of rows j < nb and L lanes' nb weights,
         // updates L accumulator rows of d elements.
         unsafe {
-            let t = V::table(table);
+            let t = Tables::<V>::new(table);
             for c in 0..d / V::LANES {
                 let mut a = [V::zero(); L];
                 for (lane, x) in a.iter_mut().enumerate() {
                     *x = V::load(acc.add(lane * d + c * V::LANES));
                 }
                 for j in 0..nb {
-                    let x = code_register::<V, NIB>(t, rows.ptr.add(j * rows.stride), c);
+                    let x = t.register::<K>(rows.ptr.add(j * rows.stride), c);
                     for (lane, y) in a.iter_mut().enumerate() {
                         *y = V::splat(*p.add(lane * p_stride + j)).fmadd(x, *y);
                     }
@@ -782,17 +830,19 @@ mod tests {
         (bytes, codes)
     }
 
-    /// The code kernels (scores and accumulation straight from 4-bit packed or byte codes), every
-    /// form against float64 over the looked-up values: 1 to 19 lanes (register blocks of 8 and a
-    /// remainder), d 16 to 256, hidden cells left unwritten, rows with padding between them.
+    /// The code kernels (scores and accumulation straight from 4-bit packed or byte codes of 1 to 8
+    /// bits: every code kind), every form against float64 over the looked-up values: 1 to 19 lanes
+    /// (register blocks of 8 and a remainder), d 16 to 256, hidden cells left unwritten, rows with
+    /// padding between them.
     #[test]
     fn code_kernels_match_float64_on_every_path() {
         let paths = Level::available();
-        let table: [f32; 16] = std::array::from_fn(|i| (i as f32 - 7.5) * 0.21 + 0.013 * (i * i) as f32);
-        for &(lanes, d, nb, bits) in &[(3usize, 64usize, 64usize, 4u32), (1, 16, 5, 4), (9, 128, 33, 4), (19, 64, 7, 3), (8, 256, 2, 2), (4, 128, 64, 4), (6, 32, 17, 1)] {
+        let table: [f32; 256] = std::array::from_fn(|i| (i as f32 - 127.5) * 0.021 + 0.0013 * (i % 37 * (i % 41)) as f32);
+        let cases = [(3usize, 64usize, 64usize, 4u32), (1, 16, 5, 4), (9, 128, 33, 4), (19, 64, 7, 3), (8, 256, 2, 2), (4, 128, 64, 4), (6, 32, 17, 1), (5, 64, 40, 5), (11, 128, 9, 6), (2, 64, 20, 8), (3, 64, 64, 7)];
+        for &(lanes, d, nb, bits) in &cases {
             let stride = if bits == 4 { d / 2 + 3 } else { d + 5 };
             let (bytes, codes) = code_rows(nb, d, bits, stride, 21);
-            let rows = CodeRows { ptr: bytes.as_ptr(), stride, nibbles: bits == 4 };
+            let rows = CodeRows { ptr: bytes.as_ptr(), stride, kind: CodeKind::of_bits(bits, true) };
             let q = data(lanes * d, 22);
             let vis: Vec<bool> = (0..nb).map(|j| j % 5 != 3).collect();
             let sc_stride = nb + 2;
@@ -801,7 +851,7 @@ mod tests {
             let val = |j: usize, i: usize| table[codes[j * d + i]] as f64;
             for &simd in &paths {
                 let mut sc = vec![f32::NAN; lanes * sc_stride];
-                // SAFETY: `rows` describes nb rows of d codes < 16 inside `bytes`.
+                // SAFETY: `rows` describes nb rows of d codes < 2^bits inside `bytes`.
                 unsafe { code_scores(rows, &table, &q, lanes, d, &vis, &mut sc, sc_stride, simd) };
                 let mut acc = acc0.clone();
                 // SAFETY: as above.

@@ -50,6 +50,14 @@ pub trait Vector: Copy {
     unsafe fn lookup_bytes(t: Self::Table, codes: *const u8) -> Self;
     /// table[code] for LANES 4-bit codes packed two per byte, low nibble first, at `packed`.
     unsafe fn lookup_nibbles(t: Self::Table, packed: *const u8) -> Self;
+    /// A 32-entry f32 table prepared for `lookup_bytes32`.
+    type Table32: Copy;
+    /// Prepare the 32 floats at `t`.
+    unsafe fn table32(t: *const f32) -> Self::Table32;
+    /// table[code] for the LANES code bytes (each < 32) at `codes`.
+    unsafe fn lookup_bytes32(t: Self::Table32, codes: *const u8) -> Self;
+    /// t[code] for the LANES code bytes at `codes`, gathered from the 256 floats at `t`.
+    unsafe fn gather_bytes(t: *const f32, codes: *const u8) -> Self;
 }
 
 /// The terms of `exp_neg` shared by both instruction sets: ln 2 split so that n·LN2_HI is exact,
@@ -206,6 +214,24 @@ impl Vector for Avx512 {
             Self(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(bytes), t))
         }
     }
+    type Table32 = (__m512, __m512);
+    #[inline(always)]
+    unsafe fn table32(t: *const f32) -> (__m512, __m512) {
+        // SAFETY: AVX-512F; t addresses 32 floats (the module contract).
+        unsafe { (_mm512_loadu_ps(t), _mm512_loadu_ps(t.add(16))) }
+    }
+    #[inline(always)]
+    unsafe fn lookup_bytes32(t: (__m512, __m512), codes: *const u8) -> Self {
+        // SAFETY: AVX-512F; codes addresses 16 bytes (the module contract); bit 4 of an index picks
+        // the second register.
+        unsafe { Self(_mm512_permutex2var_ps(t.0, _mm512_cvtepu8_epi32(_mm_loadu_si128(codes as *const __m128i)), t.1)) }
+    }
+    #[inline(always)]
+    unsafe fn gather_bytes(t: *const f32, codes: *const u8) -> Self {
+        // SAFETY: AVX-512F; codes addresses 16 bytes and every t[code] (code < 256) is readable
+        // (the module contract).
+        unsafe { Self(_mm512_i32gather_ps::<4>(_mm512_cvtepu8_epi32(_mm_loadu_si128(codes as *const __m128i)), t)) }
+    }
 }
 
 impl Avx2 {
@@ -352,6 +378,28 @@ impl Vector for Avx2 {
             let raw = _mm_cvtsi32_si128((packed as *const i32).read_unaligned());
             Self::permute16(t, _mm256_cvtepu8_epi32(split_nibbles(raw)))
         }
+    }
+    type Table32 = ((__m256, __m256), (__m256, __m256));
+    #[inline(always)]
+    unsafe fn table32(t: *const f32) -> Self::Table32 {
+        // SAFETY: AVX; t addresses 32 floats (the module contract).
+        unsafe { (Self::table(t), Self::table(t.add(16))) }
+    }
+    #[inline(always)]
+    unsafe fn lookup_bytes32(t: Self::Table32, codes: *const u8) -> Self {
+        // SAFETY: AVX2; codes addresses 8 bytes (the module contract). Each half of the table by
+        // bits 0-3 of the index (permute16 ignores bit 4), then bit 4 picks the half.
+        unsafe {
+            let idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(codes as *const __m128i));
+            let (lo, hi) = (Self::permute16(t.0, idx), Self::permute16(t.1, idx));
+            Self(_mm256_blendv_ps(lo.0, hi.0, _mm256_castsi256_ps(_mm256_slli_epi32::<27>(idx))))
+        }
+    }
+    #[inline(always)]
+    unsafe fn gather_bytes(t: *const f32, codes: *const u8) -> Self {
+        // SAFETY: AVX2; codes addresses 8 bytes and every t[code] (code < 256) is readable (the
+        // module contract).
+        unsafe { Self(_mm256_i32gather_ps::<4>(t, _mm256_cvtepu8_epi32(_mm_loadl_epi64(codes as *const __m128i)))) }
     }
 }
 
