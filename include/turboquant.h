@@ -209,6 +209,31 @@ typedef uint32_t tq_key_mode;
 #endif // __cplusplus
 
 /**
+ * Which store of a layer tq_dequantize_rows() reads (values of its `part` argument).
+ */
+enum tq_kv_part
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The K store.
+   */
+  TQ_KV_KEYS = 0,
+  /**
+   * The V store.
+   */
+  TQ_KV_VALUES = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum tq_kv_part tq_kv_part;
+#else
+typedef uint32_t tq_kv_part;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An owned KV cache. Opaque; create with tq_cache_new(), free with tq_cache_free().
  */
 typedef struct tq_cache tq_cache;
@@ -916,6 +941,49 @@ enum tq_status tq_attend_part(const struct tq_context *ctx,
                               const struct tq_strides *out_strides,
                               uint32_t ith,
                               uint32_t nth);
+
+/**
+ * The stored rows of cells 0..n_cells of `layer`'s K store (`part` TQ_KV_KEYS) or V store
+ * (TQ_KV_VALUES) as vectors: `out` receives [n_cells][n_kv_heads][head_dim] elements of `out_dtype`
+ * (F32, F16 or BF16) under `out_strides` (NULL = packed), each the vector tq_attend() scores a
+ * query against (keys) or weighs (values) — the decoded row in the original basis with the layer's
+ * centering mean added (none before the layer's first append). For engines that run their own
+ * attention over a prompt chunk (e.g. an f16 flash-attention kernel) where that is faster than
+ * attending the compressed rows. Cells never written decode whatever bytes they hold (llama.cpp
+ * zeroes its buffers: they decode to the mean). CPU: uses n_threads, `stream` is ignored. CUDA:
+ * store and out are device memory and the call enqueues one kernel on `stream` (graph-capture safe);
+ * PROD keys are refused with TQ_STATUS_UNSUPPORTED there. Thread-safe.
+ *
+ * # Safety
+ * `store` holds n_cells rows of the layer's row size; `out` covers the output tensor.
+ */
+enum tq_status tq_dequantize_rows(const struct tq_context *ctx,
+                                  uint32_t layer,
+                                  uint32_t part,
+                                  const void *store,
+                                  size_t n_cells,
+                                  void *out,
+                                  uint32_t out_dtype,
+                                  const struct tq_strides *out_strides,
+                                  void *stream);
+
+/**
+ * tq_dequantize_rows() for engines with their own thread pool: thread `ith` of `nth` decodes its share
+ * of the cells on the calling thread. CPU backend only.
+ *
+ * # Safety
+ * As tq_dequantize_rows().
+ */
+enum tq_status tq_dequantize_rows_part(const struct tq_context *ctx,
+                                       uint32_t layer,
+                                       uint32_t part,
+                                       const void *store,
+                                       size_t n_cells,
+                                       void *out,
+                                       uint32_t out_dtype,
+                                       const struct tq_strides *out_strides,
+                                       uint32_t ith,
+                                       uint32_t nth);
 
 /**
  * Decode attention of `n_seqs` sequences in one call (CUDA contexts): sequence s has `n_q` query

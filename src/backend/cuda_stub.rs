@@ -3,7 +3,7 @@
 //! `BackendUnavailable`.
 
 use crate::backend::{Backend, Op};
-use crate::codec::request::{AppendRequest, AttendRequest, Exec, Memory};
+use crate::codec::request::{AppendRequest, AttendRequest, DequantRequest, Exec, Memory};
 use crate::codec::{Dtype, KvCodec};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -33,6 +33,9 @@ impl Backend for CudaBackend {
         match *self {}
     }
     unsafe fn attend(&self, _codec: &KvCodec, _req: &AttendRequest, _exec: Exec) -> Result<()> {
+        match *self {}
+    }
+    unsafe fn dequantize(&self, _codec: &KvCodec, _req: &DequantRequest, _exec: Exec) -> Result<()> {
         match *self {}
     }
 }

@@ -8,7 +8,7 @@
 
 use std::ffi::c_void;
 
-use crate::codec::request::{AppendRequest, AttendRequest, Exec, Memory};
+use crate::codec::request::{AppendRequest, AttendRequest, DequantRequest, Exec, Memory};
 use crate::codec::{Dtype, KvCodec};
 use crate::error::{Error, Result};
 
@@ -38,6 +38,7 @@ pub enum Op {
     AttendFull,
     /// Logit soft-capping before the mask (`tq_attend_options::logit_softcap`).
     LogitSoftcap,
+    DequantPart,
 }
 
 /// One backend. Requests are validated by the codec before they reach it.
@@ -59,6 +60,11 @@ pub trait Backend: Send + Sync {
     /// # Safety
     /// As for `append`; `out` is not read or written by others during the call.
     unsafe fn attend(&self, codec: &KvCodec, req: &AttendRequest, exec: Exec) -> Result<()>;
+    /// Write the rows of a validated dequantization in the original basis (means added).
+    ///
+    /// # Safety
+    /// The request's store and output cover what its sizes say, in the backend's memory.
+    unsafe fn dequantize(&self, codec: &KvCodec, req: &DequantRequest, exec: Exec) -> Result<()>;
     /// Centering: put the means this backend holds into `codec`'s host copy, which a state save
     /// writes. The CPU backend freezes them there directly; a device backend copies them back.
     fn means_to_codec(&self, _codec: &KvCodec) -> Result<()> {
@@ -139,6 +145,7 @@ impl AnyBackend {
             Op::AttendFull => format!(
                 "options->full_of_cell: full-precision rows in attention are implemented on the CPU backend only; ctx uses {name}"
             ),
+            Op::DequantPart => format!("tq_dequantize_rows_part is for CPU contexts; ctx uses {name}: call tq_dequantize_rows with a stream"),
             Op::LogitSoftcap => format!(
                 "options->logit_softcap: logit soft-capping is implemented on the CPU backend only; ctx uses {name}"
             ),

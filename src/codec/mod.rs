@@ -23,7 +23,7 @@ pub use safe::{Element, HostMask, HostTensor};
 use crate::backend::{AnyBackend, BackendChoice, Op};
 use crate::error::{Error, ErrorKind};
 type CResult<T> = crate::error::Result<T>;
-use request::{AppendArgs, AppendRequest, AttendArgs, AttendRequest, Exec, Stores};
+use request::{AppendArgs, AppendRequest, AttendArgs, AttendRequest, DequantArgs, DequantRequest, Exec, Stores};
 
 use std::sync::OnceLock;
 
@@ -590,6 +590,23 @@ impl Codec {
     pub fn load_state(&mut self, bytes: &[u8]) -> CResult<()> {
         self.kv.load_state(bytes)?;
         self.backend.get().means_from_codec(&self.kv)
+    }
+
+    /// Validate and run a dequantization given as raw addresses. `n_cells` 0 is a no-op.
+    ///
+    /// # Safety
+    /// The store and the output cover what the sizes say, in the backend's memory; no one else writes
+    /// the output during the call.
+    pub unsafe fn dequantize_raw(&self, a: &DequantArgs, exec: Exec) -> CResult<()> {
+        if let Exec::Part { .. } = exec {
+            self.backend.require(Op::DequantPart)?;
+        }
+        let req = DequantRequest::validate(&self.kv, a)?;
+        if req.n_cells == 0 {
+            return Ok(());
+        }
+        // SAFETY: validated; the caller guarantees the pointers.
+        unsafe { self.backend.get().dequantize(&self.kv, &req, exec) }
     }
 
     /// Validate and run an append given as raw addresses. `n_tokens` 0 is a no-op.

@@ -625,3 +625,67 @@ pub unsafe fn host_slice<'a, T>(ptr: *const T, len: usize, arg: &str) -> Result<
     // SAFETY: non-null, aligned, size fits isize; the caller guarantees `len` live elements.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
+
+/// Which store of a layer a dequantization reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvPart {
+    Keys,
+    Values,
+}
+
+/// A dequantization as the caller gave it: cells 0..n_cells of `store` (K or V rows of `layer`)
+/// into `out`, [n_cells][n_kv_heads][head_dim] elements of `out_dtype` under `out_strides`.
+#[derive(Clone, Copy, Debug)]
+pub struct DequantArgs {
+    pub layer: u32,
+    pub part: u32,
+    pub store: *const c_void,
+    pub n_cells: usize,
+    pub out: *mut c_void,
+    pub out_dtype: u32,
+    pub out_strides: Option<Strides>,
+}
+
+/// A validated dequantization.
+#[derive(Clone, Copy, Debug)]
+pub struct DequantRequest {
+    pub layer: usize,
+    pub part: KvPart,
+    pub store: *const u8,
+    pub n_cells: usize,
+    pub out: *mut u8,
+    pub out_dtype: Dtype,
+    pub out_strides: Strides,
+}
+
+// SAFETY: a DequantRequest is addresses plus sizes; the caller keeps the store readable and gives the
+// output's disjoint cells to the threads that share a request (the entry points' contract).
+unsafe impl Send for DequantRequest {}
+// SAFETY: as for Send: the store is only read, and each thread writes its own cells.
+unsafe impl Sync for DequantRequest {}
+
+impl DequantRequest {
+    /// Check a dequantization: layer, part, pointers, output dtype and strides (whole elements, the
+    /// extent inside the address space).
+    pub fn validate(codec: &KvCodec, a: &DequantArgs) -> Result<Self> {
+        let layer = check_layer(codec, a.layer)?;
+        let part = match a.part {
+            0 => KvPart::Keys,
+            1 => KvPart::Values,
+            p => return Err(Error::invalid(format!("part is {p}: must be TQ_KV_KEYS (0) or TQ_KV_VALUES (1)"))),
+        };
+        let cfg = &codec.config;
+        if a.n_cells > 0 && a.store.is_null() {
+            return Err(Error::null("store"));
+        }
+        if a.n_cells > 0 && a.out.is_null() {
+            return Err(Error::null("out"));
+        }
+        let out_dtype = Dtype::from_code(a.out_dtype, "out_dtype")?;
+        let (k_row_bytes, v_row_bytes) = codec.layer_row_bytes(layer);
+        limits::check_store(a.n_cells, if part == KvPart::Keys { k_row_bytes } else { v_row_bytes }, "store")?;
+        let out_strides = strides_or_packed(a.out_strides, cfg.n_kv_heads, cfg.head_dim, out_dtype, "out_strides")?;
+        limits::tensor_span(a.out.cast(), out_strides, a.n_cells, cfg.n_kv_heads, cfg.head_dim, out_dtype, "out_strides")?;
+        Ok(DequantRequest { layer, part, store: a.store.cast(), n_cells: a.n_cells, out: a.out.cast(), out_dtype, out_strides })
+    }
+}

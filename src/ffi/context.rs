@@ -7,7 +7,7 @@ use super::error::{self, Error, Guarded, Result, guarded_mut, guarded_ref, slice
 use super::quantizer::rotation_from_u32;
 use super::{TQ_ABI_VERSION, tq_status};
 use crate::backend::BackendChoice;
-use crate::codec::request::{AppendArgs, AttendArgs, AttendExtras, Exec, FullArgs, Stores};
+use crate::codec::request::{AppendArgs, AttendArgs, AttendExtras, DequantArgs, Exec, FullArgs, Stores};
 use crate::codec::{Codec, Dtype, KvConfig, Strides};
 use crate::math::quantizer::QuantizerKind;
 use crate::math::rotation::RotationKind;
@@ -692,6 +692,74 @@ pub unsafe extern "C" fn tq_attend_part(
         let exec = Exec::part(ith, nth)?;
         // SAFETY: as in tq_attend.
         unsafe { c.codec.attend_raw(&a, exec) }
+    })
+}
+
+/// Which store of a layer tq_dequantize_rows() reads (values of its `part` argument).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum tq_kv_part {
+    /// The K store.
+    TQ_KV_KEYS = 0,
+    /// The V store.
+    TQ_KV_VALUES = 1,
+}
+
+/// The stored rows of cells 0..n_cells of `layer`'s K store (`part` TQ_KV_KEYS) or V store
+/// (TQ_KV_VALUES) as vectors: `out` receives [n_cells][n_kv_heads][head_dim] elements of `out_dtype`
+/// (F32, F16 or BF16) under `out_strides` (NULL = packed), each the vector tq_attend() scores a
+/// query against (keys) or weighs (values) — the decoded row in the original basis with the layer's
+/// centering mean added (none before the layer's first append). For engines that run their own
+/// attention over a prompt chunk (e.g. an f16 flash-attention kernel) where that is faster than
+/// attending the compressed rows. Cells never written decode whatever bytes they hold (llama.cpp
+/// zeroes its buffers: they decode to the mean). CPU: uses n_threads, `stream` is ignored. CUDA:
+/// store and out are device memory and the call enqueues one kernel on `stream` (graph-capture safe);
+/// PROD keys are refused with TQ_STATUS_UNSUPPORTED there. Thread-safe.
+///
+/// # Safety
+/// `store` holds n_cells rows of the layer's row size; `out` covers the output tensor.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tq_dequantize_rows(
+    ctx: *const tq_context,
+    layer: u32,
+    part: u32,
+    store: *const c_void,
+    n_cells: usize,
+    out: *mut c_void,
+    out_dtype: u32,
+    out_strides: *const tq_strides,
+    stream: *mut c_void,
+) -> tq_status {
+    // SAFETY: the caller guarantees the strides are NULL or valid.
+    let a = DequantArgs { layer, part, store, n_cells, out, out_dtype, out_strides: unsafe { strides_arg(out_strides) } };
+    // SAFETY: the caller guarantees the pointers cover what the sizes say (the function's contract).
+    context_call(ctx, |c| unsafe { c.codec.dequantize_raw(&a, Exec::Queue(stream)) })
+}
+
+/// tq_dequantize_rows() for engines with their own thread pool: thread `ith` of `nth` decodes its share
+/// of the cells on the calling thread. CPU backend only.
+///
+/// # Safety
+/// As tq_dequantize_rows().
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tq_dequantize_rows_part(
+    ctx: *const tq_context,
+    layer: u32,
+    part: u32,
+    store: *const c_void,
+    n_cells: usize,
+    out: *mut c_void,
+    out_dtype: u32,
+    out_strides: *const tq_strides,
+    ith: u32,
+    nth: u32,
+) -> tq_status {
+    // SAFETY: the caller guarantees the strides are NULL or valid.
+    let a = DequantArgs { layer, part, store, n_cells, out, out_dtype, out_strides: unsafe { strides_arg(out_strides) } };
+    context_call(ctx, |c| {
+        let exec = Exec::part(ith, nth)?;
+        // SAFETY: as in tq_dequantize_rows.
+        unsafe { c.codec.dequantize_raw(&a, exec) }
     })
 }
 

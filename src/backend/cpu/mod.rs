@@ -5,6 +5,7 @@
 //! share to arrive (`split`).
 
 pub mod attend;
+mod dequant;
 pub mod encode;
 mod simd;
 mod split;
@@ -16,7 +17,7 @@ use attend::{AttendJob, AttendScratch, FullMask, FullRows, Hidden, MaskSource, S
 use encode::EncodeScratch;
 
 use super::{Backend, Op};
-use crate::codec::request::{AppendRequest, AttendRequest, Exec, Memory, Slots, Stores, part_range};
+use crate::codec::request::{AppendRequest, AttendRequest, DequantRequest, Exec, Memory, Slots, Stores, part_range};
 use crate::codec::{KvCodec, Means, limits};
 use crate::error::{Error, Result};
 use crate::parallel;
@@ -218,7 +219,7 @@ impl Backend for CpuBackend {
     fn supports(&self, op: Op) -> bool {
         match op {
             Op::AttendBatch => false,
-            Op::AppendPart | Op::AttendPart | Op::OwnedCache | Op::HostSlices | Op::AttendSinks | Op::AttendFull | Op::LogitSoftcap => true,
+            Op::AppendPart | Op::AttendPart | Op::OwnedCache | Op::HostSlices | Op::AttendSinks | Op::AttendFull | Op::LogitSoftcap | Op::DequantPart => true,
         }
     }
 
@@ -239,6 +240,24 @@ impl Backend for CpuBackend {
             Exec::Part { ith, nth } => unsafe { append_range(codec, req, slots, means, order, part_range(req.n_tokens, ith, nth)) },
         }
         Ok(())
+    }
+
+    unsafe fn dequantize(&self, codec: &KvCodec, req: &DequantRequest, exec: Exec) -> Result<()> {
+        let order = codec.key_order(req.layer);
+        match exec {
+            Exec::Queue(_) => {
+                let failed = std::sync::Mutex::new(None);
+                parallel::for_each_range(req.n_cells, self.threads, 64, |_, range| {
+                    // SAFETY: validated request; ranges of cells are disjoint.
+                    if let Err(e) = unsafe { dequant::dequantize_range(codec, req, order, range) } {
+                        *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    }
+                });
+                failed.into_inner().unwrap_or_else(|p| p.into_inner()).map_or(Ok(()), Err)
+            }
+            // SAFETY: as above; shares of one call are disjoint.
+            Exec::Part { ith, nth } => unsafe { dequant::dequantize_range(codec, req, order, part_range(req.n_cells, ith, nth)) },
+        }
     }
 
     unsafe fn attend(&self, codec: &KvCodec, req: &AttendRequest, exec: Exec) -> Result<()> {

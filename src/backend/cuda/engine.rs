@@ -20,7 +20,7 @@ impl Backend for CudaBackend {
         match op {
             Op::AttendBatch => true,
             // Sinks and soft-capping are not in the kernels (kernels/*.cu): such attends are refused.
-            Op::AppendPart | Op::AttendPart | Op::OwnedCache | Op::HostSlices | Op::AttendSinks | Op::AttendFull | Op::LogitSoftcap => false,
+            Op::AppendPart | Op::AttendPart | Op::OwnedCache | Op::HostSlices | Op::AttendSinks | Op::AttendFull | Op::LogitSoftcap | Op::DequantPart => false,
         }
     }
 
