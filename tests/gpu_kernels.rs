@@ -777,3 +777,81 @@ fn cuda_centering_means_stay_frozen_under_graph_replay() {
     }
     println!("cuda_centering_means_stay_frozen_under_graph_replay: means of the first append kept over a replay, rows equal the CPU's");
 }
+
+#[test]
+fn cuda_dequantized_rows_match_cpu() {
+    // tq_dequantize_rows on CUDA against the CPU backend over the same rows (the CUDA append writes the
+    // CPU's bytes, checked here too): keys and values with centering (the means computed on the device),
+    // Hadamard and dense rotations, f32 output within 1e-5 of each row's largest element, f16 output
+    // strided with padding (untouched) within f16 rounding.
+    if !gpu_or_skip("cuda_dequantized_rows_match_cpu") {
+        return;
+    }
+    let cases: &[(u32, u32, u32, u32)] = if quick() { &[(128, 0, 4, 4)] } else { &[(128, 0, 4, 4), (64, 0, 3, 2), (96, 1, 4, 3), (256, 0, 5, 8)] };
+    for &(d, rot, bk, bv) in cases {
+        let (du, hq, hkv, layer, n) = (d as usize, 8usize, 2usize, 1u32, 150usize);
+        let mk = |cuda| {
+            let mut p = params(hq as u32, hkv as u32, d, bk, bv, rot, F16, cuda);
+            p.centering = true;
+            p.center_values = true;
+            context(&p)
+        };
+        let (cpu, gpu) = (mk(false), mk(true));
+        let (kr, vr) = row_bytes(&cpu);
+        let mut rng = Rng::new(500 + d as u64);
+        let k: Vec<f32> = rng.normals(n * hkv * du).iter().enumerate().map(|(i, x)| x + 4.0 * (i % 7) as f32).collect();
+        let v: Vec<f32> = rng.normals(n * hkv * du).iter().enumerate().map(|(i, x)| x - (i % 3) as f32).collect();
+        let (kb, vb) = (to_dtype_bytes(&k, F16), to_dtype_bytes(&v, F16));
+        let slots: Vec<i64> = (0..n as i64).collect();
+        let (mut kc, mut vc) = (vec![0u8; n * kr], vec![0u8; n * vr]);
+        let st = unsafe {
+            tq_append_kv(cpu.0, layer, kc.as_mut_ptr().cast(), vc.as_mut_ptr().cast(), n, slots.as_ptr(), n, kb.as_ptr().cast(), null(),
+                vb.as_ptr().cast(), null(), null_mut())
+        };
+        assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+        let (kd, vd, kin, vin, sd) = (Dev::zeroed(n * kr), Dev::zeroed(n * vr), Dev::from(&kb), Dev::from(&vb), Dev::from(&slots));
+        let st = unsafe {
+            tq_append_kv(gpu.0, layer, kd.void(), vd.void(), n, sd.ptr as *const i64, n, kin.void(), null(), vin.void(), null(), null_mut())
+        };
+        assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+        assert!(kd.read::<u8>(n * kr) == kc && vd.read::<u8>(n * vr) == vc, "d={d}: CUDA rows differ from the CPU's");
+        for (part, host, dev) in [(0u32, &kc, &kd), (1u32, &vc, &vd)] {
+            let mut want = vec![0.0f32; n * hkv * du];
+            let st = unsafe {
+                tq_dequantize_rows(cpu.0, layer, part, host.as_ptr().cast(), n, want.as_mut_ptr().cast(), F32, null(), null_mut())
+            };
+            assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+            let out = Dev::filled(n * hkv * du * 4, 0xFF);
+            let st = unsafe { tq_dequantize_rows(gpu.0, layer, part, dev.void(), n, out.void(), F32, null(), null_mut()) };
+            assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+            let got = out.read::<f32>(n * hkv * du);
+            let mut worst = 0.0f64;
+            for (rg, rw) in got.chunks(du).zip(want.chunks(du)) {
+                let top = rw.iter().fold(0.0f32, |a, x| a.max(x.abs())) as f64;
+                for (x, y) in rg.iter().zip(rw) {
+                    worst = worst.max((*x as f64 - *y as f64).abs() / top);
+                }
+            }
+            assert!(worst <= 1e-5, "d={d} part {part}: CUDA f32 rows differ from the CPU's by {worst:.2e} of the row maximum");
+            // f16, head stride d + 8 halves, token stride 2 heads + 4 halves.
+            let (hs, ts) = (du + 8, hkv * (du + 8) + 4);
+            let out16 = Dev::filled(n * ts * 2, 0xFF);
+            let strides = tq_strides { token: 2 * ts, head: 2 * hs };
+            let st = unsafe { tq_dequantize_rows(gpu.0, layer, part, dev.void(), n, out16.void(), F16, &strides, null_mut()) };
+            assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+            let halves = out16.read::<u16>(n * ts);
+            for j in 0..n {
+                for g in 0..hkv {
+                    let w = &want[(j * hkv + g) * du..(j * hkv + g + 1) * du];
+                    let top = w.iter().fold(0.0f32, |a, x| a.max(x.abs()));
+                    for i in 0..du {
+                        let x = half::f16::from_bits(halves[j * ts + g * hs + i]).to_f32();
+                        assert!((x - w[i]).abs() <= w[i].abs() / 2048.0 + 1e-5 * top, "d={d} part {part} f16 ({j}, {g}, {i}): {x} vs {}", w[i]);
+                    }
+                    assert!(halves[j * ts + g * hs + du..j * ts + g * hs + hs].iter().all(|&b| b == 0xFFFF), "d={d}: padding written");
+                }
+            }
+            println!("cuda_dequantized_rows_match_cpu d={d} bits {bk}/{bv} part {part}: f32 within {worst:.2e} of the row maximum, f16 strided ok");
+        }
+    }
+}

@@ -22,6 +22,7 @@ pub fn kernel_source() -> String {
         include_str!("../../../kernels/decode_fast.cu"),
         include_str!("../../../kernels/prefill.cu"),
         include_str!("../../../kernels/combine.cu"),
+        include_str!("../../../kernels/dequant.cu"),
     ];
     let mut s = String::new();
     for p in parts {

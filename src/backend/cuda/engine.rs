@@ -1,10 +1,10 @@
 //! [`CudaBackend`] behind the backend interface: a validated request becomes the device launch
 //! description (`DeviceAppend`, `DeviceAttend`) the kernels take.
 
-use super::{CudaBackend, DeviceAppend, DeviceAttend, DeviceMask, Stores as DeviceStores};
+use super::{CudaBackend, DeviceAppend, DeviceAttend, DeviceDequant, DeviceMask, Stores as DeviceStores};
 use crate::backend::{Backend, Op, stream_of};
 use crate::codec::KvCodec;
-use crate::codec::request::{AppendRequest, AttendRequest, Exec, Memory, Slots, Stores};
+use crate::codec::request::{AppendRequest, AttendRequest, DequantRequest, Exec, KvPart, Memory, Slots, Stores};
 use crate::error::{Error, Result};
 
 impl Backend for CudaBackend {
@@ -68,6 +68,19 @@ impl Backend for CudaBackend {
             out_seq_stride: req.out_seq_stride,
         };
         Ok(CudaBackend::attend(self, &a, stream_of(exec) as _)?)
+    }
+
+    unsafe fn dequantize(&self, _codec: &KvCodec, req: &DequantRequest, exec: Exec) -> Result<()> {
+        let a = DeviceDequant {
+            layer: req.layer,
+            values: req.part == KvPart::Values,
+            store: req.store as u64,
+            n_cells: req.n_cells,
+            out: req.out as u64,
+            out_dtype: req.out_dtype,
+            out_strides: req.out_strides,
+        };
+        Ok(CudaBackend::dequantize(self, &a, stream_of(exec) as _)?)
     }
 
     fn means_to_codec(&self, codec: &KvCodec) -> Result<()> {

@@ -115,6 +115,7 @@ struct Kernels {
     rotate: sys::CUfunction,
     combine: sys::CUfunction,
     head_means: sys::CUfunction,
+    dequant: sys::CUfunction,
 }
 
 /// The compressed stores an attention call reads.
@@ -195,6 +196,19 @@ pub struct DeviceAppend {
     pub k_strides: Strides,
     pub v: DevPtr,
     pub v_strides: Strides,
+}
+
+/// One dequantization over device memory (tq_dequantize_rows).
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceDequant {
+    pub layer: usize,
+    /// The V store (else the K store).
+    pub values: bool,
+    pub store: DevPtr,
+    pub n_cells: usize,
+    pub out: DevPtr,
+    pub out_dtype: Dtype,
+    pub out_strides: Strides,
 }
 
 /// The CUDA backend of one context.
@@ -281,6 +295,9 @@ fn vec_width(bytes: usize) -> usize {
 // -D option under the kernels' name for it (given beside each), so the two cannot disagree.
 /// Warps (one row each) per CTA of tq_append (APPEND_WARPS).
 pub(super) const APPEND_WARPS: usize = 4;
+/// Rows (cell, kv head) per CTA of tq_dequant_rows (DQ_WARPS in kernels/dequant.cu).
+const DEQUANT_WARPS: usize = 8;
+
 /// Query rows per CTA of tq_prefill_* (PF_ROWS).
 pub(super) const PREFILL_ROWS: usize = 128;
 /// Threads of tq_prefill_* (PF_THREADS): 4 warps of two 16-row mma fragments each up to head_dim 128,
@@ -480,6 +497,7 @@ impl CudaBackend {
             rotate: get("tq_rotate_queries")?,
             combine: get("tq_combine")?,
             head_means: get("tq_head_means")?,
+            dequant: get("tq_dequant_rows")?,
         };
         check_layout(module)?;
         let d = cfg.head_dim;
@@ -939,6 +957,42 @@ impl CudaBackend {
                 n_partials: n_splits,
             }
         }
+    }
+
+    /// Enqueue the decoding of a store's rows (`DeviceDequant`) on `stream`: one kernel, one warp per
+    /// (cell, kv head) row.
+    pub fn dequantize(&self, a: &DeviceDequant, stream: sys::CUstream) -> Result<(), CudaError> {
+        let rows = a.n_cells.checked_mul(self.n_kv_heads).filter(|&r| r.div_ceil(DEQUANT_WARPS) <= i32::MAX as usize);
+        let Some(rows) = rows else {
+            return Err(CudaError::invalid(format!("n_cells is {}: too many rows for one launch", a.n_cells)));
+        };
+        self.bind()?;
+        let (mean_k, mean_v) = self.ready_means(a.layer);
+        let (kt, vt) = &self.layers[a.layer];
+        let (t, mean, row_bytes, code_bytes, scale_offset, bits) = if a.values {
+            (vt, mean_v, self.v_row_bytes, self.v_code_bytes, self.v_scale_offset, self.bits_v)
+        } else {
+            (kt, mean_k, self.k_row_bytes, self.k_code_bytes, self.k_scale_offset, self.bits_k)
+        };
+        let mut dp = params::DequantParams {
+            store: a.store,
+            n_cells: a.n_cells as i64,
+            n_kv_heads: self.n_kv_heads as i64,
+            row_bytes: row_bytes as i64,
+            code_bytes: code_bytes as i64,
+            scale_offset: scale_offset as i64,
+            bits: i64::from(bits),
+            rot: params::Rotation { signs_in: t.signs_in, signs_out: t.signs_out, matrix: t.matrix, matrix_t: t.matrix_t },
+            centroids: t.centroids,
+            mean,
+            out: a.out,
+            out_dtype: dtype_code(a.out_dtype),
+            token_stride: a.out_strides.token as i64,
+            head_stride: a.out_strides.head as i64,
+        };
+        let ptr = &mut dp as *mut _ as *mut c_void;
+        let grid = rows.div_ceil(DEQUANT_WARPS) as u32;
+        self.launch(self.kernels.dequant, (grid, 1, 1), (DEQUANT_WARPS * 32) as u32, 0, stream, ptr, false, "dequantize launch")
     }
 
     /// Whether rows and pointers allow the vector-load prefill kernel.

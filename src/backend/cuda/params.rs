@@ -179,6 +179,25 @@ pub struct CombineParams {
     pub out_head_stride: i64,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DequantParams {
+    pub store: DevPtr,
+    pub n_cells: i64,
+    pub n_kv_heads: i64,
+    pub row_bytes: i64,
+    pub code_bytes: i64,
+    pub scale_offset: i64,
+    pub bits: i64,
+    pub rot: Rotation,
+    pub centroids: DevPtr,
+    pub mean: DevPtr,
+    pub out: DevPtr,
+    pub out_dtype: i64,
+    pub token_stride: i64,
+    pub head_stride: i64,
+}
+
 macro_rules! layout {
     ($src:ident, $offsets:ident, $ty:ident, [$($field:ident),*]) => {
         $src.push_str(&format!("static_assert(sizeof({ty}) == {n}, \"{ty} size differs from src/backend/cuda/params.rs\");\n",
@@ -214,6 +233,8 @@ pub fn layout() -> (String, Vec<i64>) {
     layout!(probe, offsets, CombineParams, [q, dtype, n_q, n_heads, group, n_kv_heads, rot, mean_v, partials, n_partials,
         full_k, full_v, full_pos, query_pos, n_full, full_seq_stride, scale, out, out_seq_stride,
         out_token_stride, out_head_stride]);
+    layout!(probe, offsets, DequantParams, [store, n_cells, n_kv_heads, row_bytes, code_bytes, scale_offset, bits, rot, centroids,
+        mean, out, out_dtype, token_stride, head_stride]);
     // The static_asserts were pushed into `probe` with the field lines; split them out.
     let (asserts, body): (Vec<&str>, Vec<&str>) = probe.lines().partition(|l| l.starts_with("static_assert"));
     for a in asserts {
