@@ -8,7 +8,8 @@
 # 3-bit keys (0.26) or of q4_0 without rotation (0.165). Then per-layer bits: --tq-preset q4_0 (bits in the log,
 # KLD below 4/4's) and a malformed --tq-layer-bits refused; the full-precision window and sinks (bits in the
 # log, KLD below 4/4's, 4 parallel sequences equal to 1) and their refusal with the f16 cache; key outlier
-# channels (bits in the log, KLD below the unsplit K3/V4's) and their refusals.
+# channels (bits in the log, KLD below the unsplit K3/V4's) and their refusals; prompt chunks through f16 flash
+# attention over the decoded rows (the KLD of the compressed path).
 # Environment: LLAMA_BIN, MODEL, CORPUS (make test-llama defaults it to the fetched tree's docs/build.md),
 # THREADS; optional CHUNKS (8), KLD_BOUND.
 set -euo pipefail
@@ -111,6 +112,18 @@ fi
 grep -q "key_outliers is 8" "$W/badoutliers8.log" \
   || { echo "test-llama: FAIL: no message naming key_outliers 8"; tail -5 "$W/badoutliers8.log"; exit 1; }
 echo "tq-key-outliers with the f16 cache, and 8 channels: refused"
+# prompt chunks through f16 flash attention over the decoded rows (patch 10: the default for layers on CUDA, here
+# forced on the CPU with LLAMA_TQ_F16_PREFILL=2): the cache line must say so, and the KLD must agree with the
+# compressed path's within 25% (the same rows, attended by ggml's f16 kernel instead: 0.0468 vs 0.0503 on 4 chunks of
+# docs/build.md); rows decoded wrong (a rotation not undone, a misplaced head or cell) give KLD >> 1.
+LLAMA_TQ_F16_PREFILL=2 "${PPL[@]}" -ctk tq4 -ctv tq4 -lv 4 --kl-divergence-base "$W/base.kld" --kl-divergence \
+    > "$W/f16prefill.log" 2>&1 || { tail -20 "$W/f16prefill.log"; exit 1; }
+grep -q "prompt chunks of 32+ tokens through f16 flash attention over the decoded rows (every layer" "$W/f16prefill.log" \
+  || { echo "test-llama: FAIL: LLAMA_TQ_F16_PREFILL=2: no f16 prefill note in the cache line"; exit 1; }
+kf=$(kld "$W/f16prefill.log")
+echo "tq4 LLAMA_TQ_F16_PREFILL=2 (decoded rows, ggml flash attention): mean KLD $kf (compressed path $(kld "$W/tq4.log"))"
+awk -v a="$kf" -v b="$(kld "$W/tq4.log")" 'BEGIN { d = a - b; if (d < 0) d = -d; if (a == "" || a != a + 0 || d > 0.25 * b) { exit 1 } }' \
+  || { echo "test-llama: FAIL: through f16 flash attention mean KLD $kf, compressed path $(kld "$W/tq4.log")"; exit 1; }
 rm -f "$W/base.kld"
 
 k=$(kld "$W/tq4.log")
