@@ -13,7 +13,8 @@
 #             off, partial offload (-ngl 16: 15 of 32 layers' caches on the GPU), the KV cache on the CPU (-nkvo); each must run and report
 #             its cache
 #   ppl       llama-perplexity on $MODEL (a real model) and $CORPUS: f16 base logits, then q4_0 and TurboQuant 4/4
-#             KLD vs f16, with 4 parallel sequences and with 1, on the GPU (-ngl 99) and on the CPU (-ngl 0)
+#             KLD vs f16, with 4 parallel sequences and with 1, on the GPU (-ngl 99) and on the CPU (-ngl 0); TurboQuant
+#             4/4 also with LLAMA_TQ_F16_PREFILL=0 (prompt chunks attending the compressed rows, not patch 10's path)
 #   server    tools/llama/server_test.py with -ngl 99 -np 2 (a chat request answered, twice)
 #   sanitize  compute-sanitizer memcheck over a short llama-cli run (one turn, -st) on the GPU with TurboQuant 4/4,
 #             on $SAN_MODEL (default $MODEL2L)
@@ -106,12 +107,14 @@ for step in "$@"; do
         "${P[@]}" -b 2048 --kl-divergence-base "$W/base_$where.kld" > "$OUT/ppl_${where}_f16.log" 2>&1 \
           || { tail -5 "$OUT/ppl_${where}_f16.log"; fail=1; continue; }
         echo "$where f16: $(grep -E 'Final estimate' "$OUT/ppl_${where}_f16.log")"
-        for cfg in "q4_0 2048" "tq4 2048" "tq4 512"; do
+        # the third field: LLAMA_TQ_F16_PREFILL (patch 10; default 1: prompt chunks of CUDA layers through f16 flash
+        # attention over the decoded rows; 0: attending the compressed rows)
+        for cfg in "q4_0 2048 1" "tq4 2048 1" "tq4 512 1" "tq4 2048 0"; do
           set -- $cfg
-          log=$OUT/ppl_${where}_$1_b$2.log
-          "${P[@]}" -b $2 -ctk $1 -ctv $1 --kl-divergence-base "$W/base_$where.kld" --kl-divergence > "$log" 2>&1 \
-            || { tail -5 "$log"; fail=1; continue; }
-          printf '%s %-4s -b %-4s n_seq=%s  %s | mean KLD %s | %s\n' $where $1 $2 \
+          log=$OUT/ppl_${where}_$1_b$2_f16prefill$3.log
+          LLAMA_TQ_F16_PREFILL=$3 "${P[@]}" -b $2 -ctk $1 -ctv $1 --kl-divergence-base "$W/base_$where.kld" --kl-divergence \
+            > "$log" 2>&1 || { tail -5 "$log"; fail=1; continue; }
+          printf '%s %-4s -b %-4s F16_PREFILL=%s n_seq=%s  %s | mean KLD %s | %s\n' $where $1 $2 $3 \
             "$(grep -m1 -oE 'n_seq=[0-9]+' "$log" | cut -d= -f2)" "$(grep -E 'Mean PPL\(Q\) +:' "$log" | tr -s ' ')" \
             "$(grep -E 'Mean    KLD' "$log" | awk '{print $3, $4, $5}')" "$(grep -m1 -oE 'TurboQuant K [^)]*' "$log")"
         done
