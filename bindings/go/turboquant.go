@@ -503,6 +503,34 @@ func (c *Context) Attend(layer int, q []float32, kStore, vStore []byte, mask []f
 	return out, nil
 }
 
+// DequantizeRows returns the rows of every cell of store — layer's K rows, or its V rows when
+// values is true — as vectors ([n_cells][NKVHeads][HeadDim]) in the original basis with the
+// layer's centering mean added: what Attend scores against (keys) or weighs (values).
+func (c *Context) DequantizeRows(layer int, store []byte, values bool) ([]float32, error) {
+	const fn = "tq_dequantize_rows"
+	if err := c.live(fn); err != nil {
+		return nil, err
+	}
+	rb, part := c.kRowBytes, C.uint32_t(C.TQ_KV_KEYS)
+	if values {
+		rb, part = c.vRowBytes, C.uint32_t(C.TQ_KV_VALUES)
+	}
+	if len(store)%rb != 0 {
+		return nil, argError(fn, "len(store) = %d is not a multiple of the row bytes %d", len(store), rb)
+	}
+	nCells := len(store) / rb
+	out := make([]float32, nCells*c.p.NKVHeads*c.p.HeadDim)
+	err := call(fn, func() C.enum_tq_status {
+		return C.tq_dequantize_rows(c.h, C.uint32_t(layer), part, unsafe.Pointer(u8ptr(store)), C.size_t(nCells),
+			unsafe.Pointer(f32ptr(out)), C.TQ_DTYPE_F32, nil, nil)
+	})
+	runtime.KeepAlive(c)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StateSave returns the context's state (centering means).
 func (c *Context) StateSave() ([]byte, error) {
 	if err := c.live("tq_context_state_save"); err != nil {

@@ -271,6 +271,29 @@ func TestSlotAttentionAgainstReference(t *testing.T) {
 		}
 	}
 
+	// The rows as vectors: attention over them in float64 is what Attend returned.
+	kd, err := ctx.DequantizeRows(1, kStore, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vd, err := ctx.DequantizeRows(1, vStore, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = ctx.Attend(1, q, kStore, vStore, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	overRows := refAttention(q, kd, vd, nQ, n, nil, 1/math.Sqrt(headDim))
+	for i := 0; i < nQ*nHeads; i++ {
+		if e := relErr(out[i*headDim:(i+1)*headDim], overRows[i*headDim:(i+1)*headDim]); e > 1e-5 {
+			t.Fatalf("query row %d: Attend vs attention over DequantizeRows rows: relative error %.2e", i, e)
+		}
+	}
+	if _, err := ctx.DequantizeRows(1, kStore[:kb+1], false); err == nil || !strings.Contains(err.Error(), "row bytes") {
+		t.Fatalf("odd store length: %v", err)
+	}
+
 	// Errors from the library.
 	slots[3] = slots[2]
 	err = ctx.AppendKV(0, kStore, vStore, slots, k, v)

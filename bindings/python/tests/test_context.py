@@ -108,6 +108,32 @@ def test_slot_attention_equals_reference_over_dequantized_rows(ctx):
     assert inv.shape == (n,)
 
 
+def test_dequantize_rows_are_what_attend_attends(ctx):
+    """tq_dequantize_rows: keys equal the quantizer API's decoding plus the key mean (float32
+    rounding), values the one-visible-cell attention rows, attention over both the library's; the
+    two-share form gives the same rows."""
+    rng = np.random.default_rng(3)
+    n, n_q = 80, 4
+    q, k, v = make_kv(rng, n, n_q)
+    k = k + 3.0  # an offset, so that the key mean matters
+    k_store, v_store = ctx.new_stores(n)
+    ctx.append_kv(0, k_store, v_store, np.arange(n, dtype=np.int64), k, v)
+    kd = ctx.dequantize_rows(0, k_store)
+    vd = ctx.dequantize_rows(0, v_store, values=True)
+    assert kd.shape == (n, N_KV, D) and kd.dtype == np.float32
+    mean_k = k[1:].astype(np.float64).mean(axis=0).astype(np.float32)
+    assert np.abs(kd - (dequantized_keys(ctx, k_store, 4) + mean_k)).max() < 1e-5 * np.abs(kd).max()
+    assert np.abs(vd - dequantized_values(ctx, 0, k_store, v_store)).max() < 1e-5 * np.abs(vd).max()
+    out = ctx.attend(0, q, k_store, v_store, scale=0.125)
+    assert rel_err(out, softmax_attention(q, kd, vd, None, 0.125)) < 1e-5
+    halves = np.full((n, N_KV, D), np.nan, np.float32)
+    for ith in range(2):
+        ctx.dequantize_rows(0, v_store, values=True, out=halves, part=(ith, 2))
+    assert np.array_equal(halves, vd)
+    with pytest.raises(ValueError, match="layer 5 is out of range"):
+        ctx.dequantize_rows(5, k_store)
+
+
 def test_slot_attention_against_uncompressed_kv(ctx):
     """Against exact attention over the original K/V. With Gaussian q, k, v and scale 1/√d the
     score errors have variance ε_k and the value errors relative variance ε_v (ε = the codebook's

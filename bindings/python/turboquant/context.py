@@ -253,6 +253,44 @@ class Context:
                                      oa.ptr, ctypes.byref(os_), ith, nth)
         return out
 
+    def dequantize_rows(self, layer: int, store: Any, *, values: bool = False, n_cells: int | None = None,
+                        out: Any = None, part: tuple[int, int] | None = None):
+        """The rows of cells 0..n_cells of ``layer``'s K store (``values=False``) or V store as vectors
+        (tq_dequantize_rows): [n_cells][n_kv_heads][head_dim] of the context dtype, in the original
+        basis with the layer's centering mean added — what ``attend`` scores against (keys) or weighs
+        (values). ``n_cells`` defaults to every row the store holds. Returns ``out`` (allocated as a
+        numpy array, or a torch tensor on the context's CUDA device, if not given).
+        """
+        layer = self._layer(layer)
+        kb, vb = self._row_bytes[layer]
+        rb = vb if values else kb
+        if n_cells is None:
+            n_cells = (store.nbytes if isinstance(store, np.ndarray) else store.numel()) // rb
+        sa = self._placed(byte_buffer(store, "store", n_cells * rb), "store")
+        if out is None:
+            shape = (n_cells, self.n_kv_heads, self.head_dim)
+            if self.backend == BACKENDS["cuda"]:
+                import torch
+                tdt = {DTYPE_F32: torch.float32, DTYPE_F16: torch.float16, DTYPE_BF16: torch.bfloat16}[self.dtype]
+                out = torch.zeros(shape, dtype=tdt, device=f"cuda:{self.device}")
+            else:
+                if self.dtype == DTYPE_BF16:
+                    raise TypeError("a bf16 context has no numpy output type: pass out (a bf16 torch tensor)")
+                out = np.zeros(shape, np.float32 if self.dtype == DTYPE_F32 else np.float16)
+        oa = self._tensor(out, "out", self.n_kv_heads, writable=True)
+        if oa.shape[0] != n_cells:
+            raise ValueError(f"out has {oa.shape[0]} rows but n_cells is {n_cells}")
+        which = 1 if values else 0
+        os_ = oa.strides()
+        if part is None:
+            self._lib.tq_dequantize_rows(self.handle, layer, which, sa.ptr, n_cells, oa.ptr, self.dtype,
+                                         ctypes.byref(os_), oa.stream)
+        else:
+            ith, nth = part
+            self._lib.tq_dequantize_rows_part(self.handle, layer, which, sa.ptr, n_cells, oa.ptr,
+                                              self.dtype, ctypes.byref(os_), ith, nth)
+        return out
+
     def attend_batch(self, layer: int, q: Any, k_stores: Any, v_stores: Any, n_cells: Any, *,
                      max_cells: int, scale: float | None = None, out: Any = None):
         """Decode attention of several sequences in one call (tq_attend_batch; CUDA contexts only).
