@@ -7,6 +7,9 @@
 use std::time::Instant;
 use turboquant::ffi::context::*;
 
+#[path = "../tests/common/rng.rs"]
+mod rng;
+
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("a number")).collect();
     let n = *args.first().unwrap_or(&4096);
@@ -14,16 +17,8 @@ fn main() {
     let calls = *args.get(2).unwrap_or(&400);
     let (bits_k, bits_v) = (*args.get(3).unwrap_or(&4) as u32, *args.get(4).unwrap_or(&4) as u32);
     let (nh, nkv, d) = (9usize, 3usize, 64usize);
-    let mut seed = 0x9e3779b97f4a7c15u64;
-    let mut rnd = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    };
-    let k: Vec<f32> = (0..n * nkv * d).map(|_| rnd()).collect();
-    let v: Vec<f32> = (0..n * nkv * d).map(|_| rnd()).collect();
-    let q: Vec<f32> = (0..nh * d).map(|_| rnd()).collect();
+    let mut rng = rng::Rng::new(1);
+    let (k, v, q) = (rng.normals(n * nkv * d), rng.normals(n * nkv * d), rng.normals(nh * d));
     let mut p = tq_context_default_params();
     p.n_heads = nh as u32;
     p.n_kv_heads = nkv as u32;

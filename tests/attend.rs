@@ -540,13 +540,7 @@ fn decode_tiles_match_float64_reference() {
 /// floats), as for the prefill tiles.
 #[test]
 fn decode_tiles_match_float64_reference_portable() {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "decode_tiles_match_float64_reference", "--test-threads", "1"])
-        .env("TQ_DISABLE_SIMD", "1")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("1 passed"), "portable run failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    rerun_portable("decode_tiles_match_float64_reference");
 }
 
 /// The same cases through the portable kernels: the test binary runs that test again with
@@ -554,11 +548,17 @@ fn decode_tiles_match_float64_reference_portable() {
 /// attention; both paths must meet the same float64 bound, so they agree to 2e-5.
 #[test]
 fn prefill_tiles_match_float64_reference_portable() {
+    rerun_portable("prefill_tiles_match_float64_reference");
+}
+
+/// Run test `name` of this binary again with TQ_DISABLE_SIMD=1 (read once per process: every explicit
+/// kernel of CPU attention off) and require it to pass.
+fn rerun_portable(name: &str) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "prefill_tiles_match_float64_reference", "--test-threads", "1"])
+        .args(["--exact", name, "--test-threads", "1"])
         .env("TQ_DISABLE_SIMD", "1")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("1 passed"), "portable run failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("1 passed"), "portable run of {name} failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -96,43 +96,26 @@ impl MaskSource<'_> {
         unsafe { self.raw_value(t, j) }
     }
 
-    /// The additive mask values of query t over cells j0..j0 + out.len() (as `value`), a whole f16
-    /// or f32 row at a time where the mask is such a tensor.
+    /// The additive mask values of query t over cells j0..j0 + out.len() (as `value`), an aligned f16
+    /// tensor row (llama.cpp's mask) converted at once.
     ///
     /// # Safety
     /// A tensor mask covers (t, j) for those cells.
     #[inline(always)]
     unsafe fn fill(&self, t: usize, j0: usize, out: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
-        match *self {
-            MaskSource::None => out.fill(0.0),
-            MaskSource::Tensor { ptr, dtype: Dtype::F16, row_stride, hidden: None } => {
-                // SAFETY: the caller guarantees the mask covers (t, j0..j0 + len); f16 has no alignment
-                // beyond 2 and llama.cpp's masks are 2-aligned, as `read_unaligned` below does not need.
-                let p = unsafe { ptr.add((t * row_stride + j0) * 2) };
-                if (p as usize).is_multiple_of(2) {
-                    // SAFETY: as above, aligned.
-                    let row = unsafe { std::slice::from_raw_parts(p as *const half::f16, out.len()) };
-                    row.convert_to_f32_slice(out);
-                } else {
-                    for (jj, o) in out.iter_mut().enumerate() {
-                        // SAFETY: as above.
-                        *o = unsafe { self.raw_value(t, j0 + jj) };
-                    }
-                }
+        if let MaskSource::Tensor { ptr, dtype: Dtype::F16, row_stride, hidden: None } = *self {
+            // SAFETY: the caller guarantees the mask covers (t, j0..j0 + out.len()).
+            let p = unsafe { ptr.add((t * row_stride + j0) * 2) };
+            if (p as usize).is_multiple_of(std::mem::align_of::<half::f16>()) {
+                // SAFETY: as above, and aligned for f16: one vectorised conversion of the row.
+                unsafe { std::slice::from_raw_parts(p as *const half::f16, out.len()) }.convert_to_f32_slice(out);
+                return;
             }
-            MaskSource::Tensor { ptr, dtype: Dtype::F32, row_stride, hidden: None } => {
-                for (jj, o) in out.iter_mut().enumerate() {
-                    // SAFETY: as above.
-                    *o = unsafe { (ptr.add((t * row_stride + j0 + jj) * 4) as *const f32).read_unaligned() };
-                }
-            }
-            _ => {
-                for (jj, o) in out.iter_mut().enumerate() {
-                    // SAFETY: as above.
-                    *o = unsafe { self.value(t, j0 + jj) };
-                }
-            }
+        }
+        for (jj, o) in out.iter_mut().enumerate() {
+            // SAFETY: as above.
+            *o = unsafe { self.value(t, j0 + jj) };
         }
     }
 
@@ -376,6 +359,24 @@ fn raise_max(s: &mut AttendScratch, lane: usize, new_m: f32, d: usize) {
     }
 }
 
+/// The online-softmax step of the row-by-row paths over a block of `nb` scores per lane (s.scores,
+/// rows of BLOCK): raise each lane's running maximum, turn its scores into e^(s − m) and add them to
+/// l and l_compressed. Lanes with nothing visible in the block are left as they are.
+#[inline(always)]
+fn softmax_block(s: &mut AttendScratch, lanes: usize, nb: usize, d: usize) {
+    for lane in 0..lanes {
+        let block_max = s.scores[lane * BLOCK..lane * BLOCK + nb].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if block_max == f32::NEG_INFINITY {
+            continue;
+        }
+        raise_max(s, lane, block_max.max(s.m[lane]), d);
+        let m = s.m[lane];
+        let sum = exp_shifted_sum(&mut s.scores[lane * BLOCK..lane * BLOCK + nb], m);
+        s.l[lane] += sum;
+        s.l_compressed[lane] += sum;
+    }
+}
+
 /// Attention of query tokens t0..t1 of kv head g over compressed cells `cells`. With `finish`, the
 /// full-precision rows and sinks join and the outputs are written; without, the lanes' softmax state
 /// (m, l, l_compressed, acc) is left in `s` for a split-K merge (`split`), and the job has no
@@ -613,18 +614,7 @@ unsafe fn compressed_rows(job: &AttendJob, t0: usize, t1: usize, g: usize, cells
                 s.scores[lane * BLOCK + (j - j0)] = cap(ip * job.scale, job.softcap) + mv;
             }
         }
-        // Online softmax update.
-        for lane in 0..lanes {
-            let block_max = s.scores[lane * BLOCK..lane * BLOCK + nb].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            if block_max == f32::NEG_INFINITY {
-                continue;
-            }
-            raise_max(s, lane, block_max.max(s.m[lane]), d);
-            let m = s.m[lane];
-            let sum = exp_shifted_sum(&mut s.scores[lane * BLOCK..lane * BLOCK + nb], m);
-            s.l[lane] += sum;
-            s.l_compressed[lane] += sum;
-        }
+        softmax_block(s, lanes, nb, d);
         // Value accumulation in the rotated basis: each V row that some lane weighs is unpacked once
         // into the block's rows, its scale folded into the weights; then one pass over the block
         // for all lanes. Cells no lane weighs get weight 0 (their buffered row is stale but finite).
@@ -741,18 +731,7 @@ unsafe fn compressed_codes(job: &AttendJob, t0: usize, t1: usize, g: usize, cell
                 }
             }
         }
-        // Online softmax update.
-        for lane in 0..lanes {
-            let block_max = s.scores[lane * BLOCK..lane * BLOCK + nb].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            if block_max == f32::NEG_INFINITY {
-                continue;
-            }
-            raise_max(s, lane, block_max.max(s.m[lane]), d);
-            let m = s.m[lane];
-            let sum = exp_shifted_sum(&mut s.scores[lane * BLOCK..lane * BLOCK + nb], m);
-            s.l[lane] += sum;
-            s.l_compressed[lane] += sum;
-        }
+        softmax_block(s, lanes, nb, d);
         // Values: the scale of each row some lane weighs folded into the weights; cells no lane
         // weighs get weight 0 (their codes are still read, whatever they hold: every byte reads an
         // entry of the padded table, see `tile::code_scores`).
