@@ -261,7 +261,7 @@ pub struct AttendScratch {
     mask_block: Vec<f32>,
     /// Per cell of a block: some token sees it (K), some lane weighs it (V) (code path).
     visible: Vec<bool>,
-    /// Unpacked codes of a block's rows of fewer than 4 bits, [BLOCK][d] (code path; grown on use).
+    /// Unpacked codes of a block's rows of widths other than 4 and 8 bits, [BLOCK][d] (code path).
     codes_block: Vec<u8>,
     /// The K (then V) scale of each cell of a block (code path).
     row_scale: Vec<f32>,
@@ -293,7 +293,7 @@ impl AttendScratch {
             codes: vec![0; d],
             mask_block: vec![0.0; QUERY_TILE * BLOCK],
             visible: vec![false; BLOCK],
-            codes_block: Vec::new(),
+            codes_block: vec![0; BLOCK * d],
             row_scale: vec![0.0; BLOCK],
             out: vec![0.0; d],
             tile: TileScratch::default(),
@@ -534,8 +534,9 @@ pub(super) unsafe fn finish_tile(job: &AttendJob, t0: usize, t1: usize, g: usize
 }
 
 /// The compressed cells of one tile, row by row: each K/V row is unpacked once and serves the tile's
-/// lanes through dot products (K) and one accumulation pass per block (V) — the path for PROD keys
-/// and for tiles of fewer than 16 lanes, decode among them. Updates the lanes' m, l, l_compressed
+/// lanes through dot products (K) and one accumulation pass per block (V) — the path for what
+/// neither the tiled path nor `compressed_codes` takes: PROD keys, split key rows, the portable
+/// level, a head size that is no whole number of registers. Updates the lanes' m, l, l_compressed
 /// and acc.
 ///
 /// # Safety
@@ -687,9 +688,6 @@ unsafe fn compressed_codes(job: &AttendJob, t0: usize, t1: usize, g: usize, cell
     let k_table = table256(lc.key.mse_stage().map_or(&[][..], |m| &m.codebook().centroids_f32[..]));
     let v_table = table256(&lc.value.codebook().centroids_f32);
     let (k_row_bytes, v_row_bytes) = (kl.row_bytes(), vl.row_bytes());
-    if s.codes_block.len() < BLOCK * d {
-        s.codes_block.resize(BLOCK * d, 0);
-    }
 
     let mut j0 = cells.start;
     while j0 < cells.end {
