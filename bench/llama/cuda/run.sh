@@ -19,6 +19,7 @@
 #   sanitize  compute-sanitizer memcheck over a short llama-cli run (one turn, -st) on the GPU with TurboQuant 4/4,
 #             on $SAN_MODEL (default $MODEL2L)
 #   bench     llama-bench -ngl 99 -fa 1 on the 8B shape: pp512 and tg128 at depths $DEPTHS for cache types $TYPES
+#             (a type for both sides, or K/V with optional layer bits: "tq5/tq4+last57%=5/3" = --tq-preset q4_0)
 #             ($BENCH_TESTS: llama-bench's -p/-n options, default "-p 512 -n 128"; BENCH_TIMEOUT s per type, 560)
 #   profile   ncu kernel times of decode (tg at depth 0, CUDA graphs off so that ncu sees each launch) for f16 and
 #             TurboQuant 4/4: a window of PROFILE_COUNT launches after PROFILE_SKIP, summed per kernel (ncu_sum.py)
@@ -146,11 +147,16 @@ for step in "$@"; do
       say "llama-bench -ngl 99 -fa 1: $BENCH_TESTS at depths $DEPTHS"
       nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
       for t in $TYPES; do
+        # a type, the same on both sides (f16, q4_0, tq4), or K/V[+layer bits]: tq5/tq4+last57%=5/3 is
+        # --tq-preset q4_0 (llama-bench takes no --tq-preset; the layer bits go by LLAMA_TQ_LAYER_BITS)
+        kv=${t%%+*}; lb=; [ "$kv" != "$t" ] && lb=${t#*+}
+        tk=${kv%%/*}; tv=${kv#*/}
+        name=$(printf '%s' "$t" | tr '/+%=' '_p__')
         # shellcheck disable=SC2086 # BENCH_TESTS is a list of options
-        timeout "$BENCH_TIMEOUT" "$BIN/llama-bench" -m "$MODEL8B" -ngl 99 -fa 1 -ctk $t -ctv $t $BENCH_TESTS -d "$DEPTHS" \
-          -r "$REPS" -o md > "$OUT/bench_$t.md" 2> "$OUT/bench_$t.err"
-        rc=$?; grep -E "^\|.*(pp|tg)" "$OUT/bench_$t.md"; check test $rc -eq 0
-        grep -m1 -E "llama_kv_cache: .*size|TurboQuant K " "$OUT/bench_$t.err"
+        env ${lb:+LLAMA_TQ_LAYER_BITS=$lb} timeout "$BENCH_TIMEOUT" "$BIN/llama-bench" -m "$MODEL8B" -ngl 99 -fa 1 -ctk $tk -ctv $tv \
+          $BENCH_TESTS -d "$DEPTHS" -r "$REPS" -o md > "$OUT/bench_$name.md" 2> "$OUT/bench_$name.err"
+        rc=$?; grep -E "^\|.*(pp|tg)" "$OUT/bench_$name.md" | sed "s|^|$t |"; check test $rc -eq 0
+        grep -m1 -E "llama_kv_cache: .*size|TurboQuant K " "$OUT/bench_$name.err"
       done ;;
     profile)
       say "ncu: decode kernels at depth 0 (CUDA graphs off), f16 and tq4"
