@@ -145,6 +145,36 @@ fn attention_over_dequantized_rows_is_tq_attend() {
     attend_matches_dequantized(&tq_context_params { key_outliers: 16, ..base }, 250, 2, 5);
 }
 
+/// Split key rows decode through the layer's channel order, which its first append chooses: before
+/// that the keys are refused naming the reason (threaded and per share), while the values decode.
+#[test]
+fn split_keys_before_the_first_append_are_refused() {
+    let p = tq_context_params { n_layers: 1, n_heads: 4, n_kv_heads: 2, head_dim: 64, key_outliers: 16, ..tq_context_default_params() };
+    let ctx = context(&p);
+    let (kr, vr) = row_bytes(&ctx);
+    let n = 5;
+    let (ks, vs) = (vec![0u8; n * kr], vec![0u8; n * vr]);
+    let mut out = vec![f32::NAN; n * 2 * 64];
+    let st = unsafe {
+        tq_dequantize_rows(ctx.0, 0, tq_kv_part::TQ_KV_KEYS as u32, ks.as_ptr().cast(), n, out.as_mut_ptr().cast(), 0, std::ptr::null(),
+            std::ptr::null_mut())
+    };
+    assert_eq!(st, tq_status::TQ_STATUS_INVALID_ARGUMENT);
+    assert!(last_error().contains("key_outliers") && last_error().contains("channel order"), "{}", last_error());
+    assert!(out.iter().all(|x| x.is_nan()), "a refused call wrote its output");
+    let st = unsafe {
+        tq_dequantize_rows_part(ctx.0, 0, tq_kv_part::TQ_KV_KEYS as u32, ks.as_ptr().cast(), n, out.as_mut_ptr().cast(), 0, std::ptr::null(), 0, 2)
+    };
+    assert_eq!(st, tq_status::TQ_STATUS_INVALID_ARGUMENT);
+    // Zeroed value rows decode to zero vectors (scale 0; no means before the first append).
+    let st = unsafe {
+        tq_dequantize_rows(ctx.0, 0, tq_kv_part::TQ_KV_VALUES as u32, vs.as_ptr().cast(), n, out.as_mut_ptr().cast(), 0, std::ptr::null(),
+            std::ptr::null_mut())
+    };
+    assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+    assert!(out.iter().all(|&x| x == 0.0), "zeroed value rows decode to 0");
+}
+
 #[test]
 fn bad_arguments_are_refused_naming_them() {
     let s = setup(64, 2, 2, 4, true, false, Rows::Normal, 10, 7);

@@ -38,6 +38,7 @@ pub enum Op {
     AttendFull,
     /// Logit soft-capping before the mask (`tq_attend_options::logit_softcap`).
     LogitSoftcap,
+    /// Dequantization in caller-run shares (`tq_dequantize_rows_part`).
     DequantPart,
 }
 

@@ -4,15 +4,15 @@
 
 use crate::codec::request::{DequantRequest, KvPart};
 use crate::codec::{KvCodec, Means};
-use crate::error::{Error, Result};
 use crate::math::quantizer::Scratch;
 
-/// Decode cells `cells` of `req` into its output.
+/// Decode cells `cells` of `req` into its output; `order` is the layer's key channel order where its
+/// key rows are split (`split_key_order`: the caller has refused the call if there is none yet).
 ///
 /// # Safety
 /// The request's store holds n_cells rows and its output covers them (host memory); `cells` ⊂
 /// 0..n_cells; concurrent calls take disjoint ranges.
-pub unsafe fn dequantize_range(codec: &KvCodec, req: &DequantRequest, order: Option<&[u16]>, cells: std::ops::Range<usize>) -> Result<()> {
+pub unsafe fn dequantize_range(codec: &KvCodec, req: &DequantRequest, order: Option<&[u16]>, cells: std::ops::Range<usize>) {
     let lc = &codec.layers[req.layer];
     let (n_kv, d) = (codec.config.n_kv_heads, codec.config.head_dim);
     let means: Option<&Means> = codec.means(req.layer);
@@ -36,12 +36,8 @@ pub unsafe fn dequantize_range(codec: &KvCodec, req: &DequantRequest, order: Opt
         for g in 0..n_kv {
             let scale_at = |off: usize| u16::from_le_bytes([row[off], row[off + 1]]);
             let codes = &row[layout.codes_offset(g)..layout.codes_offset(g) + layout.code_bytes()];
-            match (req.part, &lc.outliers) {
-                (KvPart::Keys, Some(ok)) => {
-                    let order = order.ok_or_else(|| Error::invalid(format!(
-                        "layer {} has split key rows (key_outliers) but no channel order yet: append before dequantizing",
-                        req.layer
-                    )))?;
+            match (req.part, lc.outliers.as_ref().zip(order)) {
+                (KvPart::Keys, Some((ok, order))) => {
                     let scales = [scale_at(layout.scale_offset(g)), scale_at(layout.second_scale_offset(g))];
                     ok.decode(&order[g * d..(g + 1) * d], codes, scales, &mut out, part_scratch.as_mut().expect("made with outliers"));
                 }
@@ -67,5 +63,4 @@ pub unsafe fn dequantize_range(codec: &KvCodec, req: &DequantRequest, order: Opt
             unsafe { req.out_dtype.store(&out, req.out.add(req.out_strides.offset(j, g))) };
         }
     }
-    Ok(())
 }

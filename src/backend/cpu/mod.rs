@@ -17,7 +17,7 @@ use attend::{AttendJob, AttendScratch, FullMask, FullRows, Hidden, MaskSource, S
 use encode::EncodeScratch;
 
 use super::{Backend, Op};
-use crate::codec::request::{AppendRequest, AttendRequest, DequantRequest, Exec, Memory, Slots, Stores, part_range};
+use crate::codec::request::{AppendRequest, AttendRequest, DequantRequest, Exec, KvPart, Memory, Slots, Stores, part_range};
 use crate::codec::{KvCodec, Means, limits};
 use crate::error::{Error, Result};
 use crate::parallel;
@@ -176,7 +176,7 @@ fn split_key_order(codec: &KvCodec, layer: usize) -> Result<Option<&[u16]>> {
     codec.key_order(layer).map(Some).ok_or_else(|| {
         Error::invalid(format!(
             "layer {layer} has split key rows (key_outliers) but no channel order yet: it is chosen by the layer's first append \
-             (or restored by tq_context_state_load), so attend after appending"
+             (or restored by tq_context_state_load), so attend or dequantize the keys after appending"
         ))
     })
 }
@@ -243,21 +243,16 @@ impl Backend for CpuBackend {
     }
 
     unsafe fn dequantize(&self, codec: &KvCodec, req: &DequantRequest, exec: Exec) -> Result<()> {
-        let order = codec.key_order(req.layer);
+        let order = if req.part == KvPart::Keys { split_key_order(codec, req.layer)? } else { None };
         match exec {
-            Exec::Queue(_) => {
-                let failed = std::sync::Mutex::new(None);
-                parallel::for_each_range(req.n_cells, self.threads, 64, |_, range| {
-                    // SAFETY: validated request; ranges of cells are disjoint.
-                    if let Err(e) = unsafe { dequant::dequantize_range(codec, req, order, range) } {
-                        *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                    }
-                });
-                failed.into_inner().unwrap_or_else(|p| p.into_inner()).map_or(Ok(()), Err)
-            }
+            Exec::Queue(_) => parallel::for_each_range(req.n_cells, self.threads, 64, |_, range| {
+                // SAFETY: validated request; ranges of cells are disjoint.
+                unsafe { dequant::dequantize_range(codec, req, order, range) }
+            }),
             // SAFETY: as above; shares of one call are disjoint.
             Exec::Part { ith, nth } => unsafe { dequant::dequantize_range(codec, req, order, part_range(req.n_cells, ith, nth)) },
         }
+        Ok(())
     }
 
     unsafe fn attend(&self, codec: &KvCodec, req: &AttendRequest, exec: Exec) -> Result<()> {
