@@ -504,10 +504,7 @@ fn prefill_tiles_match_float64_reference() {
         (96, 2, 2, (3, 2), true, 150, 17, false),
         (256, 1, 4, (4, 4), false, 64, 16, true),
     ];
-    for (i, &(d, n_kv, group, bits, centering, depth, n_q, f16_mask)) in cases.iter().enumerate() {
-        let err = run_prefill(d, n_kv, group, bits, centering, depth, n_q, f16_mask, 300 + i as u64);
-        assert!(err <= 1e-5, "case {i} (d {d}, n_kv {n_kv}, group {group}, bits {bits:?}): relative error {err:e}");
-    }
+    check_tile_cases(&cases, 300);
 }
 
 /// Decode-sized tiles (1 to 3 query tokens, fewer than 16 lanes: the row-by-row path, which reads
@@ -530,8 +527,15 @@ fn decode_tiles_match_float64_reference() {
         (64, 2, 2, (5, 5), false, 900, 1, true),
         (64, 1, 3, (7, 2), true, 100, 2, true),
     ];
+    check_tile_cases(&cases, 400);
+}
+
+/// (head_dim, n_kv, group, (bits_k, bits_v), centering, depth, n_q, f16 mask) cases through `run_prefill`
+/// (seeds `seed0 + i`), each ≤ 1e-5 relative against the float64 reference.
+type TileCase = (usize, usize, usize, (u32, u32), bool, usize, usize, bool);
+fn check_tile_cases(cases: &[TileCase], seed0: u64) {
     for (i, &(d, n_kv, group, bits, centering, depth, n_q, f16_mask)) in cases.iter().enumerate() {
-        let err = run_prefill(d, n_kv, group, bits, centering, depth, n_q, f16_mask, 400 + i as u64);
+        let err = run_prefill(d, n_kv, group, bits, centering, depth, n_q, f16_mask, seed0 + i as u64);
         assert!(err <= 1e-5, "case {i} (d {d}, n_kv {n_kv}, group {group}, bits {bits:?}, n_q {n_q}): relative error {err:e}");
     }
 }
