@@ -93,7 +93,9 @@ fn compile(source: &Path, lib_dir: &Path, out_dir: &Path) -> Result<PathBuf, Str
 }
 
 /// Run `exe` (optionally under valgrind) and check the harness convention.
-fn execute(exe: &Path, valgrind: bool) -> Result<String, String> {
+/// Run a compiled C program; `example`: one of examples/ (it checks its own results through its exit
+/// status and prints what it shows a reader), else a test of tests/c, whose last line must count checks.
+fn execute(exe: &Path, valgrind: bool, example: bool) -> Result<String, String> {
     let stem = exe.file_name().unwrap().to_string_lossy().into_owned();
     let mut cmd = if valgrind {
         let mut c = Command::new("valgrind");
@@ -122,10 +124,37 @@ fn execute(exe: &Path, valgrind: bool) -> Result<String, String> {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     let last = stdout.lines().last().unwrap_or("");
     let reported_failure = stdout.lines().any(|l| l.starts_with("FAIL"));
-    if !out.status.success() || !stderr.is_empty() || last.is_empty() || reported_failure {
+    if !out.status.success() || !stderr.is_empty() || last.is_empty() || (!example && !summary_counts_checks(last)) || reported_failure {
         return Err(format!("{label}: exit {:?}\n--- stdout\n{stdout}--- stderr\n{stderr}", out.status.code()));
     }
     Ok(format!("{label}: {last}"))
+}
+
+/// Whether a C test's last line is a summary of checks that ran: check.h's "ok: N checks passed
+/// (name)" or kv_api.c's "N passed, 0 failed" with N > 0, or another "ok: ..." result line
+/// (readme_example.c prints the error it measured). A program that ran no check does not pass.
+fn summary_counts_checks(last: &str) -> bool {
+    let count = |s: &str| s.parse::<u64>().is_ok_and(|n| n > 0);
+    if let Some(rest) = last.strip_prefix("ok: ") {
+        return match rest.split_once(" checks passed") {
+            Some((n, _)) => count(n),
+            None => !rest.is_empty(),
+        };
+    }
+    match last.split_once(" passed, ") {
+        Some((n, f)) => count(n) && f == "0 failed",
+        None => false,
+    }
+}
+
+#[test]
+fn c_summaries_must_count_checks() {
+    assert!(summary_counts_checks("ok: 12 checks passed (fuzz)"));
+    assert!(summary_counts_checks("40 passed, 0 failed"));
+    assert!(summary_counts_checks("ok: normalised MSE 0.0093 (Lloyd-Max expectation 0.0093)"));
+    for bad in ["ok: 0 checks passed (fuzz)", "0 passed, 0 failed", "3 passed, 1 failed", "", "done", "ok: "] {
+        assert!(!summary_counts_checks(bad), "{bad:?} accepted");
+    }
 }
 
 #[test]
@@ -149,7 +178,7 @@ fn c_tests_pass_against_the_header_and_library() {
                     if under_valgrind && !valgrind {
                         continue;
                     }
-                    match execute(&exe, under_valgrind) {
+                    match execute(&exe, under_valgrind, source.starts_with(root().join("examples"))) {
                         Ok(line) => eprintln!("{line}"),
                         Err(e) => failures.push(e),
                     }

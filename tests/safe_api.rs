@@ -151,8 +151,14 @@ fn owned_cache_handle_equals_the_c_api() {
     let mut s_out = vec![0f32; n_q * NH * D];
     h.attend(1, 0, &q, n_q, 0.125, &mut s_out).expect("attend");
     assert!(s_out.iter().zip(&c_out).all(|(a, b)| a.to_bits() == b.to_bits()), "Cache::attend differs from tq_cache_attend");
-    // Layer 1 holds n tokens; seq_len counts layer 0, empty here, as tq_cache_seq_len does.
+    // Layer 1 holds n tokens; seq_len counts layer 0, empty here, as tq_cache_seq_len does; after an
+    // append to layer 0 both count its tokens.
     assert_eq!(h.seq_len(0).unwrap(), c_len);
+    let st = unsafe { tq_cache_append(cache, 0, 0, 5, k.as_ptr().cast(), v.as_ptr().cast(), std::ptr::null_mut()) };
+    assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+    h.append(0, 0, 5, &k[..5 * NKV * D], &v[..5 * NKV * D]).expect("append to layer 0");
+    assert_eq!(unsafe { tq_cache_seq_len(cache, 0, &mut c_len) }, tq_status::TQ_STATUS_OK);
+    assert_eq!((h.seq_len(0).unwrap(), c_len), (5, 5));
     let e = h.append(1, 0, 100, &vec![0f32; 100 * NKV * D], &vec![0f32; 100 * NKV * D]).expect_err("over max_tokens");
     assert_eq!(e.kind, ErrorKind::CapacityExceeded, "{e}");
     unsafe { tq_cache_free(cache) };

@@ -140,7 +140,11 @@ func TestErrorsCarryLibraryMessage(t *testing.T) {
 		}
 	}
 
-	q, _ := NewQuantizer(DefaultQuantizerParams())
+	q, err := NewQuantizer(DefaultQuantizerParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
 	x := make([]float32, 2*128)
 	x[130] = float32(math.NaN())
 	_, _, err = q.Quantize(x)
@@ -241,9 +245,15 @@ func TestSlotAttentionAgainstReference(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref := refAttention(q, k, v, nQ, n, nil, 1/math.Sqrt(headDim))
-	qz, _ := NewQuantizer(QuantizerParams{Dim: headDim, Bits: 4})
-	eps, _ := qz.ExpectedMSE()
+	qz, err := NewQuantizer(QuantizerParams{Dim: headDim, Bits: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps, err := qz.ExpectedMSE()
 	qz.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
 	predicted := math.Sqrt(2 * eps)
 	var mean float64
 	for i := 0; i < nQ*nHeads; i++ {
@@ -261,13 +271,16 @@ func TestSlotAttentionAgainstReference(t *testing.T) {
 		mask[i] = float32(math.Inf(-1))
 	}
 	mask[0*n+5] = 0
-	out, err = ctx.Attend(1, q, kStore, vStore, mask, 0)
+	oneCell, err := ctx.Attend(1, q, kStore, vStore, mask, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for c := 0; c < nQ*nHeads*headDim; c++ {
-		if c >= nHeads*headDim && out[c] != 0 {
-			t.Fatalf("fully masked query row has output %g", out[c])
+	if len(oneCell) != nQ*nHeads*headDim {
+		t.Fatalf("masked attend returned %d values, want %d", len(oneCell), nQ*nHeads*headDim)
+	}
+	for c := nHeads * headDim; c < nQ*nHeads*headDim; c++ {
+		if oneCell[c] != 0 {
+			t.Fatalf("fully masked query row has output %g", oneCell[c])
 		}
 	}
 
@@ -283,6 +296,18 @@ func TestSlotAttentionAgainstReference(t *testing.T) {
 	out, err = ctx.Attend(1, q, kStore, vStore, nil, 0)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Query 0 of the one-cell mask: each head's output is cell 5's decoded value row of its kv head
+	// (softmax weight exactly 1; the kernel's f32 sum of one term, so 1e-6 relative).
+	for h := 0; h < nHeads; h++ {
+		row := vd[(5*nKV+h/(nHeads/nKV))*headDim : (5*nKV+h/(nHeads/nKV)+1)*headDim]
+		want := make([]float64, headDim)
+		for d := range row {
+			want[d] = float64(row[d])
+		}
+		if e := relErr(oneCell[h*headDim:(h+1)*headDim], want); e > 1e-6 {
+			t.Fatalf("one visible cell, head %d: output vs that cell's value row: relative error %.2e", h, e)
+		}
 	}
 	overRows := refAttention(q, kd, vd, nQ, n, nil, 1/math.Sqrt(headDim))
 	for i := 0; i < nQ*nHeads; i++ {
@@ -395,14 +420,14 @@ func TestCacheCompressed(t *testing.T) {
 	if err := cache.SeqRm(0, 10, -1); err != nil {
 		t.Fatal(err)
 	}
-	if l, _ := cache.SeqLen(0); l != 10 {
-		t.Fatalf("seq_len after seq_rm = %d", l)
+	if l, err := cache.SeqLen(0); err != nil || l != 10 {
+		t.Fatalf("seq_len after seq_rm = %d (%v)", l, err)
 	}
 	if err := cache.Load(saved); err != nil {
 		t.Fatal(err)
 	}
-	if l, _ := cache.SeqLen(0); l != n {
-		t.Fatalf("seq_len after load = %d", l)
+	if l, err := cache.SeqLen(0); err != nil || l != n {
+		t.Fatalf("seq_len after load = %d (%v)", l, err)
 	}
 	if err := cache.Clear(); err != nil {
 		t.Fatal(err)
@@ -410,7 +435,10 @@ func TestCacheCompressed(t *testing.T) {
 	if err := cache.LoadFile(path); err != nil {
 		t.Fatal(err)
 	}
-	again, _ := cache.Attend(1, 0, q, 0)
+	again, err := cache.Attend(1, 0, q, 0)
+	if err != nil || len(again) != len(out) {
+		t.Fatalf("attend after LoadFile: %d values (%v), want %d", len(again), err, len(out))
+	}
 	for i := range out {
 		if out[i] != again[i] {
 			t.Fatalf("reloaded cache attends differently at %d", i)
@@ -431,8 +459,8 @@ func TestCacheCompressed(t *testing.T) {
 	if err := cache.SeqKeep(1); err != nil {
 		t.Fatal(err)
 	}
-	if l, _ := cache.SeqLen(0); l != 0 {
-		t.Fatalf("seq_len after seq_keep(1) = %d", l)
+	if l, err := cache.SeqLen(0); err != nil || l != 0 {
+		t.Fatalf("seq_len after seq_keep(1) = %d (%v)", l, err)
 	}
 
 	// Slot mode over the same data, causal mask: the same attention.
@@ -492,8 +520,17 @@ func TestContextStateRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := gaussian(rng, nHeads*headDim)
-	oa, _ := a.Attend(0, q, kStore, vStore, nil, 0)
-	ob, _ := b.Attend(0, q, kStore, vStore, nil, 0)
+	oa, err := a.Attend(0, q, kStore, vStore, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob, err := b.Attend(0, q, kStore, vStore, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(oa) != nHeads*headDim || len(ob) != len(oa) {
+		t.Fatalf("attend returned %d and %d values, want %d", len(oa), len(ob), nHeads*headDim)
+	}
 	for i := range oa {
 		if oa[i] != ob[i] {
 			t.Fatalf("restored state attends differently at %d", i)

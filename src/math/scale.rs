@@ -116,10 +116,25 @@ mod tests {
 
     #[test]
     fn encode_rounds_to_nearest() {
-        for &v in &[1.0f64, 2.71, 1e-30, 1e6, 123456.789] {
-            let back = decode(encode(v)) as f64;
-            assert!(((back - v) / v).abs() <= 1.0 / 256.0, "{v} -> {back}");
+        // The nearest bf16 to the f32 value, ties to the even pattern, found by comparing the
+        // neighbouring patterns' exact values (not through a conversion routine). The cases include
+        // values that truncation would get wrong (1 + 0.75·2⁻⁷ rounds up), both kinds of tie
+        // (1 + 2⁻⁸ to 1, 1 + 3·2⁻⁸ to 1 + 2⁻⁶) and values of very different magnitudes.
+        let ulp = 2f64.powi(-7);
+        let cases = [1.0f64, 2.71, 1e-30, 1e6, 123456.789, 1.0 + 0.75 * ulp, 1.0 + 0.5 * ulp, 1.0 + 1.5 * ulp, 0.3, 7.99, 1e-38, 3e38];
+        for &v in &cases {
+            let v32 = v as f32;
+            let near = (v32.to_bits() >> 16) as u16;
+            let mut best = near;
+            for b in [near.wrapping_sub(1), near, near + 1] {
+                let (d, db) = ((decode(b) - v32).abs(), (decode(best) - v32).abs());
+                if d < db || (d == db && b % 2 == 0) {
+                    best = b;
+                }
+            }
+            assert_eq!(encode(v), best, "{v}: encoded {} (bits {:#06x}), nearest {} ({best:#06x})", decode(encode(v)), encode(v), decode(best));
         }
+        assert_eq!(decode(encode(1.0 + 0.75 * ulp)), (1.0 + ulp) as f32, "rounds up, not down");
         assert_eq!(decode(encode(0.0)), 0.0);
     }
 }

@@ -168,8 +168,9 @@ static void fuzz_cache(int centering, unsigned long iters) {
             size_t len = 0;
             tq_cache_seq_len(dst, 0, &len);
             if (len > 0) {
+                /* A cache that loaded is usable: its attend succeeds with finite output. */
                 tq_status s = tq_cache_attend(dst, 0, 0, q, 1, 0.25f, out, NULL);
-                if (s == TQ_STATUS_OK && !all_finite(out, 16)) bad_behaviour++;
+                if (s != TQ_STATUS_OK || !all_finite(out, 16)) bad_behaviour++;
             }
             float k[16] = {0.5f};
             tq_cache_append(dst, 0, 0, 1, k, k, NULL);
@@ -215,8 +216,9 @@ static void fuzz_state(unsigned long iters) {
             float k[16], q[16], out[16];
             for (int i = 0; i < 16; i++) k[i] = q[i] = (float)(i % 5) * 0.25f;
             int64_t slot = 0;
-            if (tq_append_kv(other, 0, ks, vs, 1, &slot, 1, k, NULL, k, NULL, NULL) == TQ_STATUS_OK &&
-                tq_attend(other, 0, q, 1, NULL, ks, vs, 1, NULL, 0, 0, 0.25f, out, NULL, NULL) == TQ_STATUS_OK &&
+            /* A state that loaded is usable: append and attend succeed with finite output. */
+            if (tq_append_kv(other, 0, ks, vs, 1, &slot, 1, k, NULL, k, NULL, NULL) != TQ_STATUS_OK ||
+                tq_attend(other, 0, q, 1, NULL, ks, vs, 1, NULL, 0, 0, 0.25f, out, NULL, NULL) != TQ_STATUS_OK ||
                 !all_finite(out, 16))
                 bad_behaviour++;
         } else {
@@ -248,5 +250,8 @@ int main(void) {
            env_or("TQ_FUZZ_SEED", 1), cases, loaded, refused, corrupt_ok, bad_behaviour);
     CHECK(corrupt_ok == 0);
     CHECK(bad_behaviour == 0);
+    /* Both outcomes occurred, so both branches' checks ran. */
+    CHECK(loaded > 0);
+    CHECK(refused > 0);
     return check_summary("fuzz");
 }

@@ -101,11 +101,9 @@ def test_slot_attention_equals_reference_over_dequantized_rows(ctx):
     # The decoded keys are the compressed inputs at the codebook's accuracy (cells -> tokens). With
     # key centering (the default) the rows hold k - mean, the mean taken over tokens 1..n of the
     # layer's first append (token 0, an engine's BOS / sink row, left out) in float64.
-    inv = np.argsort(slots)
     mean_k = k[1:].astype(np.float64).mean(axis=0).astype(np.float32)
     key_mse = ((k_hat[slots] + mean_k - k) ** 2).sum(-1) / (k ** 2).sum(-1)
     assert key_mse.mean() == pytest.approx(0.0093, rel=0.15)
-    assert inv.shape == (n,)
 
 
 def test_dequantize_rows_are_what_attend_attends(ctx):

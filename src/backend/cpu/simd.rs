@@ -376,7 +376,12 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     fn explicit_kernels_match_float64_at_every_level() {
         let levels: Vec<Level> = Level::available().into_iter().filter(|&l| l != Level::Portable).collect();
-        eprintln!("explicit levels on this CPU: {levels:?}");
+        if levels.is_empty() {
+            // Shown although the harness captures eprintln! and reports the test "ok".
+            use std::io::Write;
+            let _ = std::io::stderr()
+                .write_all(b"\n*** SKIPPED: explicit_kernels_match_float64_at_every_level: no AVX2+FMA or AVX-512 on this CPU ***\n");
+        }
         for level in levels {
             let a: Vec<f32> = (0..144).map(|i| (i as f32 * 0.37).sin()).collect();
             let b: Vec<f32> = (0..144).map(|i| (i as f32 * 0.11).cos()).collect();
