@@ -554,6 +554,91 @@ fn encoding_follows_the_row_format_contract() {
     }
 }
 
+/// The decoding side of the row-format contract, written out from its definition in float64 (scalar,
+/// no library code except the rotation's parameters and the codebook's f32 centroids): the codes are
+/// unpacked LSB first, looked up, un-rotated (Πᵀ: s₁ ⊙ H(s₂ ⊙ y) for Hadamard, whose s₂ carries
+/// 1/√d; the transpose of the dense matrix otherwise) and multiplied by the bf16 scale.
+fn contract_decode(q: &turboquant::math::quantizer::MseQuantizer, codes: &[u8], scale: u16, d: usize) -> Vec<f64> {
+    let bits = q.bits() as usize;
+    let y: Vec<f64> = (0..d)
+        .map(|i| {
+            let mut code = 0usize;
+            for k in 0..bits {
+                let bit = i * bits + k;
+                code |= (((codes[bit / 8] >> (bit % 8)) & 1) as usize) << k;
+            }
+            q.codebook().centroids_f32[code] as f64
+        })
+        .collect();
+    let x: Vec<f64> = match q.rotation().kind() {
+        RotationKind::Hadamard => {
+            let (s1, s2) = q.rotation().hadamard_signs();
+            let mut v: Vec<f64> = y.iter().zip(s2).map(|(a, &b)| a * b as f64).collect();
+            let mut h = 1;
+            while h < d {
+                for start in (0..d).step_by(2 * h) {
+                    for i in start..start + h {
+                        let (a, b) = (v[i], v[i + h]);
+                        v[i] = a + b;
+                        v[i + h] = a - b;
+                    }
+                }
+                h *= 2;
+            }
+            v.iter().zip(s1).map(|(a, &b)| a * b as f64).collect()
+        }
+        RotationKind::Dense => {
+            let pi = q.rotation().matrix(); // row-major Π; x = Πᵀ y
+            (0..d).map(|j| (0..d).map(|i| pi[i * d + j] as f64 * y[i]).sum()).collect()
+        }
+    };
+    let s = half::bf16::from_bits(scale).to_f64();
+    x.iter().map(|v| v * s).collect()
+}
+
+/// Every ISA's decoder reconstructs what the contract says, to f32 rounding: 1e-6 of the vector's
+/// norm per element (the f32 butterflies or dot products of d ≤ 256 terms, each rounded, stay far
+/// below that; a wrong sign, centroid, bit order or scale is O(1/√d) of the norm).
+#[test]
+fn decoding_follows_the_row_format_contract() {
+    let isas: &[Isa] = if Isa::avx512_available() { &[Isa::Portable, Isa::Avx512] } else { &[Isa::Portable] };
+    let mut checked = 0;
+    for dim in [16usize, 64, 96, 128, 256] {
+        let n = 9;
+        let mut x = gaussians(700 + dim as u64, n * dim);
+        x[..dim].fill(0.0);
+        x[dim..2 * dim].iter_mut().for_each(|v| *v *= 1e30);
+        for rotation in [RotationKind::Hadamard, RotationKind::Dense] {
+            if rotation == RotationKind::Hadamard && !dim.is_power_of_two() {
+                continue;
+            }
+            for bits in [1u32, 2, 3, 4, 5, 8] {
+                for &isa in isas {
+                    let q = quantizer(dim, bits, rotation, QuantizerKind::Mse, 3).with_isa(isa);
+                    let mse = q.mse_stage().unwrap();
+                    let mut scratch = q.scratch();
+                    let mut codes = vec![0u8; mse.code_bytes()];
+                    let mut back = vec![0.0f32; dim];
+                    for (i, xi) in x.chunks_exact(dim).enumerate() {
+                        let scale = mse.encode(xi, &mut codes, &mut scratch);
+                        mse.decode(&codes, scale, &mut back, &mut scratch);
+                        let want = contract_decode(mse, &codes, scale, dim);
+                        let norm = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+                        for (e, (&g, &w)) in back.iter().zip(&want).enumerate() {
+                            assert!(
+                                (g as f64 - w).abs() <= 1e-6 * norm,
+                                "d={dim} {rotation:?} b={bits} {isa:?} vector {i} element {e}: {g} vs {w} (norm {norm})"
+                            );
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 400, "{checked} vectors checked");
+}
+
 /// Each scale rule's defining property, checked on the reconstruction in f64: NormCorrected keeps
 /// ‖x̂‖ = ‖x‖, Projection keeps ⟨x̂, x⟩ = ‖x‖², LeastSquares leaves the error orthogonal to x̂
 /// (⟨x − x̂, x̂⟩ = 0), Norm stores ‖x‖ itself. Tolerance: the bf16 scale's rounding,

@@ -81,6 +81,11 @@ func TestRoundTripMSE(t *testing.T) {
 		if math.Abs(mean-expected) > tol {
 			t.Errorf("bits %d: measured MSE %.5f, expected %.5f ± %.5f", bits, mean, expected, tol)
 		}
+		// The expectation against the SciPy oracle (tests/data/lloyd_max_reference.json), to 1e-6.
+		oracle := [...]float64{0.36088859368690557, 0.11600007027511211, 0.033965925793901314, 0.009314787953795874}
+		if math.Abs(expected/oracle[bits-1]-1) > 1e-6 {
+			t.Errorf("bits %d: expected MSE %.8f, oracle %.8f", bits, expected, oracle[bits-1])
+		}
 		lo, hi := math.Pow(4, -float64(bits)), math.Sqrt(3)*math.Pi/2*math.Pow(4, -float64(bits))
 		if expected < 0.99*lo || expected > hi {
 			t.Errorf("bits %d: expected MSE %.5f outside the paper's bounds [%.5f, %.5f]", bits, expected, lo, hi)

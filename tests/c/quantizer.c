@@ -189,6 +189,15 @@ static void test_round_trip(uint32_t dim, uint32_t bits, uint32_t rotation) {
     /* The bf16 scale adds E[ε²]·(1 − D) ≈ 2.5e-6 (ε its relative rounding error): negligible up to
      * 4 bits, about 7 % of the 8-bit figure. 256 vectors: the mean is within ~10 % of the
      * expectation with a wide margin (relative standard error about 2 % at 1 bit, ~3 % at 8 bits). */
+    /* The expectation itself against the SciPy oracle (tests/data/lloyd_max_reference.json), to 1e-6. */
+    {
+        static const double oracle128[4] = {0.36088859368690557, 0.11600007027511211, 0.033965925793901314, 0.009314787953795874};
+        static const double oracle96[4] = {0.36005591020123473, 0.11550779308747532, 0.03377347682139963, 0.00925336999596622};
+        if (bits <= 4 && (dim == 128 || dim == 96)) {
+            const double want = (dim == 128 ? oracle128 : oracle96)[bits - 1];
+            CHECK(fabs(expected / want - 1.0) < 1e-6);
+        }
+    }
     expected += 2.5e-6;
     CHECK(fabs(total / (double)n / expected - 1.0) < 0.10);
     if (fabs(total / (double)n / expected - 1.0) >= 0.10) {

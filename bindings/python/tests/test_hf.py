@@ -86,8 +86,10 @@ def test_compressed_cache_generation(model_and_inputs, baseline):
 
     Bound: greedy decoding can only leave the default's path at a step where the default's top-2
     logit margin is within the cache's perturbation of that margin. Teacher-forced on this prompt,
-    4-bit TurboQuant moves the top-2 gap by a median 0.6 logits, so the first 'near tie' is the
-    first step whose default margin is below 0.5: the two generations must agree at least up to it.
+    4-bit TurboQuant moves the top-2 gap by a median 0.6 logits; the default's margins before step
+    10 are all above 0.5 and the paths agree for 16 steps, so the check is: the generations agree
+    at least up to the first step whose default margin is below 0.5 (a 'near tie'), and that step
+    is not among the first 4 (else the agreement would prove little).
     The teacher-forced top-1 agreement over all 32 steps must stay ≥ 0.75 (4 bits measures 0.91;
     3 bits 0.66, 2 bits 0.38, so this catches a cache degraded by a bit or more).
     """
@@ -118,6 +120,7 @@ def test_compressed_cache_generation(model_and_inputs, baseline):
           f"({base_bytes / mem.bytes_used:.2f}x), fp16 equivalent {mem.bytes_fp16} "
           f"({mem.bytes_fp16 / mem.bytes_used:.2f}x)")
 
+    assert first_near_tie >= 4, f"the default's margins fall below 0.5 at step {first_near_tie}"
     assert prefix >= first_near_tie
     assert agree >= 0.75
     assert mem.n_compressed == mem.n_tokens == 30 * (inputs["input_ids"].shape[1] + NEW_TOKENS - 1)

@@ -60,8 +60,10 @@ def test_architecture_matches_default_cache(make):
     err = (compressed - ref).norm().item() / ref.norm().item()
     print(f"\n[hf] {model.config.model_type}: 4-bit all compressed, logits cosine {cos:.5f}, "
           f"relative error {err:.4f}")
-    # 4-bit keys and values with centering: attention error of a few percent (README's table),
-    # which two layers carry into the logits
+    # 4-bit keys and values with centering, every token compressed: about 0.1 relative error per
+    # attention output (README's table), which two random-weight layers carry into the logits —
+    # measured 0.106 (mistral), 0.107 (qwen2), 0.134 (gemma2), seeded; a cache returning wrong rows
+    # is near 1. 0.15 bounds the three.
     assert err < 0.15, err
     assert 0 < err, "compressed logits identical to exact ones: nothing was compressed"
 

@@ -7,6 +7,15 @@ import turboquant as tq
 
 N_VECTORS = 4000
 
+# The exact normalised MSE d·E[(t − Q(t))²] of the Lloyd–Max codebooks, computed independently of the
+# library with SciPy (tests/data/lloyd_max_reference.json, the oracle tests/codebook.rs reads).
+ORACLE_NMSE = {
+    (128, 1): 0.36088859368690557, (128, 2): 0.11600007027511211,
+    (128, 3): 0.033965925793901314, (128, 4): 0.009314787953795874,
+    (96, 1): 0.36005591020123473, (96, 2): 0.11550779308747532,
+    (96, 3): 0.03377347682139963, (96, 4): 0.00925336999596622,
+}
+
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
 @pytest.mark.parametrize("dim,rotation", [(128, "hadamard"), (96, "dense")])
@@ -27,6 +36,8 @@ def test_round_trip_mse_matches_expected(bits, dim, rotation):
     # scale rounding, whose squared relative error is ≤ 2^-18) cannot be exceeded by chance.
     tol = 5 * per_vector.std() / np.sqrt(N_VECTORS) + 1e-3 * expected
     assert abs(measured - expected) <= tol, (measured, expected, tol)
+    # The library's expectation is the oracle's (both solve the same fixed point to ~1e-12; 1e-6).
+    assert expected == pytest.approx(ORACLE_NMSE[(dim, bits)], rel=1e-6)
     # And the paper's bounds 4^-b ≤ MSE ≤ (√3·π/2)·4^-b.
     assert 4.0 ** -bits * 0.99 <= expected <= np.sqrt(3) * np.pi / 2 * 4.0 ** -bits
 
