@@ -410,3 +410,22 @@ fn many_query_attend_matches_the_row_by_row_path() {
         }
     }
 }
+
+#[test]
+fn token_counts_whose_bytes_overflow_are_refused() {
+    // n·heads·head_dim fits usize but the byte count does not: the calls must refuse (naming the count)
+    // before touching k, v, q or out, and the cache and context stay usable.
+    let ctx = context(&ctx_params(true));
+    let c = cache(&ctx, 1, 64, 0, 0);
+    let huge = usize::MAX / (NKV * D) / 2 + 1;
+    let (k, v) = (vec![0.5f32; NKV * D], vec![0.5f32; NKV * D]);
+    let st = unsafe { tq_cache_append(c.0, 0, 0, huge, k.as_ptr().cast(), v.as_ptr().cast(), std::ptr::null_mut()) };
+    assert_eq!(st, tq_status::TQ_STATUS_INVALID_ARGUMENT, "{}", last_error());
+    assert!(last_error().contains("n_tokens"), "{}", last_error());
+    let q = vec![0.5f32; NH * D];
+    let mut out = vec![0f32; NH * D];
+    let st = unsafe { tq_cache_attend(c.0, 0, 0, q.as_ptr().cast(), usize::MAX / (NH * D) / 2 + 1, 0.125, out.as_mut_ptr().cast(), std::ptr::null_mut()) };
+    assert_ne!(st, tq_status::TQ_STATUS_OK);
+    assert_eq!(append(&c, 0, 0, &k, &v), tq_status::TQ_STATUS_OK, "{}", last_error());
+    assert!(attend(&c, 0, 0, &q).iter().all(|x| x.is_finite()));
+}

@@ -163,3 +163,53 @@ fn owned_cache_handle_equals_the_c_api() {
     assert_eq!(e.kind, ErrorKind::CapacityExceeded, "{e}");
     unsafe { tq_cache_free(cache) };
 }
+
+#[test]
+fn per_layer_bits_size_the_stores_of_their_layer() {
+    // Layer 0 at 2/2 bits, layer 1 at 8/8: each layer's stores are n_cells of its own rows. Stores
+    // sized for layer 1 append and attend there exactly like the C API; stores sized for layer 0 are
+    // refused for layer 1 (they would be overrun), naming the row size, and nothing is written.
+    let mut config = codec().kv().config.clone();
+    config.centering = false;
+    config.center_values = false;
+    let bits = [(2u32, 2u32), (8, 8)];
+    let c = Codec::with_layer_bits(config, Some(&bits), Dtype::F32, BackendChoice::Cpu { threads: 2 }).expect("codec");
+    let ((k0, v0), (k1, v1)) = (c.layer_row_bytes(0), c.layer_row_bytes(1));
+    assert!(k1 > k0 && v1 > v0, "8-bit rows are longer than 2-bit ones");
+    let n = 6usize;
+    let mut rng = Rng::new(21);
+    let (k, v) = (rng.normals(n * NKV * D), rng.normals(n * NKV * D));
+    let slots: Vec<i64> = (0..n as i64).rev().collect();
+    let (mut small_k, mut small_v) = (vec![0xAAu8; n * k0], vec![0xAAu8; n * v0]);
+    let e = c.append(1, &mut small_k, &mut small_v, &slots, HostTensor::packed(&k), HostTensor::packed(&v)).expect_err("layer-0-sized stores for layer 1");
+    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+    assert!(small_k.iter().chain(&small_v).all(|&b| b == 0xAA), "a refused append wrote rows");
+    let (mut sk, mut sv) = (vec![0u8; n * k1], vec![0u8; n * v1]);
+    c.append(1, &mut sk, &mut sv, &slots, HostTensor::packed(&k), HostTensor::packed(&v)).expect("append to layer 1");
+    // The C API with the same per-layer bits writes the same rows and attends the same.
+    let mut p = params();
+    p.centering = false;
+    p.center_values = false;
+    let (lk, lv): (Vec<u32>, Vec<u32>) = bits.iter().copied().unzip();
+    (p.layer_bits_k, p.layer_bits_v, p.n_layer_bits) = (lk.as_ptr(), lv.as_ptr(), 2);
+    let ctx = context(&p);
+    let (mut ck, mut cv) = (vec![0u8; n * k1], vec![0u8; n * v1]);
+    let st = unsafe {
+        tq_append_kv(ctx.0, 1, ck.as_mut_ptr().cast(), cv.as_mut_ptr().cast(), n, slots.as_ptr(), n, k.as_ptr().cast(),
+            std::ptr::null(), v.as_ptr().cast(), std::ptr::null(), std::ptr::null_mut())
+    };
+    assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+    assert!(sk == ck && sv == cv, "safe API rows differ from the C API's at per-layer bits");
+    let q = rng.normals(NH * D);
+    let mut s_out = vec![0f32; NH * D];
+    c.attend(1, HostTensor::packed(&q), 1, &sk, &sv, None, 0.125, &mut s_out).expect("attend layer 1");
+    let mut c_out = vec![0f32; NH * D];
+    let st = unsafe {
+        tq_attend(ctx.0, 1, q.as_ptr().cast(), 1, std::ptr::null(), ck.as_ptr().cast(), cv.as_ptr().cast(), n,
+            std::ptr::null(), 0, 0, 0.125, c_out.as_mut_ptr().cast(), std::ptr::null(), std::ptr::null_mut())
+    };
+    assert_eq!(st, tq_status::TQ_STATUS_OK, "{}", last_error());
+    assert!(s_out.iter().zip(&c_out).all(|(a, b)| a.to_bits() == b.to_bits()), "safe attend differs from tq_attend");
+    let e = c.attend(1, HostTensor::packed(&q), 1, &small_k, &small_v, None, 0.125, &mut s_out).expect_err("layer-0-sized stores");
+    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+}

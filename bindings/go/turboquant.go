@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"sync"
 	"unsafe"
 )
 
@@ -157,6 +158,7 @@ func DefaultQuantizerParams() QuantizerParams {
 
 // Quantizer quantizes vectors of Dim floats.
 type Quantizer struct {
+	mu         sync.RWMutex // read-held during each call, write-held by Close
 	h          *C.tq_quantizer
 	dim        int
 	codeBytes  int
@@ -168,6 +170,17 @@ func u32(function, name string, v int) (C.uint32_t, error) {
 		return 0, argError(function, "%s %d is out of range for uint32", name, v)
 	}
 	return C.uint32_t(v), nil
+}
+
+// layerSeq converts a layer and a sequence id to the C API's uint32, refusing values C would wrap
+// (sequence 1<<32 is not sequence 0).
+func layerSeq(function string, layer, seq int) (C.uint32_t, C.uint32_t, error) {
+	cLayer, err := u32(function, "layer", layer)
+	if err != nil {
+		return 0, 0, err
+	}
+	cSeq, err := u32(function, "seq", seq)
+	return cLayer, cSeq, err
 }
 
 // NewQuantizer creates a quantizer (tq_quantizer_new).
@@ -208,6 +221,8 @@ func NewQuantizer(p QuantizerParams) (*Quantizer, error) {
 
 // Close frees the quantizer. Idempotent.
 func (q *Quantizer) Close() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
 	if q.h != nil {
 		C.tq_quantizer_free(q.h)
 		q.h = nil
@@ -224,12 +239,18 @@ func (q *Quantizer) CodeBytes() int { return q.codeBytes }
 // ScaleCount is the number of bf16 scales per vector.
 func (q *Quantizer) ScaleCount() int { return q.scaleCount }
 
+// live read-locks the quantizer for one call (release with done) unless it is closed: a concurrent
+// Close waits for calls in flight instead of freeing the handle under them.
 func (q *Quantizer) live(function string) error {
+	q.mu.RLock()
 	if q.h == nil {
+		q.mu.RUnlock()
 		return argError(function, "the quantizer is closed")
 	}
 	return nil
 }
+
+func (q *Quantizer) done() { q.mu.RUnlock() }
 
 // ExpectedMSE is the exact expected normalised MSE E|x-x̂|²/|x|² of the (MSE stage of the) codebook.
 func (q *Quantizer) ExpectedMSE() (float64, error) {
@@ -237,6 +258,7 @@ func (q *Quantizer) ExpectedMSE() (float64, error) {
 	if err := q.live(fn); err != nil {
 		return 0, err
 	}
+	defer q.done()
 	var out C.double
 	err := call(fn, func() C.enum_tq_status { return C.tq_quantizer_expected_mse(q.h, &out) })
 	runtime.KeepAlive(q)
@@ -250,6 +272,7 @@ func (q *Quantizer) Quantize(x []float32) (codes []byte, scales []uint16, err er
 	if err := q.live(fn); err != nil {
 		return nil, nil, err
 	}
+	defer q.done()
 	if len(x)%q.dim != 0 {
 		return nil, nil, argError(fn, "len(x) = %d is not a multiple of dim %d", len(x), q.dim)
 	}
@@ -270,6 +293,7 @@ func (q *Quantizer) count(fn string, codes []byte, scales []uint16) (int, error)
 	if err := q.live(fn); err != nil {
 		return 0, err
 	}
+	defer q.done()
 	if len(codes)%q.codeBytes != 0 {
 		return 0, argError(fn, "len(codes) = %d is not a multiple of CodeBytes %d", len(codes), q.codeBytes)
 	}
@@ -356,6 +380,7 @@ func DefaultContextParams() ContextParams {
 
 // Context holds every layer's K and V rotation and codebook.
 type Context struct {
+	mu                   sync.RWMutex // read-held during each call (and by its caches' calls), write-held by Close
 	h                    *C.tq_context
 	p                    ContextParams
 	kRowBytes, vRowBytes int
@@ -405,6 +430,8 @@ func NewContext(p ContextParams) (*Context, error) {
 
 // Close frees the context. Idempotent. Caches made from it must be closed first.
 func (c *Context) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.h != nil {
 		C.tq_context_free(c.h)
 		c.h = nil
@@ -418,12 +445,17 @@ func (c *Context) Params() ContextParams { return c.p }
 // RowBytes are the bytes per token per layer of a K row and of a V row (all kv heads).
 func (c *Context) RowBytes() (k, v int) { return c.kRowBytes, c.vRowBytes }
 
+// live read-locks the context for one call (release with done) unless it is closed.
 func (c *Context) live(function string) error {
+	c.mu.RLock()
 	if c.h == nil {
+		c.mu.RUnlock()
 		return argError(function, "the context is closed")
 	}
 	return nil
 }
+
+func (c *Context) done() { c.mu.RUnlock() }
 
 // AppendKV compresses len(slots) tokens of k and v (each [n][NKVHeads][HeadDim]) into rows of
 // layer at cells slots[i] of the stores (slot mode: the caller owns kStore and vStore, n_cells
@@ -431,6 +463,11 @@ func (c *Context) live(function string) error {
 func (c *Context) AppendKV(layer int, kStore, vStore []byte, slots []int64, k, v []float32) error {
 	const fn = "tq_append_kv"
 	if err := c.live(fn); err != nil {
+		return err
+	}
+	defer c.done()
+	cLayer, err := u32(fn, "layer", layer)
+	if err != nil {
 		return err
 	}
 	nCells, err := c.cells(fn, kStore, vStore)
@@ -447,7 +484,7 @@ func (c *Context) AppendKV(layer int, kStore, vStore []byte, slots []int64, k, v
 		slotPtr = (*C.int64_t)(unsafe.Pointer(&slots[0]))
 	}
 	err = call(fn, func() C.enum_tq_status {
-		return C.tq_append_kv(c.h, C.uint32_t(layer), unsafe.Pointer(u8ptr(kStore)), unsafe.Pointer(u8ptr(vStore)),
+		return C.tq_append_kv(c.h, cLayer, unsafe.Pointer(u8ptr(kStore)), unsafe.Pointer(u8ptr(vStore)),
 			C.size_t(nCells), slotPtr, C.size_t(n), unsafe.Pointer(f32ptr(k)), nil, unsafe.Pointer(f32ptr(v)), nil, nil)
 	})
 	runtime.KeepAlive(c)
@@ -474,6 +511,11 @@ func (c *Context) Attend(layer int, q []float32, kStore, vStore []byte, mask []f
 	if err := c.live(fn); err != nil {
 		return nil, err
 	}
+	defer c.done()
+	cLayer, err := u32(fn, "layer", layer)
+	if err != nil {
+		return nil, err
+	}
 	nCells, err := c.cells(fn, kStore, vStore)
 	if err != nil {
 		return nil, err
@@ -491,7 +533,7 @@ func (c *Context) Attend(layer int, q []float32, kStore, vStore []byte, mask []f
 	}
 	out := make([]float32, len(q))
 	err = call(fn, func() C.enum_tq_status {
-		return C.tq_attend(c.h, C.uint32_t(layer), unsafe.Pointer(f32ptr(q)), C.size_t(nQ), nil,
+		return C.tq_attend(c.h, cLayer, unsafe.Pointer(f32ptr(q)), C.size_t(nQ), nil,
 			unsafe.Pointer(u8ptr(kStore)), unsafe.Pointer(u8ptr(vStore)), C.size_t(nCells),
 			unsafe.Pointer(f32ptr(mask)), C.TQ_DTYPE_F32, C.size_t(nCells), C.float(scale),
 			unsafe.Pointer(f32ptr(out)), nil, nil)
@@ -511,6 +553,11 @@ func (c *Context) DequantizeRows(layer int, store []byte, values bool) ([]float3
 	if err := c.live(fn); err != nil {
 		return nil, err
 	}
+	defer c.done()
+	cLayer, err := u32(fn, "layer", layer)
+	if err != nil {
+		return nil, err
+	}
 	rb, part := c.kRowBytes, C.uint32_t(C.TQ_KV_KEYS)
 	if values {
 		rb, part = c.vRowBytes, C.uint32_t(C.TQ_KV_VALUES)
@@ -520,8 +567,8 @@ func (c *Context) DequantizeRows(layer int, store []byte, values bool) ([]float3
 	}
 	nCells := len(store) / rb
 	out := make([]float32, nCells*c.p.NKVHeads*c.p.HeadDim)
-	err := call(fn, func() C.enum_tq_status {
-		return C.tq_dequantize_rows(c.h, C.uint32_t(layer), part, unsafe.Pointer(u8ptr(store)), C.size_t(nCells),
+	err = call(fn, func() C.enum_tq_status {
+		return C.tq_dequantize_rows(c.h, cLayer, part, unsafe.Pointer(u8ptr(store)), C.size_t(nCells),
 			unsafe.Pointer(f32ptr(out)), C.TQ_DTYPE_F32, nil, nil)
 	})
 	runtime.KeepAlive(c)
@@ -536,6 +583,7 @@ func (c *Context) StateSave() ([]byte, error) {
 	if err := c.live("tq_context_state_save"); err != nil {
 		return nil, err
 	}
+	defer c.done()
 	var size C.size_t
 	if err := call("tq_context_state_size", func() C.enum_tq_status { return C.tq_context_state_size(c.h, &size) }); err != nil {
 		return nil, err
@@ -555,6 +603,7 @@ func (c *Context) StateLoad(buf []byte) error {
 	if err := c.live(fn); err != nil {
 		return err
 	}
+	defer c.done()
 	err := call(fn, func() C.enum_tq_status { return C.tq_context_state_load(c.h, u8ptr(buf), C.size_t(len(buf))) })
 	runtime.KeepAlive(c)
 	return err
@@ -580,6 +629,7 @@ func DefaultCacheParams() CacheParams {
 
 // Cache is an owned KV cache over a Context.
 type Cache struct {
+	mu  sync.RWMutex // read-held during each call, write-held by Close
 	h   *C.tq_cache
 	ctx *Context // kept alive while the cache lives
 }
@@ -590,6 +640,7 @@ func NewCache(ctx *Context, p CacheParams) (*Cache, error) {
 	if err := ctx.live(fn); err != nil {
 		return nil, err
 	}
+	defer ctx.done()
 	cp := C.tq_cache_default_params()
 	fields := []struct {
 		name string
@@ -616,6 +667,8 @@ func NewCache(ctx *Context, p CacheParams) (*Cache, error) {
 
 // Close frees the cache. Idempotent.
 func (c *Cache) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.h != nil {
 		C.tq_cache_free(c.h)
 		c.h = nil
@@ -623,11 +676,23 @@ func (c *Cache) Close() error {
 	return nil
 }
 
+// live read-locks the cache and its context for one call (release with done) unless either is closed.
 func (c *Cache) live(function string) error {
+	c.mu.RLock()
 	if c.h == nil {
+		c.mu.RUnlock()
 		return argError(function, "the cache is closed")
 	}
-	return c.ctx.live(function)
+	if err := c.ctx.live(function); err != nil {
+		c.mu.RUnlock()
+		return err
+	}
+	return nil
+}
+
+func (c *Cache) done() {
+	c.ctx.done()
+	c.mu.RUnlock()
 }
 
 // Append appends tokens k and v (each [n][NKVHeads][HeadDim]) to sequence seq of layer.
@@ -636,12 +701,17 @@ func (c *Cache) Append(layer, seq int, k, v []float32) error {
 	if err := c.live(fn); err != nil {
 		return err
 	}
+	defer c.done()
+	cLayer, cSeq, err := layerSeq(fn, layer, seq)
+	if err != nil {
+		return err
+	}
 	row := c.ctx.p.NKVHeads * c.ctx.p.HeadDim
 	if len(k)%row != 0 || len(v) != len(k) {
 		return argError(fn, "len(k) = %d and len(v) = %d must be equal multiples of NKVHeads*HeadDim = %d", len(k), len(v), row)
 	}
-	err := call(fn, func() C.enum_tq_status {
-		return C.tq_cache_append(c.h, C.uint32_t(layer), C.uint32_t(seq), C.size_t(len(k)/row),
+	err = call(fn, func() C.enum_tq_status {
+		return C.tq_cache_append(c.h, cLayer, cSeq, C.size_t(len(k)/row),
 			unsafe.Pointer(f32ptr(k)), unsafe.Pointer(f32ptr(v)), nil)
 	})
 	runtime.KeepAlive(c)
@@ -655,6 +725,11 @@ func (c *Cache) Attend(layer, seq int, q []float32, scale float32) ([]float32, e
 	if err := c.live(fn); err != nil {
 		return nil, err
 	}
+	defer c.done()
+	cLayer, cSeq, err := layerSeq(fn, layer, seq)
+	if err != nil {
+		return nil, err
+	}
 	row := c.ctx.p.NHeads * c.ctx.p.HeadDim
 	if len(q)%row != 0 {
 		return nil, argError(fn, "len(q) = %d is not a multiple of NHeads*HeadDim = %d", len(q), row)
@@ -663,8 +738,8 @@ func (c *Cache) Attend(layer, seq int, q []float32, scale float32) ([]float32, e
 		scale = float32(1 / math.Sqrt(float64(c.ctx.p.HeadDim)))
 	}
 	out := make([]float32, len(q))
-	err := call(fn, func() C.enum_tq_status {
-		return C.tq_cache_attend(c.h, C.uint32_t(layer), C.uint32_t(seq), unsafe.Pointer(f32ptr(q)),
+	err = call(fn, func() C.enum_tq_status {
+		return C.tq_cache_attend(c.h, cLayer, cSeq, unsafe.Pointer(f32ptr(q)),
 			C.size_t(len(q)/row), C.float(scale), unsafe.Pointer(f32ptr(out)), nil)
 	})
 	runtime.KeepAlive(c)
@@ -680,8 +755,13 @@ func (c *Cache) SeqLen(seq int) (int, error) {
 	if err := c.live(fn); err != nil {
 		return 0, err
 	}
+	defer c.done()
+	cSeq, err := u32(fn, "seq", seq)
+	if err != nil {
+		return 0, err
+	}
 	var n C.size_t
-	err := call(fn, func() C.enum_tq_status { return C.tq_cache_seq_len(c.h, C.uint32_t(seq), &n) })
+	err = call(fn, func() C.enum_tq_status { return C.tq_cache_seq_len(c.h, cSeq, &n) })
 	runtime.KeepAlive(c)
 	return int(n), err
 }
@@ -691,6 +771,12 @@ func (c *Cache) SeqRm(seq int, p0, p1 int64) error {
 	const fn = "tq_cache_seq_rm"
 	if err := c.live(fn); err != nil {
 		return err
+	}
+	defer c.done()
+	if seq < 0 {
+		seq = -1
+	} else if seq > math.MaxInt32 {
+		return argError(fn, "seq %d is out of range for int32", seq)
 	}
 	err := call(fn, func() C.enum_tq_status { return C.tq_cache_seq_rm(c.h, C.int32_t(seq), C.int64_t(p0), C.int64_t(p1)) })
 	runtime.KeepAlive(c)
@@ -703,8 +789,17 @@ func (c *Cache) SeqCp(src, dst int, p0, p1 int64) error {
 	if err := c.live(fn); err != nil {
 		return err
 	}
-	err := call(fn, func() C.enum_tq_status {
-		return C.tq_cache_seq_cp(c.h, C.uint32_t(src), C.uint32_t(dst), C.int64_t(p0), C.int64_t(p1))
+	defer c.done()
+	cSrc, err := u32(fn, "src", src)
+	if err != nil {
+		return err
+	}
+	cDst, err := u32(fn, "dst", dst)
+	if err != nil {
+		return err
+	}
+	err = call(fn, func() C.enum_tq_status {
+		return C.tq_cache_seq_cp(c.h, cSrc, cDst, C.int64_t(p0), C.int64_t(p1))
 	})
 	runtime.KeepAlive(c)
 	return err
@@ -716,7 +811,12 @@ func (c *Cache) SeqKeep(seq int) error {
 	if err := c.live(fn); err != nil {
 		return err
 	}
-	err := call(fn, func() C.enum_tq_status { return C.tq_cache_seq_keep(c.h, C.uint32_t(seq)) })
+	defer c.done()
+	cSeq, err := u32(fn, "seq", seq)
+	if err != nil {
+		return err
+	}
+	err = call(fn, func() C.enum_tq_status { return C.tq_cache_seq_keep(c.h, cSeq) })
 	runtime.KeepAlive(c)
 	return err
 }
@@ -727,6 +827,7 @@ func (c *Cache) Clear() error {
 	if err := c.live(fn); err != nil {
 		return err
 	}
+	defer c.done()
 	err := call(fn, func() C.enum_tq_status { return C.tq_cache_clear(c.h) })
 	runtime.KeepAlive(c)
 	return err
@@ -746,6 +847,7 @@ func (c *Cache) MemoryUsage() (MemoryUsage, error) {
 	if err := c.live(fn); err != nil {
 		return MemoryUsage{}, err
 	}
+	defer c.done()
 	var m C.tq_cache_memory
 	err := call(fn, func() C.enum_tq_status { return C.tq_cache_memory_usage(c.h, &m) })
 	runtime.KeepAlive(c)
@@ -758,6 +860,7 @@ func (c *Cache) Save() ([]byte, error) {
 	if err := c.live(fn); err != nil {
 		return nil, err
 	}
+	defer c.done()
 	var need C.size_t
 	if err := call(fn, func() C.enum_tq_status { return C.tq_cache_save(c.h, nil, 0, &need) }); err != nil {
 		return nil, err
@@ -780,6 +883,7 @@ func (c *Cache) Load(buf []byte) error {
 	if err := c.live(fn); err != nil {
 		return err
 	}
+	defer c.done()
 	err := call(fn, func() C.enum_tq_status {
 		return C.tq_cache_load(c.h, unsafe.Pointer(u8ptr(buf)), C.size_t(len(buf)))
 	})
@@ -793,6 +897,7 @@ func (c *Cache) SaveFile(path string) error {
 	if err := c.live(fn); err != nil {
 		return err
 	}
+	defer c.done()
 	cs := C.CString(path)
 	defer C.free(unsafe.Pointer(cs))
 	err := call(fn, func() C.enum_tq_status { return C.tq_cache_save_file(c.h, cs) })
@@ -806,6 +911,7 @@ func (c *Cache) LoadFile(path string) error {
 	if err := c.live(fn); err != nil {
 		return err
 	}
+	defer c.done()
 	cs := C.CString(path)
 	defer C.free(unsafe.Pointer(cs))
 	err := call(fn, func() C.enum_tq_status { return C.tq_cache_load_file(c.h, cs) })

@@ -7,8 +7,10 @@ import (
 	"math"
 	"math/rand"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -544,4 +546,92 @@ func TestContextStateRoundTrip(t *testing.T) {
 	if err := b.StateLoad(state[:len(state)-2]); err == nil {
 		t.Fatal("truncated state accepted")
 	}
+}
+
+func TestOutOfRangeIdsAreRefused(t *testing.T) {
+	// Layer and sequence ids beyond the C types are errors, not wrapped ids (1<<32 would be sequence 0,
+	// 1<<31 "every sequence" for SeqRm).
+	ctx := newContext(t, true)
+	defer ctx.Close()
+	cache, err := NewCache(ctx, CacheParams{MaxSeqs: 2, MaxTokens: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	rng := rand.New(rand.NewSource(5))
+	k := gaussian(rng, 3*nKV*headDim)
+	if err := cache.Append(0, 0, k, k); err != nil {
+		t.Fatal(err)
+	}
+	q := gaussian(rng, nHeads*headDim)
+	kb, vb := ctx.RowBytes()
+	ks, vs := make([]byte, 3*kb), make([]byte, 3*vb)
+	for name, err := range map[string]error{
+		"Append seq":      cache.Append(0, 1<<32, k, k),
+		"Append layer":    cache.Append(1<<32, 0, k, k),
+		"SeqRm":           cache.SeqRm(1<<31, -1, -1),
+		"SeqCp":           cache.SeqCp(0, 1<<32+1, -1, -1),
+		"SeqKeep":         cache.SeqKeep(1 << 32),
+		"AppendKV layer":  ctx.AppendKV(1<<32, ks, vs, []int64{0, 1, 2}, k, k),
+		"Attend layer":    func() error { _, e := ctx.Attend(1<<32, q, ks, vs, nil, 0); return e }(),
+		"SeqLen negative": func() error { _, e := cache.SeqLen(-1); return e }(),
+	} {
+		if err == nil || !strings.Contains(err.Error(), "out of range") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if l, err := cache.SeqLen(0); err != nil || l != 3 {
+		t.Fatalf("seq_len after the refused calls = %d (%v)", l, err)
+	}
+}
+
+func TestCloseWaitsForCallsInFlight(t *testing.T) {
+	// Attends on several goroutines while the cache and then the context are closed: each call either
+	// completes or reports the closed handle; none runs on freed memory (run with -race or ASan to see
+	// the difference), and Close twice is harmless.
+	ctx := newContext(t, true)
+	cache, err := NewCache(ctx, CacheParams{MaxSeqs: 1, MaxTokens: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewSource(6))
+	k := gaussian(rng, 32*nKV*headDim)
+	if err := cache.Append(0, 0, k, k); err != nil {
+		t.Fatal(err)
+	}
+	q := gaussian(rng, nHeads*headDim)
+	var wg sync.WaitGroup
+	var ok, closed atomic.Int64
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 2000; i++ {
+				out, err := cache.Attend(0, 0, q, 0)
+				if err != nil {
+					if !strings.Contains(err.Error(), "closed") {
+						t.Errorf("attend: %v", err)
+					}
+					closed.Add(1)
+					return
+				}
+				if len(out) != nHeads*headDim {
+					t.Errorf("attend returned %d values", len(out))
+					return
+				}
+				ok.Add(1)
+			}
+		}()
+	}
+	for ok.Load() == 0 {
+		runtime.Gosched()
+	}
+	cache.Close()
+	ctx.Close()
+	ctx.Close()
+	wg.Wait()
+	if ok.Load() == 0 {
+		t.Fatal("no attend completed")
+	}
+	t.Logf("%d attends completed, %d goroutines saw the closed cache", ok.Load(), closed.Load())
 }

@@ -32,9 +32,13 @@ pub fn new_state(codec: &Codec, p: CacheParams) -> Result<OwnedCache> {
     Ok(OwnedCache::new(codec.kv(), p))
 }
 
-/// Elements of `n` packed tokens of `heads` heads, checked for overflow.
-fn packed_elems(codec: &Codec, n: usize, heads: usize, arg: &str) -> Result<usize> {
-    n.checked_mul(heads * codec.kv().config.head_dim).ok_or_else(|| Error::invalid(format!("{arg}: size overflows")))
+/// Bytes of `n` packed tokens of `heads` heads in the codec's dtype, checked for overflow (of the
+/// element count and of the byte count, and against the address space).
+fn packed_bytes(codec: &Codec, n: usize, heads: usize, arg: &str) -> Result<usize> {
+    n.checked_mul(heads * codec.kv().config.head_dim)
+        .and_then(|e| e.checked_mul(codec.dtype().size()))
+        .filter(|&b| b <= isize::MAX as usize)
+        .ok_or_else(|| Error::invalid(format!("{arg}: {n} tokens of {heads} heads overflow the address space")))
 }
 
 /// Append `n` packed tokens of K and V (host memory of the codec's dtype) to `seq` of `layer`.
@@ -45,11 +49,11 @@ pub unsafe fn append_raw(codec: &Codec, st: &mut OwnedCache, layer: u32, seq: u3
     let layer = check_layer(codec.kv(), layer)?;
     let cfg = &codec.kv().config;
     let dtype = codec.dtype();
-    let elems = packed_elems(codec, n, cfg.n_kv_heads, "k")?;
-    // SAFETY: the caller guarantees k and v hold `elems` elements.
-    let kb = unsafe { host_slice(k.cast::<u8>(), elems * dtype.size(), "k") }?;
+    let bytes = packed_bytes(codec, n, cfg.n_kv_heads, "n_tokens")?;
+    // SAFETY: the caller guarantees k and v hold n packed tokens (`bytes` bytes).
+    let kb = unsafe { host_slice(k.cast::<u8>(), bytes, "k") }?;
     // SAFETY: as for kb.
-    let vb = unsafe { host_slice(v.cast::<u8>(), elems * dtype.size(), "v") }?;
+    let vb = unsafe { host_slice(v.cast::<u8>(), bytes, "v") }?;
     for (bytes, arg) in [(kb, "k"), (vb, "v")] {
         let t = HeadTensor { ptr: bytes.as_ptr(), strides: Strides::packed(cfg.n_kv_heads, cfg.head_dim, dtype), dtype };
         // SAFETY: `bytes` holds n packed tokens.
@@ -76,9 +80,9 @@ pub unsafe fn attend_raw(codec: &Codec, st: &OwnedCache, layer: u32, seq: u32, q
     }
     let cfg = &codec.kv().config;
     let dtype = codec.dtype();
-    let elems = packed_elems(codec, n_q, cfg.n_heads, "q")?;
-    // SAFETY: the caller guarantees q holds `elems` elements.
-    let qb = unsafe { host_slice(q.cast::<u8>(), elems * dtype.size(), "q") }?;
+    let bytes = packed_bytes(codec, n_q, cfg.n_heads, "n_q")?;
+    // SAFETY: the caller guarantees q holds n_q packed tokens (`bytes` bytes).
+    let qb = unsafe { host_slice(q.cast::<u8>(), bytes, "q") }?;
     if out.is_null() {
         return Err(Error::null("out"));
     }
@@ -113,7 +117,7 @@ impl<'c> Cache<'c> {
         if T::DTYPE != self.codec.dtype() {
             return Err(Error::invalid(format!("{arg} is {}: the codec's dtype is {}", T::DTYPE.name(), self.codec.dtype().name())));
         }
-        let need = packed_elems(self.codec, n, heads, arg)?;
+        let need = packed_bytes(self.codec, n, heads, arg)? / self.codec.dtype().size();
         if data.len() != need {
             return Err(Error::invalid(format!("{arg} holds {} elements: {n} tokens need {need}", data.len())));
         }

@@ -4,6 +4,7 @@
 //! Called from the existing validation (`request`, the owned cache, the context constructor).
 
 use super::{Dtype, Strides};
+use crate::math::rotation::RotationKind;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Largest position a cache token may have (2^62): appends that would pass it and files holding a
@@ -54,6 +55,32 @@ pub fn seq_span(ptr: *const u8, seq_stride: usize, n_seqs: usize, inner: usize, 
         .ok_or_else(|| Error::invalid(format!("{arg} is {seq_stride}: {n_seqs} sequences do not fit in the address space")))
 }
 
+/// An output tensor's vectors must not overlap: calls write them from several threads (and blocks)
+/// at once, so two vectors sharing bytes would race and one result would be lost. The dimensions
+/// with more than one index — (sequences, `seq_stride`), (tokens, `s.token`), (heads, `s.head`) —
+/// taken from the smallest stride up must each step past everything the smaller ones cover (a
+/// d-element vector first). Spans are already checked ([`tensor_span`], [`seq_span`]), so the
+/// arithmetic does not overflow.
+pub fn check_disjoint_output(s: Strides, seq_stride: usize, n_seqs: usize, n: usize, heads: usize, d: usize, dtype: Dtype, arg: &str) -> Result<()> {
+    let mut dims = [("sequence", seq_stride, n_seqs), ("token", s.token, n), ("head", s.head, heads)];
+    dims.sort_by_key(|&(_, stride, _)| stride);
+    let mut extent = d * dtype.size();
+    for (name, stride, count) in dims {
+        if count <= 1 {
+            continue;
+        }
+        if stride < extent {
+            return Err(Error::invalid(format!(
+                "{arg}: the {name} stride of {stride} bytes is less than the {extent} bytes one {name} index covers, \
+                 so output vectors would overlap (strides token {}, head {}, sequence {seq_stride})",
+                s.token, s.head
+            )));
+        }
+        extent += stride * (count - 1);
+    }
+    Ok(())
+}
+
 /// A store of `n_cells` rows of `row_bytes`: its size must fit in isize (cell offsets never wrap).
 pub fn check_store(n_cells: usize, row_bytes: usize, arg: &str) -> Result<()> {
     match n_cells.checked_mul(row_bytes) {
@@ -95,14 +122,32 @@ pub fn reserved(r: std::result::Result<(), std::collections::TryReserveError>, w
     r.map_err(|_| Error::new(ErrorKind::OutOfMemory, what()))
 }
 
-/// DENSE rotation set-up is O(head_dim³) per rotation, two per layer: refuse configurations whose
-/// n_layers · head_dim³ exceeds [`DENSE_COST_LIMIT`].
-pub fn check_dense_cost(n_layers: usize, head_dim: usize) -> Result<()> {
-    let cost = n_layers as u128 * (head_dim as u128).pow(3);
+/// DENSE rotation set-up is O(dim³) per rotation: refuse configurations whose dense rotations cost
+/// more than [`DENSE_COST_LIMIT`] in n_layers · head_dim³ units (a layer's K and V rotations at
+/// head_dim count one unit together). Dense rotations are the V rotation and the K rotation under
+/// DENSE, and with key outliers each part of the key head (outlier channels, the rest) whose width is
+/// not a power of two, whatever the head's rotation (`outliers::part_rotation`).
+pub fn check_dense_cost(n_layers: usize, head_dim: usize, rotation: RotationKind, key_outliers: usize) -> Result<()> {
+    let cube = |d: usize| (d as u128).pow(3);
+    let dense = |d: usize| rotation == RotationKind::Dense || !d.is_power_of_two();
+    let v = if rotation == RotationKind::Dense { cube(head_dim) } else { 0 };
+    let k = if key_outliers > 0 {
+        [key_outliers, head_dim - key_outliers].into_iter().filter(|&d| dense(d)).map(cube).sum()
+    } else if rotation == RotationKind::Dense {
+        cube(head_dim)
+    } else {
+        0
+    };
+    let cost = n_layers as u128 * (k + v) / 2;
     if cost > DENSE_COST_LIMIT {
+        let parts = if key_outliers > 0 {
+            format!(" (key outliers {key_outliers}: key parts of {key_outliers} and {} channels)", head_dim - key_outliers)
+        } else {
+            String::new()
+        };
         return Err(Error::unsupported(format!(
-            "DENSE rotation with n_layers {n_layers} and head_dim {head_dim}: n_layers · head_dim³ = {cost} exceeds 2^32 \
-             (building the rotations would take minutes); use HADAMARD (head_dim a power of two) or fewer layers"
+            "dense rotations for n_layers {n_layers} and head_dim {head_dim}{parts} cost {cost} in n_layers · head_dim³ units, \
+             over 2^32 (building them would take minutes); use HADAMARD with power-of-two widths or fewer layers"
         )));
     }
     Ok(())

@@ -203,6 +203,17 @@ impl AppendRequest {
         let (k_row_bytes, v_row_bytes) = codec.layer_row_bytes(layer);
         limits::check_store(a.n_cells, k_row_bytes, "k_store")?;
         limits::check_store(a.n_cells, v_row_bytes, "v_store")?;
+        // The K and V rows of a token are written at once (by different threads for different tokens):
+        // stores that share bytes would corrupt each other.
+        let (k0, v0) = (a.k_store as usize, a.v_store as usize);
+        let (k1, v1) = (k0.saturating_add(a.n_cells * k_row_bytes), v0.saturating_add(a.n_cells * v_row_bytes));
+        if a.n_cells > 0 && k0 < v1 && v0 < k1 {
+            return Err(Error::invalid(format!(
+                "k_store and v_store overlap ({} and {} bytes from addresses {k0:#x} and {v0:#x}): they must be distinct buffers",
+                a.n_cells * k_row_bytes,
+                a.n_cells * v_row_bytes
+            )));
+        }
         let slots = match memory {
             Memory::Host => {
                 // SAFETY: the caller guarantees `slots` holds n_tokens readable values.
@@ -584,6 +595,7 @@ impl AttendRequest {
         let out_strides = strides_or_packed(a.out_strides, cfg.n_heads, cfg.head_dim, dtype, "out_strides")?;
         let out_span = limits::tensor_span(a.out.cast(), out_strides, a.n_q, cfg.n_heads, cfg.head_dim, dtype, "out_strides")?;
         limits::seq_span(a.out.cast(), a.out_seq_stride, a.n_seqs, out_span, "out_seq_stride")?;
+        limits::check_disjoint_output(out_strides, a.out_seq_stride, a.n_seqs, a.n_q, cfg.n_heads, cfg.head_dim, dtype, "out_strides")?;
         Ok(AttendRequest {
             layer,
             n_seqs: a.n_seqs,
@@ -686,6 +698,7 @@ impl DequantRequest {
         limits::check_store(a.n_cells, if part == KvPart::Keys { k_row_bytes } else { v_row_bytes }, "store")?;
         let out_strides = strides_or_packed(a.out_strides, cfg.n_kv_heads, cfg.head_dim, out_dtype, "out_strides")?;
         limits::tensor_span(a.out.cast(), out_strides, a.n_cells, cfg.n_kv_heads, cfg.head_dim, out_dtype, "out_strides")?;
+        limits::check_disjoint_output(out_strides, 0, 1, a.n_cells, cfg.n_kv_heads, cfg.head_dim, out_dtype, "out_strides")?;
         Ok(DequantRequest { layer, part, store: a.store.cast(), n_cells: a.n_cells, out: a.out.cast(), out_dtype, out_strides })
     }
 }

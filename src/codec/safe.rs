@@ -3,7 +3,7 @@
 
 use std::ffi::c_void;
 
-use super::request::{AppendArgs, AttendArgs, AttendExtras, Exec, Stores};
+use super::request::{AppendArgs, AttendArgs, AttendExtras, Exec, Stores, check_layer};
 use super::{Codec, Dtype, Strides};
 use crate::backend::Op;
 use crate::error::{Error, Result};
@@ -93,6 +93,12 @@ fn store_cells(k_len: usize, v_len: usize, (kr, vr): (usize, usize)) -> Result<u
 }
 
 impl Codec {
+    /// The K and V row bytes of `layer` (its own widths with per-layer bits), after checking the layer.
+    fn checked_layer_rows(&self, layer: usize) -> Result<(usize, usize)> {
+        let l = check_layer(self.kv(), u32::try_from(layer).unwrap_or(u32::MAX))?;
+        Ok(self.layer_row_bytes(l))
+    }
+
     /// Compress the `slots.len()` tokens of `k` and `v` (each [n][n_kv_heads][head_dim]) into rows of
     /// `layer` at cells `slots[i]` of `k_store`/`v_store` (n_cells × row_bytes each). Slots distinct and
     /// < n_cells; K and V finite; everything is checked before any row is written. With centering, the
@@ -109,7 +115,7 @@ impl Codec {
         self.backend().require(Op::HostSlices)?;
         let cfg = &self.kv().config;
         let n = slots.len();
-        let n_cells = store_cells(k_store.len(), v_store.len(), self.row_bytes())?;
+        let n_cells = store_cells(k_store.len(), v_store.len(), self.checked_layer_rows(layer)?)?;
         let (kp, ks) = tensor(self, &k, n, cfg.n_kv_heads, "k")?;
         let (vp, vs) = tensor(self, &v, n, cfg.n_kv_heads, "v")?;
         let args = AppendArgs {
@@ -146,7 +152,7 @@ impl Codec {
     ) -> Result<()> {
         self.backend().require(Op::HostSlices)?;
         let cfg = &self.kv().config;
-        let n_cells = store_cells(k_store.len(), v_store.len(), self.row_bytes())?;
+        let n_cells = store_cells(k_store.len(), v_store.len(), self.checked_layer_rows(layer)?)?;
         let (qp, qs) = tensor(self, &q, n_q, cfg.n_heads, "q")?;
         let need = n_q * cfg.n_heads * cfg.head_dim;
         if out.len() != need {

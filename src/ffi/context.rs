@@ -10,7 +10,6 @@ use crate::backend::BackendChoice;
 use crate::codec::request::{AppendArgs, AttendArgs, AttendExtras, DequantArgs, Exec, FullArgs, Stores};
 use crate::codec::{Codec, Dtype, KvConfig, Strides};
 use crate::math::quantizer::QuantizerKind;
-use crate::math::rotation::RotationKind;
 
 /// Backend a context runs on (values of the `backend` params field).
 #[repr(u32)]
@@ -215,9 +214,7 @@ fn config_from_params(p: &tq_context_params) -> Result<KvConfig> {
             )));
         }
     }
-    if rotation == RotationKind::Dense {
-        crate::codec::limits::check_dense_cost(n_layers, head_dim)?;
-    }
+    crate::codec::limits::check_dense_cost(n_layers, head_dim, rotation, p.key_outliers as usize)?;
     Ok(KvConfig {
         n_layers,
         n_heads,

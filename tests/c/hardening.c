@@ -52,7 +52,12 @@ static void case3_dense_cost_bounded(void) {
     p.n_layers = 4096; p.head_dim = 1024; p.n_heads = 1; p.n_kv_heads = 1;
     p.rotation = TQ_ROTATION_DENSE;
     tq_context *ctx = NULL;
-    CHECK_FAILS(tq_context_new(&p, &ctx), TQ_STATUS_UNSUPPORTED, "DENSE");
+    CHECK_FAILS(tq_context_new(&p, &ctx), TQ_STATUS_UNSUPPORTED, "dense rotations");
+    CHECK(ctx == NULL);
+    /* HADAMARD heads with key outliers: the 1008-channel part of each key head is not a power of
+     * two, so it rotates densely; 4096 such layers are refused the same way, naming the parts. */
+    p.rotation = TQ_ROTATION_HADAMARD; p.key_outliers = 16; p.bits_k = 4;
+    CHECK_FAILS(tq_context_new(&p, &ctx), TQ_STATUS_UNSUPPORTED, "key parts of 16 and 1008");
     CHECK(ctx == NULL);
 }
 
@@ -335,15 +340,60 @@ static void case11_threads_capped(void) {
     tq_context_free(many);
 }
 
+/* Outputs whose vectors overlap and K/V stores that share bytes would be written by several threads
+ * at once: refused, naming the argument, with nothing written. Non-overlapping strided outputs (a
+ * head-major layout, a padded row) are accepted and agree with the packed output. */
+static void case12_overlapping_outputs_and_stores(void) {
+    tq_context *ctx = small_context(0, 2);
+    enum { N = 8 };
+    size_t kr, vr;
+    tq_context_row_bytes(ctx, &kr, &vr);
+    uint8_t *store = calloc(N, kr + vr), *vs = calloc(N, vr);
+    float k[16 * N], q[16 * 2], out[16 * 4], packed[16 * 2];
+    int64_t slots[N];
+    for (int i = 0; i < 16 * N; i++) k[i] = (float)((i * 7) % 13) / 6.0f - 1.0f;
+    for (int i = 0; i < 32; i++) q[i] = (float)(i % 5) - 2.0f;
+    for (int i = 0; i < N; i++) slots[i] = i;
+    /* The same buffer for K and V, and V starting inside K. */
+    CHECK_FAILS(tq_append_kv(ctx, 0, store, store, N, slots, N, k, NULL, k, NULL, NULL), TQ_STATUS_INVALID_ARGUMENT, "overlap");
+    CHECK_FAILS(tq_append_kv(ctx, 0, store, store + kr, N, slots, N, k, NULL, k, NULL, NULL), TQ_STATUS_INVALID_ARGUMENT, "overlap");
+    int untouched = 1;
+    for (size_t i = 0; i < N * (kr + vr); i++) untouched &= store[i] == 0;
+    CHECK(untouched);
+    /* Adjacent stores are fine. */
+    CHECK_STATUS(tq_append_kv(ctx, 0, store, store + N * kr, N, slots, N, k, NULL, k, NULL, NULL), TQ_STATUS_OK);
+    uint8_t *ks = store, *vs2 = store + N * kr;
+    CHECK_STATUS(tq_attend(ctx, 0, q, 2, NULL, ks, vs2, N, NULL, 0, 0, 0.25f, packed, NULL, NULL), TQ_STATUS_OK);
+    /* Token stride 0 for two query tokens: both rows at the same bytes. */
+    tq_strides zero = {0, 16 * sizeof(float)};
+    for (int i = 0; i < 64; i++) out[i] = -7.0f;
+    CHECK_FAILS(tq_attend(ctx, 0, q, 2, NULL, ks, vs2, N, NULL, 0, 0, 0.25f, out, &zero, NULL), TQ_STATUS_INVALID_ARGUMENT, "out_strides");
+    CHECK(out[0] == -7.0f && out[16] == -7.0f);
+    /* A token stride of 12 floats for 16-float vectors overlaps too. */
+    tq_strides short_stride = {12 * sizeof(float), 16 * sizeof(float)};
+    CHECK_FAILS(tq_attend(ctx, 0, q, 2, NULL, ks, vs2, N, NULL, 0, 0, 0.25f, out, &short_stride, NULL), TQ_STATUS_INVALID_ARGUMENT, "token stride");
+    /* A padded token stride of 32 floats: rows 0 and 32 of `out`, equal to the packed rows. */
+    tq_strides padded = {32 * sizeof(float), 16 * sizeof(float)};
+    CHECK_STATUS(tq_attend(ctx, 0, q, 2, NULL, ks, vs2, N, NULL, 0, 0, 0.25f, out, &padded, NULL), TQ_STATUS_OK);
+    CHECK(memcmp(out, packed, 16 * sizeof(float)) == 0 && memcmp(out + 32, packed + 16, 16 * sizeof(float)) == 0);
+    /* tq_dequantize_rows: two cells' vectors at the same place. */
+    float rows[16 * N];
+    tq_strides rows_zero = {0, 16 * sizeof(float)};
+    CHECK_FAILS(tq_dequantize_rows(ctx, 0, TQ_KV_KEYS, ks, N, rows, TQ_DTYPE_F32, &rows_zero, NULL), TQ_STATUS_INVALID_ARGUMENT, "out_strides");
+    free(store); free(vs);
+    tq_context_free(ctx);
+}
+
 /* With an argument N, only case N runs (to show each case failing against an older library). */
 int main(int argc, char **argv) {
-    void (*cases[11])(void) = {
+    void (*cases[12])(void) = {
         case1_n_tokens_before_allocation, case2_cache_new_is_lazy, case3_dense_cost_bounded,
         case4_semantic_load_checks, case5_position_range, case6_state_checksum, case7_save_file,
         case8_fifo, case9_size_arithmetic, case10_finite_in_finite_out, case11_threads_capped,
+        case12_overlapping_outputs_and_stores,
     };
     int only = argc > 1 ? atoi(argv[1]) : 0;
-    for (int i = 0; i < 11; i++)
+    for (int i = 0; i < 12; i++)
         if (only == 0 || only == i + 1) cases[i]();
     return check_summary("hardening");
 }

@@ -381,3 +381,52 @@ def test_key_outliers_errors():
         tq.Context(N_LAYERS, N_HEADS, N_KV, D, key_outliers=8)
     with pytest.raises(tq.TurboQuantError, match="key_mode"):
         tq.Context(N_LAYERS, N_HEADS, N_KV, D, key_outliers=16, key_mode="prod")
+
+
+def test_cache_after_its_context_is_closed_is_refused():
+    """Closing a context closes the caches made from it: a later call raises instead of using freed
+    memory (the `with Context` block ending while a cache is still referenced)."""
+    with tq.Context(N_LAYERS, N_HEADS, N_KV, D, seed=SEED) as c:
+        cache = tq.Cache(c, max_tokens=16)
+        q, k, v = make_kv(np.random.default_rng(12), 4, 1)
+        cache.append(0, 0, k, v)
+        assert cache.seq_len(0) == 4
+    with pytest.raises(ValueError, match="its context was closed"):
+        cache.append(0, 0, k, v)
+    with pytest.raises(ValueError, match="closed"):
+        cache.attend(0, 0, q)
+    cache.close()  # still idempotent
+
+
+def test_cache_sequence_numbers_out_of_the_c_range_are_refused(ctx):
+    """Sequence ids and positions are range-checked before ctypes narrows them: 2**32 is not
+    sequence 0, and 2**31 is not "every sequence"."""
+    q, k, v = make_kv(np.random.default_rng(13), 5, 1)
+    with tq.Cache(ctx, max_seqs=2, max_tokens=16) as cache:
+        cache.append(0, 0, k, v)
+        for call in (lambda: cache.append(0, 2**32, k, v), lambda: cache.seq_len(-1),
+                     lambda: cache.seq_rm(2**31), lambda: cache.seq_cp(0, 2**32 + 1),
+                     lambda: cache.seq_keep(2**32), lambda: cache.seq_rm(0, 2**63)):
+            with pytest.raises(ValueError, match="must be in"):
+                call()
+        assert cache.seq_len(0) == 5  # nothing was removed or appended
+        with pytest.raises(tq.TurboQuantError, match="seq"):
+            cache.append(0, 7, k, v)  # in the C range, past max_seqs: the library's own error
+
+
+def test_masks_that_the_library_would_misread_are_refused(ctx):
+    """A mask must be contiguous along its cells and its rows must not overlap (the library takes a
+    row stride only): a strided or broadcast mask raises instead of being read as something else."""
+    rng = np.random.default_rng(14)
+    n, n_q = 12, 3
+    q, k, v = make_kv(rng, n, n_q)
+    ks, vs = ctx.new_stores(n)
+    ctx.append_kv(0, ks, vs, np.arange(n), k, v)
+    wide = np.zeros((n_q, 2 * n), np.float32)
+    with pytest.raises(ValueError, match="contiguous along its cells"):
+        ctx.attend(0, q, ks, vs, mask=wide[:, ::2])
+    with pytest.raises(ValueError, match="must not overlap"):
+        ctx.attend(0, q, ks, vs, mask=np.broadcast_to(np.zeros(n, np.float32), (n_q, n)))
+    # A row stride wider than n_cells (a view of the first n columns) is fine, and equals a copy.
+    np.testing.assert_array_equal(ctx.attend(0, q, ks, vs, mask=wide[:, :n]),
+                                  ctx.attend(0, q, ks, vs, mask=np.zeros((n_q, n), np.float32)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import weakref
 from ctypes import c_int64, c_size_t, c_uint8
 from typing import Any, NamedTuple
 
@@ -76,6 +77,7 @@ class Context:
         self._lib.tq_context_new(ctypes.byref(p), ctypes.byref(handle))
         del arrays
         self._handle = handle
+        self._caches = weakref.WeakSet()  # live Caches made from this context (closed with it)
         self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim = (n_layers, n_heads,
                                                                        n_kv_heads, head_dim)
         self.dtype, self.backend, self.device = p.dtype, p.backend, device
@@ -100,8 +102,11 @@ class Context:
         return self._handle
 
     def close(self) -> None:
-        """Free the context (idempotent). Caches made from it must be closed first."""
+        """Free the context (idempotent). Caches made from it are closed first: using one afterwards
+        raises ValueError, as for any closed cache."""
         if getattr(self, "_handle", None):
+            for cache in list(getattr(self, "_caches", ())):
+                cache.close()
             self._lib.tq_context_free(self._handle)
             self._handle = ContextHandle()
 
@@ -350,6 +355,23 @@ class Context:
         self._lib.tq_context_state_load(self.handle, ptr(buf, c_uint8), buf.size)
 
 
+def _int_range(x: int, name: str, lo: int, hi: int) -> int:
+    """``x`` as an int in [lo, hi): ctypes would silently wrap a value outside its C type's range
+    (a sequence 2**32 would become sequence 0, 2**31 "every sequence")."""
+    x = int(x)
+    if not lo <= x < hi:
+        raise ValueError(f"{name} is {x}: must be in [{lo}, {hi})")
+    return x
+
+
+def _u32(x: int, name: str) -> int:
+    return _int_range(x, name, 0, 2**32)
+
+
+def _i64(x: int, name: str) -> int:
+    return _int_range(x, name, -2**63, 2**63)
+
+
 def _mask_arg(mask: Any, n_q: int, n_cells: int) -> tuple[TensorArg, int, int]:
     if isinstance(mask, np.ndarray):
         dtype = {np.dtype(np.float32): DTYPE_F32, np.dtype(np.float16): DTYPE_F16}.get(mask.dtype)
@@ -364,7 +386,14 @@ def _mask_arg(mask: Any, n_q: int, n_cells: int) -> tuple[TensorArg, int, int]:
     if arg.shape[1] < n_cells:
         raise ValueError(f"mask has {arg.shape[1]} columns, needs at least n_cells = {n_cells}")
     itemsize = 4 if dtype == DTYPE_F32 else 2
-    return arg, dtype, arg.byte_strides[0] // itemsize
+    row, col = arg.byte_strides
+    if arg.shape[1] > 1 and col != itemsize:
+        raise ValueError(f"mask must be contiguous along its cells (last dimension): its stride there "
+                         f"is {col} bytes, expected {itemsize}; pass numpy.ascontiguousarray(mask)")
+    if n_q > 1 and (row % itemsize or row // itemsize < n_cells):
+        raise ValueError(f"mask rows must not overlap: its row stride is {row} bytes, the {n_cells} "
+                         f"cells of a row need {n_cells * itemsize}; pass a copy (e.g. of a broadcast)")
+    return arg, dtype, row // itemsize
 
 
 class CacheMemoryUsage(NamedTuple):
@@ -393,13 +422,15 @@ class Cache:
         handle = CacheHandle()
         self._lib.tq_cache_new(context.handle, ctypes.byref(p), ctypes.byref(handle))
         self._handle = handle
+        context._caches.add(self)
         self.max_seqs, self.max_tokens = max_seqs, max_tokens
         self.residual_window, self.n_sink = p.residual_window, p.n_sink
 
     @property
     def handle(self):
         if not self._handle:
-            raise ValueError("the cache is closed")
+            raise ValueError("the cache is closed" if self.context._handle else
+                             "the cache is closed: its context was closed")
         return self._handle
 
     def close(self) -> None:
@@ -425,7 +456,8 @@ class Cache:
         va = ctx._tensor(v, "v", ctx.n_kv_heads, contiguous=True)
         if ka.shape[0] != va.shape[0]:
             raise ValueError(f"k has {ka.shape[0]} tokens but v has {va.shape[0]}")
-        self._lib.tq_cache_append(self.handle, layer, seq, ka.shape[0], ka.ptr, va.ptr, ka.stream)
+        self._lib.tq_cache_append(self.handle, layer, _u32(seq, "seq"), ka.shape[0], ka.ptr, va.ptr,
+                                  ka.stream)
 
     def attend(self, layer: int, seq: int, q: Any, *, scale: float | None = None,
                out: Any = None):
@@ -442,24 +474,27 @@ class Cache:
         if oa.shape[0] != n_q:
             raise ValueError(f"out has {oa.shape[0]} rows but q has {n_q}")
         scale = 1.0 / math.sqrt(ctx.head_dim) if scale is None else float(scale)
-        self._lib.tq_cache_attend(self.handle, layer, seq, qa.ptr, n_q, scale, oa.ptr, qa.stream)
+        self._lib.tq_cache_attend(self.handle, layer, _u32(seq, "seq"), qa.ptr, n_q, scale, oa.ptr,
+                                  qa.stream)
         return out
 
     def seq_len(self, seq: int) -> int:
         out = c_size_t()
-        self._lib.tq_cache_seq_len(self.handle, seq, ctypes.byref(out))
+        self._lib.tq_cache_seq_len(self.handle, _u32(seq, "seq"), ctypes.byref(out))
         return out.value
 
     def seq_rm(self, seq: int = -1, p0: int = -1, p1: int = -1) -> None:
         """Remove positions [p0, p1) of ``seq`` (seq < 0: every sequence; p0 < 0: from 0;
         p1 < 0: to the end)."""
-        self._lib.tq_cache_seq_rm(self.handle, seq, p0, p1)
+        seq = -1 if seq < 0 else _int_range(seq, "seq", 0, 2**31)
+        self._lib.tq_cache_seq_rm(self.handle, seq, _i64(p0, "p0"), _i64(p1, "p1"))
 
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
-        self._lib.tq_cache_seq_cp(self.handle, src, dst, p0, p1)
+        self._lib.tq_cache_seq_cp(self.handle, _u32(src, "src"), _u32(dst, "dst"), _i64(p0, "p0"),
+                                  _i64(p1, "p1"))
 
     def seq_keep(self, seq: int) -> None:
-        self._lib.tq_cache_seq_keep(self.handle, seq)
+        self._lib.tq_cache_seq_keep(self.handle, _u32(seq, "seq"))
 
     def clear(self) -> None:
         self._lib.tq_cache_clear(self.handle)
