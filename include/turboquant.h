@@ -50,7 +50,8 @@ typedef enum tq_status {
    */
   TQ_STATUS_OUT_OF_MEMORY = 6,
   /**
-   * A cache is full (max_tokens or max_seqs reached); nothing was changed.
+   * A cache sequence is full (max_tokens, or the 2^62 position limit, reached by an append or
+   * seq_cp); nothing was changed. A sequence id ≥ max_seqs is TQ_STATUS_INVALID_ARGUMENT.
    */
   TQ_STATUS_CAPACITY_EXCEEDED = 7,
   /**
@@ -686,7 +687,9 @@ enum tq_status tq_cache_memory_usage(const struct tq_cache *cache, struct tq_cac
 
 /**
  * Serialize the cache (versioned, parameter fingerprint, CRC-32). With `buf` NULL, only
- * `*written` = the size needed. Otherwise `size` must be at least that; `*written` = bytes written.
+ * `*written` = the size needed (computed, not serialised). Otherwise `size` must be at least that;
+ * `*written` = bytes written. A `size` too small fails with TQ_STATUS_INVALID_ARGUMENT and
+ * `*written` = the size needed, nothing written to `buf`.
  *
  * # Safety
  * `buf` is NULL or holds `size` writable bytes; `written` is writable.
@@ -756,7 +759,7 @@ void tq_context_free(struct tq_context *ctx);
 /**
  * Bytes per token per layer of a K row and of a V row (all kv heads): the engine allocates
  * n_cells × these for each layer's K and V store. Either output may be NULL. A context whose
- * per-layer bits differ between layers has no single row size: this fails with
+ * per-layer bits differ from bits_k / bits_v has no single row size: this fails with
  * TQ_STATUS_INVALID_ARGUMENT (use tq_context_layer_row_bytes()). Thread-safe.
  *
  * # Safety
@@ -779,7 +782,8 @@ enum tq_status tq_context_layer_row_bytes(const struct tq_context *ctx,
                                           size_t *v_row_bytes);
 
 /**
- * Size in bytes of the context's state (the centering means of every layer). Thread-safe.
+ * Size in bytes of the context's state (the centering means of every layer and, with key_outliers,
+ * the chosen outlier channels). Thread-safe.
  *
  * # Safety
  * `ctx` is NULL or live; `out` is NULL or writable.
@@ -787,16 +791,15 @@ enum tq_status tq_context_layer_row_bytes(const struct tq_context *ctx,
 enum tq_status tq_context_state_size(const struct tq_context *ctx, size_t *out);
 
 /**
- * Save the context's state (centering means; versioned, with a parameter fingerprint and a CRC-32) into `buf`
+ * Save the context's state (centering means and key-outlier channels; versioned, with a parameter
+ * fingerprint and a CRC-32) into `buf`
  * of `size` ≥ tq_context_state_size() bytes. An engine that saves its cache rows saves this too.
  * Not thread-safe with appends on the same context.
  *
  * # Safety
  * `ctx` is NULL or live; `buf` holds `size` writable bytes.
  */
-enum tq_status tq_context_state_save(const struct tq_context *ctx,
-                                     uint8_t *buf,
-                                     size_t size);
+enum tq_status tq_context_state_save(const struct tq_context *ctx, uint8_t *buf, size_t size);
 
 /**
  * Restore a state saved by tq_context_state_save() from a context with the same parameters.
@@ -1154,7 +1157,8 @@ enum tq_status tq_bf16_to_float(const uint16_t *bf16_in, size_t n, float *out);
  * NULL). Safe to call concurrently on one quantizer from several threads (with distinct outputs).
  *
  * # Safety
- * Buffers as described; outputs do not overlap inputs.
+ * Buffers as described. Outputs that overlap inputs (or each other) are refused with
+ * TQ_STATUS_INVALID_ARGUMENT.
  */
 enum tq_status tq_quantize(const struct tq_quantizer *q,
                            const float *x,
@@ -1168,7 +1172,7 @@ enum tq_status tq_quantize(const struct tq_quantizer *q,
  * n = 0 is a no-op. Safe to call concurrently on one quantizer (with distinct outputs).
  *
  * # Safety
- * Buffers as described; the output does not overlap the inputs.
+ * Buffers as described. An output that overlaps the inputs is refused with TQ_STATUS_INVALID_ARGUMENT.
  */
 enum tq_status tq_dequantize(const struct tq_quantizer *q,
                              const uint8_t *codes,
@@ -1179,7 +1183,8 @@ enum tq_status tq_dequantize(const struct tq_quantizer *q,
 /**
  * Estimate ⟨y, x̂_i⟩ for one query `y` (dim floats) against `n` quantized vectors, into `out`
  * (n floats). For PROD this is TurboQuant's unbiased estimator (MSE part plus the QJL correction);
- * for MSE it is ⟨y, x̂_i⟩ of the reconstruction. y must be finite. n = 0 is a no-op.
+ * for MSE it is ⟨y, x̂_i⟩ of the reconstruction. y must be non-NULL and finite, also when n = 0
+ * (which then writes nothing).
  * Safe to call concurrently on one quantizer (with distinct outputs).
  *
  * # Safety

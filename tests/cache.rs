@@ -429,3 +429,35 @@ fn token_counts_whose_bytes_overflow_are_refused() {
     assert_eq!(append(&c, 0, 0, &k, &v), tq_status::TQ_STATUS_OK, "{}", last_error());
     assert!(attend(&c, 0, 0, &q).iter().all(|x| x.is_finite()));
 }
+
+#[test]
+fn save_size_query_and_short_buffers_report_the_size_needed() {
+    // The size query is computed without serialising; it equals the bytes a save writes. A buffer one
+    // byte short is refused with `written` set to the size needed and the buffer untouched; the saved
+    // bytes load back into an equal cache.
+    let ctx = context(&ctx_params(true));
+    let c = cache(&ctx, 2, 64, 8, 2);
+    let mut rng = Rng::new(31);
+    for (seq, n) in [(0u32, 20usize), (1, 5)] {
+        let (k, v) = (rng.normals(n * NKV * D), rng.normals(n * NKV * D));
+        for layer in 0..LAYERS as u32 {
+            assert_eq!(append(&c, layer, seq, &k, &v), tq_status::TQ_STATUS_OK, "{}", last_error());
+        }
+    }
+    let mut need = 0usize;
+    assert_eq!(unsafe { tq_cache_save(c.0, std::ptr::null_mut(), 0, &mut need) }, tq_status::TQ_STATUS_OK);
+    let mut buf = vec![0x5Au8; need + 16];
+    let mut written = 0usize;
+    assert_eq!(unsafe { tq_cache_save(c.0, buf.as_mut_ptr().cast(), need - 1, &mut written) }, tq_status::TQ_STATUS_INVALID_ARGUMENT);
+    assert_eq!(written, need, "a short buffer reports the size needed");
+    assert!(buf.iter().all(|&b| b == 0x5A), "a refused save wrote into the buffer");
+    written = 0;
+    assert_eq!(unsafe { tq_cache_save(c.0, buf.as_mut_ptr().cast(), buf.len(), &mut written) }, tq_status::TQ_STATUS_OK, "{}", last_error());
+    assert_eq!(written, need, "the size query equals the bytes written");
+    assert!(buf[need..].iter().all(|&b| b == 0x5A), "nothing written past the saved bytes");
+    let other = cache(&ctx, 2, 64, 8, 2);
+    assert_eq!(unsafe { tq_cache_load(other.0, buf.as_ptr().cast(), written) }, tq_status::TQ_STATUS_OK, "{}", last_error());
+    let q = rng.normals(NH * D);
+    assert_eq!(attend(&other, 1, 0, &q), attend(&c, 1, 0, &q));
+    assert_eq!(seq_len(&other, 1), 5);
+}

@@ -14,7 +14,14 @@ need_cmd() { # command description debian-package [other way]
     debian+=("$3")
 }
 
-need_cmd cargo "Rust toolchain" cargo "https://rustup.rs (curl ... | sh), or apt-get install cargo"
+need_cmd cargo "Rust toolchain" cargo "https://rustup.rs (curl ... | sh), or apt-get install cargo (Debian trixie or newer)"
+# Cargo.toml's rust-version: an older cargo fails late, in the middle of the build.
+if command -v rustc >/dev/null 2>&1; then
+    rv=$(rustc --version 2>/dev/null | awk '{print $2}')
+    if [[ -n $rv ]] && ! printf '1.89.0\n%s\n' "${rv%%-*}" | sort -V -C; then
+        missing+=("Rust 1.89 or newer (\`rustc\` is $rv)|rustup update, or https://rustup.rs (older Debian releases ship an older cargo)")
+    fi
+fi
 need_cmd cc "C compiler" gcc
 need_cmd c++ "C++ compiler (llama.cpp)" g++
 need_cmd make "make" make
@@ -28,6 +35,11 @@ elif ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))'; then
 elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     missing+=("Python venv with pip (\`python3 -m venv\`)|apt-get install python3-venv")
     debian+=(python3-venv)
+fi
+# The test dependencies (numpy 2.4, torch 2.15, transformers 5.24: bindings/python/requirements-test.txt)
+# need Python 3.11.
+if [[ $what == test ]] && command -v python3 >/dev/null 2>&1 && ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    missing+=("Python 3.11 or newer for make test (\`python3\` is $(python3 -V 2>&1); the test packages need it)|apt-get install python3 (Debian bookworm or newer)")
 fi
 if [[ $what == test ]] && ! command -v go >/dev/null 2>&1 && [[ $EUID -ne 0 ]]; then
     missing+=("Go 1.19 or newer (\`go\`, for bindings/go; installed automatically only as root)|apt-get install golang-go")

@@ -363,7 +363,7 @@ type ContextParams struct {
 	KeyMode                            KeyMode
 	NThreads                           int // 0 = all cores
 	Seed                               uint64
-	Centering                          bool // key centering (the default)
+	Centering                          bool // key centering (on in DefaultContextParams; a zero ContextParams has it off)
 	CenterValues                       bool // with Centering: center V too (off by default)
 	KeyOutliers                        int  // channels per key head at BitsK+1 (0 = off; tq_context_params.key_outliers)
 }
@@ -578,7 +578,7 @@ func (c *Context) DequantizeRows(layer int, store []byte, values bool) ([]float3
 	return out, nil
 }
 
-// StateSave returns the context's state (centering means).
+// StateSave returns the context's state (centering means and key-outlier channels).
 func (c *Context) StateSave() ([]byte, error) {
 	if err := c.live("tq_context_state_save"); err != nil {
 		return nil, err

@@ -15,7 +15,7 @@ pub fn new_state(codec: &Codec, p: CacheParams) -> Result<OwnedCache> {
     codec.backend().require(Op::OwnedCache)?;
     if !codec.kv().uniform_bits() {
         return Err(Error::unsupported(
-            "ctx has per-layer bits that differ between layers: the owned cache stores one row size for every layer (use slot mode)",
+            "ctx has per-layer bits other than bits_k / bits_v: the owned cache stores one row size for every layer (use slot mode)",
         ));
     }
     if codec.kv().config.key_outliers > 0 {

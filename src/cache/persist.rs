@@ -40,8 +40,40 @@ fn header_fields(codec: &KvCodec, p: &CacheParams) -> [u32; 9] {
     ]
 }
 
-pub fn save(cache: &OwnedCache, codec: &KvCodec) -> Vec<u8> {
+/// The length of `save`'s output, computed without serialising (a size query of a large cache costs
+/// no copy of it).
+pub fn saved_len(cache: &OwnedCache, codec: &KvCodec) -> usize {
+    let mut n = MAGIC.len() + 4 + 8 + 4 * header_fields(codec, &cache.params).len();
+    for m in &cache.means {
+        n += 1 + m.as_ref().map_or(0, |m| 4 * (m.k.len() + m.v.len()));
+    }
+    for s in 0..cache.seqs.len() {
+        for l in (0..codec.config.n_layers).map(|l| cache.layer(s, l)) {
+            n += 4 + 8 * l.comp_pos.len() + l.comp_k.len() + l.comp_v.len();
+            n += 4 + 8 * l.full_pos.len() + 4 * (l.full_k.len() + l.full_v.len());
+        }
+    }
+    n + 4
+}
+
+/// `save` into a buffer reserved up front: a cache too large for the memory left is refused with
+/// OUT_OF_MEMORY instead of aborting the process.
+pub fn save_checked(cache: &OwnedCache, codec: &KvCodec) -> crate::error::Result<Vec<u8>> {
+    let len = saved_len(cache, codec);
     let mut out = Vec::new();
+    crate::codec::limits::reserved(out.try_reserve_exact(len), || format!("cannot allocate the {len} bytes of the saved cache"))?;
+    save_into(cache, codec, &mut out);
+    debug_assert_eq!(out.len(), len);
+    Ok(out)
+}
+
+pub fn save(cache: &OwnedCache, codec: &KvCodec) -> Vec<u8> {
+    let mut out = Vec::with_capacity(saved_len(cache, codec));
+    save_into(cache, codec, &mut out);
+    out
+}
+
+fn save_into(cache: &OwnedCache, codec: &KvCodec, out: &mut Vec<u8>) {
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&codec.fingerprint().to_le_bytes());
@@ -68,9 +100,8 @@ pub fn save(cache: &OwnedCache, codec: &KvCodec) -> Vec<u8> {
             l.full_k.iter().chain(&l.full_v).for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
         }
     }
-    let crc = crc32fast::hash(&out);
+    let crc = crc32fast::hash(out);
     out.extend_from_slice(&crc.to_le_bytes());
-    out
 }
 
 struct Reader<'a> {

@@ -523,7 +523,7 @@ impl Codec {
     }
 
     /// As `new`, with per-layer (bits_k, bits_v) (`KvCodec::with_layer_bits`). The CUDA backend
-    /// compiles one bit width per context and refuses widths that differ between layers.
+    /// compiles one bit width per context and refuses layer widths other than bits_k / bits_v.
     pub fn with_layer_bits(
         config: KvConfig,
         layer_bits: Option<&[(u32, u32)]>,
@@ -533,7 +533,7 @@ impl Codec {
         let kv = KvCodec::with_layer_bits(config, layer_bits).map_err(|m| Error::new(ErrorKind::Unsupported, m))?;
         if !kv.uniform_bits() && matches!(backend, BackendChoice::Cuda { .. }) {
             return Err(Error::unsupported(
-                "per-layer bits that differ between layers: the CUDA backend compiles one K and one V width per context",
+                "per-layer bits other than bits_k / bits_v: the CUDA backend compiles one K and one V width per context",
             ));
         }
         if config.key_outliers > 0 && matches!(backend, BackendChoice::Cuda { .. }) {
@@ -618,6 +618,8 @@ impl Codec {
         if let Exec::Part { .. } = exec {
             self.backend.require(Op::AppendPart)?;
         }
+        // The layer is checked even for an empty call (as every other entry point does).
+        request::check_layer(&self.kv, a.layer)?;
         if a.n_tokens == 0 {
             return Ok(());
         }
@@ -650,6 +652,7 @@ impl Codec {
         if batch {
             self.backend.require(Op::AttendBatch)?;
         }
+        request::check_layer(&self.kv, a.layer)?;
         if a.n_q == 0 || a.n_seqs == 0 {
             return Ok(());
         }

@@ -274,7 +274,9 @@ pub unsafe extern "C" fn tq_cache_memory_usage(cache: *const tq_cache, out: *mut
 }
 
 /// Serialize the cache (versioned, parameter fingerprint, CRC-32). With `buf` NULL, only
-/// `*written` = the size needed. Otherwise `size` must be at least that; `*written` = bytes written.
+/// `*written` = the size needed (computed, not serialised). Otherwise `size` must be at least that;
+/// `*written` = bytes written. A `size` too small fails with TQ_STATUS_INVALID_ARGUMENT and
+/// `*written` = the size needed, nothing written to `buf`.
 ///
 /// # Safety
 /// `buf` is NULL or holds `size` writable bytes; `written` is writable.
@@ -284,17 +286,19 @@ pub unsafe extern "C" fn tq_cache_save(cache: *const tq_cache, buf: *mut c_void,
         if written.is_null() {
             return Err(Error::null("written"));
         }
-        let bytes = persist::save(&c.inner, codec.kv());
-        if !buf.is_null() {
-            if size < bytes.len() {
-                return Err(Error::invalid(format!("size is {size}: the saved cache needs {} bytes", bytes.len())));
-            }
-            // SAFETY: the caller guarantees `buf` holds `size` ≥ bytes.len() writable bytes.
-            let out = unsafe { error::slice_mut(buf.cast::<u8>(), bytes.len(), "buf") }?;
-            out.copy_from_slice(&bytes);
-        }
+        let need = persist::saved_len(&c.inner, codec.kv());
         // SAFETY: `written` is non-NULL (checked) and writable (the caller's contract).
-        unsafe { written.write(bytes.len()) };
+        unsafe { written.write(need) };
+        if buf.is_null() {
+            return Ok(());
+        }
+        if size < need {
+            return Err(Error::invalid(format!("size is {size}: the saved cache needs {need} bytes (written holds that size)")));
+        }
+        let bytes = persist::save_checked(&c.inner, codec.kv())?;
+        // SAFETY: the caller guarantees `buf` holds `size` ≥ bytes.len() writable bytes.
+        let out = unsafe { error::slice_mut(buf.cast::<u8>(), bytes.len(), "buf") }?;
+        out.copy_from_slice(&bytes);
         Ok(())
     })
 }
@@ -335,7 +339,7 @@ fn path_arg(path: *const c_char) -> Result<std::path::PathBuf> {
 pub unsafe extern "C" fn tq_cache_save_file(cache: *const tq_cache, path: *const c_char) -> tq_status {
     cache_call(cache, |c, codec| {
         let path = path_arg(path)?;
-        let bytes = persist::save(&c.inner, codec.kv());
+        let bytes = persist::save_checked(&c.inner, codec.kv())?;
         persist::write_file(&path, &bytes)
     })
 }

@@ -329,7 +329,7 @@ pub(crate) fn context_call(ctx: *const tq_context, body: impl FnOnce(&tq_context
 
 /// Bytes per token per layer of a K row and of a V row (all kv heads): the engine allocates
 /// n_cells × these for each layer's K and V store. Either output may be NULL. A context whose
-/// per-layer bits differ between layers has no single row size: this fails with
+/// per-layer bits differ from bits_k / bits_v has no single row size: this fails with
 /// TQ_STATUS_INVALID_ARGUMENT (use tq_context_layer_row_bytes()). Thread-safe.
 ///
 /// # Safety
@@ -339,7 +339,7 @@ pub unsafe extern "C" fn tq_context_row_bytes(ctx: *const tq_context, k_row_byte
     context_call(ctx, |c| {
         if !c.codec.kv().uniform_bits() {
             return Err(Error::invalid(
-                "ctx has per-layer bits that differ between layers: its rows have per-layer sizes (tq_context_layer_row_bytes)",
+                "ctx has per-layer bits other than bits_k / bits_v: its rows have per-layer sizes (tq_context_layer_row_bytes)",
             ));
         }
         // SAFETY: the caller's guarantee for the outputs.
@@ -381,7 +381,8 @@ unsafe fn write_row_bytes((kr, vr): (usize, usize), k_row_bytes: *mut usize, v_r
     Ok(())
 }
 
-/// Size in bytes of the context's state (the centering means of every layer). Thread-safe.
+/// Size in bytes of the context's state (the centering means of every layer and, with key_outliers,
+/// the chosen outlier channels). Thread-safe.
 ///
 /// # Safety
 /// `ctx` is NULL or live; `out` is NULL or writable.
@@ -391,7 +392,8 @@ pub unsafe extern "C" fn tq_context_state_size(ctx: *const tq_context, out: *mut
     context_call(ctx, |c| unsafe { write_out(out, c.codec.state_len(), "out") })
 }
 
-/// Save the context's state (centering means; versioned, with a parameter fingerprint and a CRC-32) into `buf`
+/// Save the context's state (centering means and key-outlier channels; versioned, with a parameter
+/// fingerprint and a CRC-32) into `buf`
 /// of `size` ≥ tq_context_state_size() bytes. An engine that saves its cache rows saves this too.
 /// Not thread-safe with appends on the same context.
 ///
@@ -443,8 +445,9 @@ pub struct tq_strides {
 /// # Safety
 /// `s` is NULL or points to a tq_strides.
 pub(crate) unsafe fn strides_arg(s: *const tq_strides) -> Option<Strides> {
-    // SAFETY: the caller guarantees `s` is NULL or valid.
-    unsafe { s.as_ref() }.map(|st| Strides { token: st.token, head: st.head })
+    // SAFETY: the caller guarantees `s` is NULL or points to a tq_strides; read unaligned, so a
+    // pointer into a packed or byte buffer is fine too.
+    (!s.is_null()).then(|| unsafe { s.read_unaligned() }).map(|st| Strides { token: st.token, head: st.head })
 }
 
 /// The raw append of tq_append_kv / tq_append_kv_part.

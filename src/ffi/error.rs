@@ -15,19 +15,31 @@ thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
+/// Record `message` as this thread's last error. A thread whose thread-local storage is already torn
+/// down (a call from a C++ thread_local destructor) keeps no message: its status still tells the
+/// failure, and nothing panics across the C boundary.
 pub fn set_last_error(message: &str) {
     let c = CString::new(message.replace('\0', " ")).unwrap_or_default();
-    LAST_ERROR.with(|slot| *slot.borrow_mut() = c);
+    let _ = LAST_ERROR.try_with(|slot| {
+        if let Ok(mut m) = slot.try_borrow_mut() {
+            *m = c;
+        }
+    });
 }
+
+/// What `tq_last_error_message` returns where the thread's message is gone (thread exit).
+const NO_MESSAGE: &CStr = c"(no message: this thread's storage is being torn down)";
 
 /// This thread's last error message, as a String.
 pub fn last_error_string() -> String {
-    LAST_ERROR.with(|slot| slot.borrow().to_string_lossy().into_owned())
+    LAST_ERROR
+        .try_with(|slot| slot.try_borrow().map(|m| m.to_string_lossy().into_owned()).unwrap_or_default())
+        .unwrap_or_else(|_| NO_MESSAGE.to_string_lossy().into_owned())
 }
 
 /// Pointer to this thread's last error message (valid until this thread's next failing call).
 pub fn last_error_ptr() -> *const libc::c_char {
-    LAST_ERROR.with(|slot| slot.borrow().as_ptr())
+    LAST_ERROR.try_with(|slot| slot.try_borrow().map(|m| m.as_ptr()).unwrap_or(NO_MESSAGE.as_ptr())).unwrap_or(NO_MESSAGE.as_ptr())
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -220,6 +232,16 @@ pub unsafe fn write_out<T>(ptr: *mut T, value: T, arg: &str) -> Result<()> {
 }
 
 /// `a · b`, failing with a message naming `what` on overflow.
+/// Two caller buffers of `a_bytes` and `b_bytes` bytes must not share a byte (an output written while
+/// an input is read, or two outputs): checked on the addresses before any slice is formed.
+pub fn check_disjoint(a: *const u8, a_bytes: usize, a_name: &str, b: *const u8, b_bytes: usize, b_name: &str) -> Result<()> {
+    let (a0, b0) = (a as usize, b as usize);
+    if a_bytes > 0 && b_bytes > 0 && a0 < b0.saturating_add(b_bytes) && b0 < a0.saturating_add(a_bytes) {
+        return Err(Error::invalid(format!("{a_name} and {b_name} overlap: they must be distinct buffers")));
+    }
+    Ok(())
+}
+
 pub fn checked_len(a: usize, b: usize, what: &str) -> Result<usize> {
     a.checked_mul(b).ok_or_else(|| Error::invalid(format!("{what}: size overflows")))
 }

@@ -1,7 +1,7 @@
 //! C API of the standalone vector quantizer (`tq_quantizer`): TurboQuant MSE and PROD over arrays of
 //! vectors in host memory.
 
-use super::error::{self, Error, Result, boundary, borrow, check_finite, checked_len, slice, slice_mut, write_out};
+use super::error::{self, Error, Result, boundary, borrow, check_disjoint, check_finite, checked_len, slice, slice_mut, write_out};
 use super::{TQ_ABI_VERSION, tq_quantizer_kind, tq_rotation, tq_status};
 use crate::math::quantizer::{Quantizer, QuantizerConfig, QuantizerKind};
 use crate::math::rotation::RotationKind;
@@ -186,6 +186,7 @@ pub unsafe extern "C" fn tq_quantizer_expected_mse(q: *const tq_quantizer, out: 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_bf16_to_float(bf16_in: *const u16, n: usize, out: *mut f32) -> tq_status {
     boundary(|| {
+        check_disjoint(bf16_in.cast(), n.saturating_mul(2), "bf16_in", out.cast(), n.saturating_mul(4), "out")?;
         // SAFETY: the caller guarantees the array holds the stated number of elements.
         let input = unsafe { slice(bf16_in, n, "bf16_in") }?;
         // SAFETY: the caller guarantees the array holds the stated number of elements.
@@ -204,7 +205,8 @@ pub unsafe extern "C" fn tq_bf16_to_float(bf16_in: *const u16, n: usize, out: *m
 /// NULL). Safe to call concurrently on one quantizer from several threads (with distinct outputs).
 ///
 /// # Safety
-/// Buffers as described; outputs do not overlap inputs.
+/// Buffers as described. Outputs that overlap inputs (or each other) are refused with
+/// TQ_STATUS_INVALID_ARGUMENT.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_quantize(
     q: *const tq_quantizer,
@@ -218,6 +220,10 @@ pub unsafe extern "C" fn tq_quantize(
         let q = unsafe { borrow(q, "q") }?;
         let quant = &q.inner;
         let (d, cb, sc) = (quant.dim(), quant.code_bytes(), quant.scale_count());
+        let (xn, cn, sn) = (checked_len(n, d, "x")?, checked_len(n, cb, "codes_out")?, checked_len(n, sc, "scales_out")?);
+        check_disjoint(x.cast(), xn.saturating_mul(4), "x", codes_out, cn, "codes_out")?;
+        check_disjoint(x.cast(), xn.saturating_mul(4), "x", scales_out.cast(), sn.saturating_mul(2), "scales_out")?;
+        check_disjoint(codes_out, cn, "codes_out", scales_out.cast(), sn.saturating_mul(2), "scales_out")?;
         // SAFETY: the caller guarantees the array holds the stated number of elements.
         let x = unsafe { slice(x, checked_len(n, d, "x")?, "x") }?;
         // SAFETY: the caller guarantees the array holds the stated number of elements.
@@ -254,7 +260,7 @@ fn check_scales(scales: &[u16], arg: &str) -> Result<()> {
 /// n = 0 is a no-op. Safe to call concurrently on one quantizer (with distinct outputs).
 ///
 /// # Safety
-/// Buffers as described; the output does not overlap the inputs.
+/// Buffers as described. An output that overlaps the inputs is refused with TQ_STATUS_INVALID_ARGUMENT.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tq_dequantize(
     q: *const tq_quantizer,
@@ -268,6 +274,9 @@ pub unsafe extern "C" fn tq_dequantize(
         let q = unsafe { borrow(q, "q") }?;
         let quant = &q.inner;
         let (d, cb, sc) = (quant.dim(), quant.code_bytes(), quant.scale_count());
+        let (cn, sn, xn) = (checked_len(n, cb, "codes")?, checked_len(n, sc, "scales")?, checked_len(n, d, "x_out")?);
+        check_disjoint(x_out.cast(), xn.saturating_mul(4), "x_out", codes, cn, "codes")?;
+        check_disjoint(x_out.cast(), xn.saturating_mul(4), "x_out", scales.cast(), sn.saturating_mul(2), "scales")?;
         // SAFETY: the caller guarantees the array holds the stated number of elements.
         let codes = unsafe { slice(codes, checked_len(n, cb, "codes")?, "codes") }?;
         // SAFETY: the caller guarantees the array holds the stated number of elements.
@@ -290,7 +299,8 @@ pub unsafe extern "C" fn tq_dequantize(
 
 /// Estimate ⟨y, x̂_i⟩ for one query `y` (dim floats) against `n` quantized vectors, into `out`
 /// (n floats). For PROD this is TurboQuant's unbiased estimator (MSE part plus the QJL correction);
-/// for MSE it is ⟨y, x̂_i⟩ of the reconstruction. y must be finite. n = 0 is a no-op.
+/// for MSE it is ⟨y, x̂_i⟩ of the reconstruction. y must be non-NULL and finite, also when n = 0
+/// (which then writes nothing).
 /// Safe to call concurrently on one quantizer (with distinct outputs).
 ///
 /// # Safety

@@ -19,7 +19,8 @@ pub enum tq_status {
     TQ_STATUS_NON_FINITE = 5,
     /// An allocation failed.
     TQ_STATUS_OUT_OF_MEMORY = 6,
-    /// A cache is full (max_tokens or max_seqs reached); nothing was changed.
+    /// A cache sequence is full (max_tokens, or the 2^62 position limit, reached by an append or
+    /// seq_cp); nothing was changed. A sequence id ≥ max_seqs is TQ_STATUS_INVALID_ARGUMENT.
     TQ_STATUS_CAPACITY_EXCEEDED = 7,
     /// The requested backend is not compiled in or not present on this machine.
     TQ_STATUS_BACKEND_UNAVAILABLE = 8,

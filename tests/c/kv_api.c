@@ -103,6 +103,9 @@ static void test_context(void) {
     EXPECT_ERR(tq_append_kv(ctx, 0, ks, vs, CELLS, slots, CELLS, k, NULL, v, NULL, NULL), TQ_STATUS_NON_FINITE, "k[token 0, head 1, element 8]");
     k[40] = saved;
     EXPECT_OK(tq_append_kv(ctx, 0, ks, vs, CELLS, slots, 0, NULL, NULL, NULL, NULL, NULL)); /* n = 0: no-op */
+    /* ... but not for a layer the context lacks (as every other entry point). */
+    EXPECT_ERR(tq_append_kv(ctx, 2, ks, vs, CELLS, slots, 0, NULL, NULL, NULL, NULL, NULL), TQ_STATUS_INVALID_ARGUMENT, "layer");
+    EXPECT_ERR(tq_attend(ctx, 2, NULL, 0, NULL, ks, vs, CELLS, NULL, 0, 0, 1.0f, NULL, NULL, NULL), TQ_STATUS_INVALID_ARGUMENT, "layer");
     EXPECT_OK(tq_append_kv(ctx, 0, ks, vs, CELLS, slots, CELLS, k, NULL, v, NULL, NULL));
 
     float mask[2 * CELLS];

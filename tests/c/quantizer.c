@@ -160,6 +160,10 @@ static void test_bf16_to_float(void) {
     CHECK_STATUS(tq_bf16_to_float(NULL, 0, NULL), TQ_STATUS_OK);
     CHECK_FAILS(tq_bf16_to_float(NULL, 4, out), TQ_STATUS_NULL_POINTER, "bf16_in");
     CHECK_FAILS(tq_bf16_to_float(in, 4, NULL), TQ_STATUS_NULL_POINTER, "out");
+    /* In place (the f32 writes would overwrite inputs not yet read): refused, nothing written. */
+    union { uint16_t h[8]; float f[4]; } buf = {{0x3f80, 0xc000, 0x0000, 0x4049, 0, 0, 0, 0}};
+    CHECK_FAILS(tq_bf16_to_float(buf.h, 4, buf.f), TQ_STATUS_INVALID_ARGUMENT, "overlap");
+    CHECK(buf.h[0] == 0x3f80 && buf.h[3] == 0x4049);
 }
 
 /* Round trip at (dim, bits, rotation): the mean normalised error over n vectors is near the exact value. */
@@ -223,6 +227,10 @@ static void test_quantize_arguments(void) {
     CHECK_FAILS(tq_quantize(q, NULL, N, codes, scales), TQ_STATUS_NULL_POINTER, "x");
     CHECK_FAILS(tq_quantize(q, x, N, NULL, scales), TQ_STATUS_NULL_POINTER, "codes_out");
     CHECK_FAILS(tq_quantize(q, x, N, codes, NULL), TQ_STATUS_NULL_POINTER, "scales_out");
+    /* Outputs inside the input, or inside each other: refused. */
+    CHECK_FAILS(tq_quantize(q, x, N, (uint8_t *)x, scales), TQ_STATUS_INVALID_ARGUMENT, "overlap");
+    CHECK_FAILS(tq_quantize(q, x, N, codes, (uint16_t *)(codes + 8)), TQ_STATUS_INVALID_ARGUMENT, "overlap");
+    CHECK_FAILS(tq_dequantize(q, codes, scales, N, (float *)codes), TQ_STATUS_INVALID_ARGUMENT, "overlap");
     /* n = 0 is a no-op, whatever the buffers. */
     CHECK_STATUS(tq_quantize(q, NULL, 0, NULL, NULL), TQ_STATUS_OK);
     CHECK_STATUS(tq_dequantize(q, NULL, NULL, 0, NULL), TQ_STATUS_OK);

@@ -34,7 +34,7 @@ class Context:
     ``backend`` "cpu" (numpy arrays / CPU tensors) or "cuda" (CUDA torch tensors on ``device``).
     ``centering`` (key centering) is on by default; ``center_values`` centers V too (off by default).
     ``layer_bits_k`` / ``layer_bits_v``: per-layer bits (a sequence of ``n_layers`` values each, or None
-    for ``bits_k`` / ``bits_v`` everywhere; CPU slot mode only when they differ between layers), e.g.
+    for ``bits_k`` / ``bits_v`` everywhere; CPU slot mode only when a layer differs from them), e.g.
     more bits for the first and last layers. Row sizes then differ by layer: :meth:`row_bytes`.
     ``key_outliers``: fractional key widths (TurboQuant §4.3) — per kv head that many channels of
     largest energy (chosen from each layer's first append) at ``bits_k + 1``, the rest at ``bits_k``,
@@ -342,7 +342,7 @@ class Context:
     # -- state ------------------------------------------------------------------------------------
 
     def state_save(self) -> bytes:
-        """The context's state (centering means) as bytes."""
+        """The context's state (centering means and key-outlier channels) as bytes."""
         size = c_size_t()
         self._lib.tq_context_state_size(self.handle, ctypes.byref(size))
         buf = np.empty(size.value, np.uint8)
