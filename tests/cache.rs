@@ -308,6 +308,14 @@ fn save_load_round_trips_and_rejects_bad_data() {
     let c3 = cache(&ctx, 3, 512, 16, 4);
     assert_eq!(unsafe { tq_cache_load(c3.0, bytes.as_ptr().cast(), bytes.len()) }, tq_status::TQ_STATUS_INCOMPATIBLE);
     assert!(last_error().contains("residual_window"), "{}", last_error());
+    // A context with another layer count: the message names it (and the seed-only difference above
+    // keeps the general one).
+    let mut p4 = ctx_params(true);
+    p4.n_layers = LAYERS + 1;
+    let ctx4 = context(&p4);
+    let c4 = cache(&ctx4, 3, 512, 32, 4);
+    assert_eq!(unsafe { tq_cache_load(c4.0, bytes.as_ptr().cast(), bytes.len()) }, tq_status::TQ_STATUS_INCOMPATIBLE);
+    assert!(last_error().contains("saved n_layers is 2, this cache has 3"), "{}", last_error());
 }
 
 #[test]

@@ -479,6 +479,9 @@ func (c *Context) AppendKV(layer int, kStore, vStore []byte, slots []int64, k, v
 	if len(k) != n*row || len(v) != n*row {
 		return argError(fn, "len(k) = %d and len(v) = %d, expected %d for %d tokens", len(k), len(v), n*row, n)
 	}
+	if n > 0 && nCells == 0 {
+		return argError(fn, "kStore and vStore are empty: no cells to write %d tokens into", n)
+	}
 	var slotPtr *C.int64_t
 	if n > 0 {
 		slotPtr = (*C.int64_t)(unsafe.Pointer(&slots[0]))

@@ -161,11 +161,7 @@ pub fn load(bytes: &[u8], codec: &KvCodec, params: &CacheParams) -> Result<Owned
         )));
     }
     let fp = u64::from_le_bytes(r.take(8, "fingerprint")?.try_into().unwrap());
-    if fp != codec.fingerprint() {
-        return Err(LoadError::Incompatible(
-            "the cache was saved by a context with different parameters (layers, heads, head_dim, bits, rotation, key mode, seed or centering)".into(),
-        ));
-    }
+    // The header's fields name a parameter that differs; the fingerprint covers the rest.
     let want = header_fields(codec, params);
     for (i, &w) in want.iter().enumerate() {
         let got = r.u32("header")?;
@@ -173,6 +169,13 @@ pub fn load(bytes: &[u8], codec: &KvCodec, params: &CacheParams) -> Result<Owned
             const NAMES: [&str; 9] = ["max_seqs", "max_tokens", "residual_window", "n_sink", "n_layers", "n_kv_heads", "head_dim", "k_row_bytes", "v_row_bytes"];
             return Err(LoadError::Incompatible(format!("saved {} is {got}, this cache has {w}", NAMES[i])));
         }
+    }
+    if fp != codec.fingerprint() {
+        return Err(LoadError::Incompatible(
+            "the cache was saved by a context with different parameters (n_heads, bits, rotation, key mode, seed, centering, \
+             key outliers or per-layer bits: its layers, kv heads, head_dim and row sizes agree)"
+                .into(),
+        ));
     }
     let hd = codec.config.n_kv_heads * codec.config.head_dim;
     let (kr, vr) = (codec.k_layout.row_bytes(), codec.v_layout.row_bytes());
