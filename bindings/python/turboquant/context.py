@@ -103,7 +103,8 @@ class Context:
 
     def close(self) -> None:
         """Free the context (idempotent). Caches made from it are closed first: using one afterwards
-        raises ValueError, as for any closed cache."""
+        raises ValueError, as for any closed cache. Calls release the GIL: do not close a context
+        (or its caches) while another thread is inside a call on it."""
         if getattr(self, "_handle", None):
             for cache in list(getattr(self, "_caches", ())):
                 cache.close()
@@ -434,7 +435,7 @@ class Cache:
         return self._handle
 
     def close(self) -> None:
-        """Free the cache (idempotent)."""
+        """Free the cache (idempotent); not while another thread is inside a call on it."""
         if getattr(self, "_handle", None):
             self._lib.tq_cache_free(self._handle)
             self._handle = CacheHandle()
