@@ -462,6 +462,23 @@ fn inner_product_agrees_with_the_reconstruction() {
     }
 }
 
+/// The unnormalised Walsh–Hadamard transform in place, butterflies of span 1, 2, 4, … (the contract's
+/// order of operations; `v.len()` a power of two).
+fn contract_fwht<T: Copy + std::ops::Add<Output = T> + std::ops::Sub<Output = T>>(v: &mut [T]) {
+    let d = v.len();
+    let mut h = 1;
+    while h < d {
+        for start in (0..d).step_by(2 * h) {
+            for i in start..start + h {
+                let (a, b) = (v[i], v[i + h]);
+                v[i] = a + b;
+                v[i + h] = a - b;
+            }
+        }
+        h *= 2;
+    }
+}
+
 /// The row-format contract of one MSE-encoded vector, written out from its definition (scalar, no
 /// library code except the rotation's parameters and the codebook's f32 boundaries): every ISA must
 /// produce exactly these bytes.
@@ -485,17 +502,7 @@ fn contract_encode(q: &turboquant::math::quantizer::MseQuantizer, x: &[f32]) -> 
         RotationKind::Hadamard => {
             let (s1, s2) = q.rotation().hadamard_signs();
             let mut v: Vec<f32> = u.iter().zip(s1).map(|(a, b)| a * b).collect();
-            let mut h = 1;
-            while h < d {
-                for start in (0..d).step_by(2 * h) {
-                    for i in start..start + h {
-                        let (a, b) = (v[i], v[i + h]);
-                        v[i] = a + b;
-                        v[i + h] = a - b;
-                    }
-                }
-                h *= 2;
-            }
+            contract_fwht(&mut v);
             v.iter().zip(s2).map(|(a, b)| a * b).collect()
         }
         RotationKind::Dense => {
@@ -580,17 +587,7 @@ fn contract_decode(q: &turboquant::math::quantizer::MseQuantizer, codes: &[u8], 
         RotationKind::Hadamard => {
             let (s1, s2) = q.rotation().hadamard_signs();
             let mut v: Vec<f64> = y.iter().zip(s2).map(|(a, &b)| a * b as f64).collect();
-            let mut h = 1;
-            while h < d {
-                for start in (0..d).step_by(2 * h) {
-                    for i in start..start + h {
-                        let (a, b) = (v[i], v[i + h]);
-                        v[i] = a + b;
-                        v[i + h] = a - b;
-                    }
-                }
-                h *= 2;
-            }
+            contract_fwht(&mut v);
             v.iter().zip(s1).map(|(a, &b)| a * b as f64).collect()
         }
         RotationKind::Dense => {
