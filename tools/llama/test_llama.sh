@@ -86,6 +86,13 @@ fi
 grep -q "configure the TurboQuant KV cache, and this context's cache is not one" "$W/badwindow.log" \
   || { echo "test-llama: FAIL: no message for --tq-window with the f16 cache"; tail -5 "$W/badwindow.log"; exit 1; }
 echo "tq-window with the f16 cache: refused"
+# an environment mode that is not 0, 1 or 2: refused naming the variable (atoi read "on" as 0)
+if LLAMA_TQ_CENTERING=on "${PPL[@]}" --chunks 1 -ctk tq4 -ctv tq4 > "$W/badenv.log" 2>&1; then
+  echo "test-llama: FAIL: LLAMA_TQ_CENTERING=on was accepted"; exit 1
+fi
+grep -q "LLAMA_TQ_CENTERING='on': expected 0, 1 or 2" "$W/badenv.log" \
+  || { echo "test-llama: FAIL: no message for LLAMA_TQ_CENTERING=on"; tail -5 "$W/badenv.log"; exit 1; }
+echo "LLAMA_TQ_CENTERING=on: refused"
 # key outlier channels (patch 8): K3 with 32 of SmolLM2's 64 channels per key head at 4 bits costs
 # (32*4 + 32*3)/64 + 2*16/64 = 4.000 bits per K element (two bf16 scales per head). The extra bit on the loudest
 # channels must lower the KL divergence below the unsplit K3/V4's; channels mixed up between the rows and the
