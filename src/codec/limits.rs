@@ -81,6 +81,17 @@ pub fn check_disjoint_output(s: Strides, seq_stride: usize, n_seqs: usize, n: us
     Ok(())
 }
 
+/// Two caller buffers of `a_bytes` and `b_bytes` bytes must not share a byte (an output written while
+/// an input is read, or two outputs written by different threads): checked on the addresses, before
+/// any slice of them is formed.
+pub fn check_disjoint(a: *const u8, a_bytes: usize, a_name: &str, b: *const u8, b_bytes: usize, b_name: &str) -> Result<()> {
+    let (a0, b0) = (a as usize, b as usize);
+    if a_bytes > 0 && b_bytes > 0 && a0 < b0.saturating_add(b_bytes) && b0 < a0.saturating_add(a_bytes) {
+        return Err(Error::invalid(format!("{a_name} and {b_name} overlap ({a_bytes} and {b_bytes} bytes): they must be distinct buffers")));
+    }
+    Ok(())
+}
+
 /// A store of `n_cells` rows of `row_bytes`: its size must fit in isize (cell offsets never wrap).
 pub fn check_store(n_cells: usize, row_bytes: usize, arg: &str) -> Result<()> {
     match n_cells.checked_mul(row_bytes) {
@@ -129,10 +140,13 @@ pub fn reserved(r: std::result::Result<(), std::collections::TryReserveError>, w
 /// not a power of two, whatever the head's rotation (`outliers::part_rotation`).
 pub fn check_dense_cost(n_layers: usize, head_dim: usize, rotation: RotationKind, key_outliers: usize) -> Result<()> {
     let cube = |d: usize| (d as u128).pow(3);
-    let dense = |d: usize| rotation == RotationKind::Dense || !d.is_power_of_two();
     let v = if rotation == RotationKind::Dense { cube(head_dim) } else { 0 };
     let k = if key_outliers > 0 {
-        [key_outliers, head_dim - key_outliers].into_iter().filter(|&d| dense(d)).map(cube).sum()
+        [key_outliers, head_dim - key_outliers]
+            .into_iter()
+            .filter(|&d| super::outliers::part_rotation(rotation, d) == RotationKind::Dense)
+            .map(cube)
+            .sum()
     } else if rotation == RotationKind::Dense {
         cube(head_dim)
     } else {

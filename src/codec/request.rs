@@ -205,15 +205,7 @@ impl AppendRequest {
         limits::check_store(a.n_cells, v_row_bytes, "v_store")?;
         // The K and V rows of a token are written at once (by different threads for different tokens):
         // stores that share bytes would corrupt each other.
-        let (k0, v0) = (a.k_store as usize, a.v_store as usize);
-        let (k1, v1) = (k0.saturating_add(a.n_cells * k_row_bytes), v0.saturating_add(a.n_cells * v_row_bytes));
-        if a.n_cells > 0 && k0 < v1 && v0 < k1 {
-            return Err(Error::invalid(format!(
-                "k_store and v_store overlap ({} and {} bytes from addresses {k0:#x} and {v0:#x}): they must be distinct buffers",
-                a.n_cells * k_row_bytes,
-                a.n_cells * v_row_bytes
-            )));
-        }
+        limits::check_disjoint(a.k_store.cast(), a.n_cells * k_row_bytes, "k_store", a.v_store.cast(), a.n_cells * v_row_bytes, "v_store")?;
         let slots = match memory {
             Memory::Host => {
                 // SAFETY: the caller guarantees `slots` holds n_tokens readable values.

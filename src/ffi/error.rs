@@ -232,16 +232,6 @@ pub unsafe fn write_out<T>(ptr: *mut T, value: T, arg: &str) -> Result<()> {
 }
 
 /// `a · b`, failing with a message naming `what` on overflow.
-/// Two caller buffers of `a_bytes` and `b_bytes` bytes must not share a byte (an output written while
-/// an input is read, or two outputs): checked on the addresses before any slice is formed.
-pub fn check_disjoint(a: *const u8, a_bytes: usize, a_name: &str, b: *const u8, b_bytes: usize, b_name: &str) -> Result<()> {
-    let (a0, b0) = (a as usize, b as usize);
-    if a_bytes > 0 && b_bytes > 0 && a0 < b0.saturating_add(b_bytes) && b0 < a0.saturating_add(a_bytes) {
-        return Err(Error::invalid(format!("{a_name} and {b_name} overlap: they must be distinct buffers")));
-    }
-    Ok(())
-}
-
 pub fn checked_len(a: usize, b: usize, what: &str) -> Result<usize> {
     a.checked_mul(b).ok_or_else(|| Error::invalid(format!("{what}: size overflows")))
 }

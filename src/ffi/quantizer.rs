@@ -1,8 +1,9 @@
 //! C API of the standalone vector quantizer (`tq_quantizer`): TurboQuant MSE and PROD over arrays of
 //! vectors in host memory.
 
-use super::error::{self, Error, Result, boundary, borrow, check_disjoint, check_finite, checked_len, slice, slice_mut, write_out};
+use super::error::{self, Error, Result, boundary, borrow, check_finite, checked_len, slice, slice_mut, write_out};
 use super::{TQ_ABI_VERSION, tq_quantizer_kind, tq_rotation, tq_status};
+use crate::codec::limits::check_disjoint;
 use crate::math::quantizer::{Quantizer, QuantizerConfig, QuantizerKind};
 use crate::math::rotation::RotationKind;
 use crate::math::scale;
@@ -225,11 +226,11 @@ pub unsafe extern "C" fn tq_quantize(
         check_disjoint(x.cast(), xn.saturating_mul(4), "x", scales_out.cast(), sn.saturating_mul(2), "scales_out")?;
         check_disjoint(codes_out, cn, "codes_out", scales_out.cast(), sn.saturating_mul(2), "scales_out")?;
         // SAFETY: the caller guarantees the array holds the stated number of elements.
-        let x = unsafe { slice(x, checked_len(n, d, "x")?, "x") }?;
+        let x = unsafe { slice(x, xn, "x") }?;
         // SAFETY: the caller guarantees the array holds the stated number of elements.
-        let codes = unsafe { slice_mut(codes_out, checked_len(n, cb, "codes_out")?, "codes_out") }?;
+        let codes = unsafe { slice_mut(codes_out, cn, "codes_out") }?;
         // SAFETY: the caller guarantees the array holds the stated number of elements.
-        let scales = unsafe { slice_mut(scales_out, checked_len(n, sc, "scales_out")?, "scales_out") }?;
+        let scales = unsafe { slice_mut(scales_out, sn, "scales_out") }?;
         check_finite(x, d, "x")?;
         let codes_addr = SendPtr(codes.as_mut_ptr());
         let scales_addr = SendPtr(scales.as_mut_ptr());
@@ -278,11 +279,11 @@ pub unsafe extern "C" fn tq_dequantize(
         check_disjoint(x_out.cast(), xn.saturating_mul(4), "x_out", codes, cn, "codes")?;
         check_disjoint(x_out.cast(), xn.saturating_mul(4), "x_out", scales.cast(), sn.saturating_mul(2), "scales")?;
         // SAFETY: the caller guarantees the array holds the stated number of elements.
-        let codes = unsafe { slice(codes, checked_len(n, cb, "codes")?, "codes") }?;
+        let codes = unsafe { slice(codes, cn, "codes") }?;
         // SAFETY: the caller guarantees the array holds the stated number of elements.
-        let scales = unsafe { slice(scales, checked_len(n, sc, "scales")?, "scales") }?;
+        let scales = unsafe { slice(scales, sn, "scales") }?;
         // SAFETY: the caller guarantees the array holds the stated number of elements.
-        let out = unsafe { slice_mut(x_out, checked_len(n, d, "x_out")?, "x_out") }?;
+        let out = unsafe { slice_mut(x_out, xn, "x_out") }?;
         check_scales(scales, "scales")?;
         let out_addr = SendPtr(out.as_mut_ptr());
         parallel::for_each_range(n, q.threads, 256, |_, range| {
